@@ -1,0 +1,22 @@
+//! PC platform devices for xendm and the bus that routes guest accesses to them.
+//!
+//! Everything here is reachable from guest input, so the crate denies the lints
+//! that could turn a hostile access into a panic. Devices are plain state
+//! machines: they never know their base address, and every side effect (IRQ
+//! lines, guest memory, shutdown requests) goes through the injected traits in
+//! [`hv`] and [`mem`], so unit tests use the fakes found there.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+pub mod bus;
+pub mod hv;
+pub mod mem;
+pub mod ratelimit;
+
+pub use bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, Space};
+pub use hv::{HvCall, Hypervisor, IrqLine, ShutdownReason};
+pub use mem::{GuestMemory, MemError};

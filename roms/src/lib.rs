@@ -1,0 +1,1 @@
+//! Option ROMs built from source (filled in by the ROM work).

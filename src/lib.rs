@@ -1,0 +1,1 @@
+//! xendm: a QEMU-compatible device model for Xen HVM guests.
