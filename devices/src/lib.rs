@@ -16,7 +16,9 @@ pub mod bus;
 pub mod hv;
 pub mod mem;
 pub mod ratelimit;
+pub mod snapshot;
 
 pub use bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, Space};
 pub use hv::{HvCall, Hypervisor, IrqLine, ShutdownReason};
 pub use mem::{GuestMemory, MemError};
+pub use snapshot::{Snapshot, SnapshotError};
