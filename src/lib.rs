@@ -1,1 +1,9 @@
 //! xendm: a QEMU-compatible device model for Xen HVM guests.
+//!
+//! Layers (see `docs/architecture.md`): [`abi`] is Xen's ioreq ABI, [`engine`]
+//! serves one request against the device bus and guest memory, [`trace`]
+//! records and replays what the engine did.
+
+pub mod abi;
+pub mod engine;
+pub mod trace;

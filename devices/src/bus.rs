@@ -298,6 +298,11 @@ impl Bus {
         std::mem::take(&mut self.changes)
     }
 
+    /// The range changes queued and not yet taken (for ioreq recording).
+    pub fn pending_changes(&self) -> &[RangeChange] {
+        &self.changes
+    }
+
     /// The latched 0xCF8 value.
     pub fn pci_address_latch(&self) -> u32 {
         self.cf8
