@@ -17,6 +17,7 @@ pub mod hv;
 pub mod mem;
 pub mod ratelimit;
 pub mod snapshot;
+pub mod uart;
 
 pub use bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, Space};
 pub use hv::{HvCall, Hypervisor, IrqLine, ShutdownReason};
