@@ -1,1 +1,4 @@
-//! Option ROMs built from source (filled in by the ROM work).
+//! Option ROMs built from source.
+pub const LINUXBOOT_DMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/linuxboot_dma.bin"));
+pub const MULTIBOOT_DMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/multiboot_dma.bin"));
+pub const PVH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pvh.bin"));
