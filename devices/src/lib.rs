@@ -14,7 +14,10 @@
 
 pub mod bus;
 pub mod hv;
+pub mod i440fx;
 pub mod mem;
+pub mod pci_config;
+pub mod piix3;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod uart;
