@@ -1,0 +1,1599 @@
+//! QMP server: the control socket libxl talks to.
+//!
+//! Implements the subset of the QEMU Machine Protocol (QEMU
+//! `docs/interop/qmp-spec.rst`) that Xen's libxl uses against qemu-xen
+//! (`tools/libs/light/libxl_qmp.c`, `libxl_dm.c`, `libxl_domain.c`), as listed
+//! in `docs/usage.md` ("QMP and xenstore"):
+//!
+//! * transport: a listening unix socket, either bound by us
+//!   (`-chardev socket,path=...`) or inherited (`-chardev socket,fd=N`), see
+//!   [`bind`]; any number of sequential clients, a few concurrent ones;
+//! * framing: every message we send ends in `"\r\n"` (libxl splits only on
+//!   CRLF); requests are parsed as a stream of JSON values, so one read may
+//!   hold part of a request or several requests;
+//! * the greeting advertises QEMU 7.2.0 (what Debian's qemu-xen is) with no
+//!   capabilities, then the client must send `qmp_capabilities`;
+//! * replies echo the request's `id` (any JSON value) and use QEMU's
+//!   separators (`", "`, `": "`), so they match QEMU's bytes.
+//!
+//! Where we differ from QEMU:
+//! * no asynchronous events are ever sent (libxl ignores them);
+//! * no out-of-band execution (`oob` is not offered);
+//! * `query-cpus-fast` reports the DM's process id as every vCPU's
+//!   `thread-id` (we have no per-vCPU threads) and `qom-path`
+//!   `/machine/unattached/device[2 + index]` (vCPU 0 is `device[2]` in the
+//!   lab capture; libxl reads only `cpu-index`);
+//! * the input buffer is capped at 1 MiB: a longer request gets an error
+//!   and the connection is closed;
+//! * after a malformed JSON text we skip to the next newline (libxl ends
+//!   every request with CRLF) instead of replaying QEMU's lexer recovery.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use xendm_devices::ratelimit::RateLimit;
+
+/// The QEMU version we advertise, `(major, minor, micro)`. libxl needs at
+/// least 2.12 to use the current command forms; 7.2.0 mirrors Debian's
+/// qemu-xen.
+pub const QEMU_VERSION: (u32, u32, u32) = (7, 2, 0);
+
+/// Largest amount of unparsed input kept per connection (libxl's own receive
+/// buffer has the same cap).
+pub const MAX_INPUT: usize = 1 << 20;
+
+/// Concurrent clients served per listener; further ones wait in the listen
+/// backlog until one disconnects (libxl is strictly sequential).
+pub const MAX_CLIENTS: usize = 8;
+
+/// Where the QMP socket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpSocketSpec {
+    /// `-chardev socket,path=P,server=on`: we create the socket.
+    Path(PathBuf),
+    /// `-chardev socket,fd=N,server=on`: libxl passed a bound, listening
+    /// socket (dm_restrict).
+    Fd(i32),
+}
+
+/// Creates (path form) or adopts (fd form) the listening QMP socket.
+///
+/// Path form: a stale socket file at the path is unlinked first (a file that
+/// is not a socket is left alone and reported as `AlreadyExists`), then the
+/// socket is bound and put into listening mode. Fd form: the descriptor must
+/// be an open, listening `AF_UNIX` socket; it is marked close-on-exec and its
+/// ownership passes to the returned listener, so it must not be used or
+/// closed elsewhere. Either way the listener is non-blocking, ready for
+/// [`tokio::net::UnixListener::from_std`].
+pub fn bind(endpoint: &QmpSocketSpec) -> io::Result<StdUnixListener> {
+    let listener = match endpoint {
+        QmpSocketSpec::Path(path) => bind_path(path)?,
+        QmpSocketSpec::Fd(fd) => adopt_fd(*fd)?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn bind_path(path: &Path) -> io::Result<StdUnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            tracing::debug!(path = %path.display(), "removing stale QMP socket");
+            std::fs::remove_file(path)
+                .map_err(|e| with_path(e, "unlink stale QMP socket", path))?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "QMP socket path {} exists and is not a socket",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(with_path(e, "stat QMP socket", path)),
+    }
+    StdUnixListener::bind(path).map_err(|e| with_path(e, "bind QMP socket", path))
+}
+
+fn with_path(e: io::Error, op: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+}
+
+fn adopt_fd(fd: i32) -> io::Result<StdUnixListener> {
+    let invalid =
+        |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("QMP fd {fd}: {why}"));
+    if fd < 0 {
+        return Err(invalid("negative descriptor".into()));
+    }
+    // Validate through a borrowed descriptor first, so a bad fd is never owned
+    // (and closed) by us.
+    {
+        // SAFETY: `fd` is non-negative and only borrowed for this block; the
+        // calls below fail with EBADF if it is not open, and nothing closes it
+        // while it is borrowed.
+        let borrowed: BorrowedFd<'_> = unsafe { BorrowedFd::borrow_raw(fd) };
+        let stat = rustix::fs::fstat(borrowed).map_err(|e| invalid(format!("fstat: {e}")))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+            return Err(invalid("not a socket".into()));
+        }
+        let domain = rustix::net::sockopt::socket_domain(borrowed)
+            .map_err(|e| invalid(format!("SO_DOMAIN: {e}")))?;
+        if domain != rustix::net::AddressFamily::UNIX {
+            return Err(invalid("not an AF_UNIX socket".into()));
+        }
+        let listening = rustix::net::sockopt::socket_acceptconn(borrowed)
+            .map_err(|e| invalid(format!("SO_ACCEPTCONN: {e}")))?;
+        if !listening {
+            return Err(invalid("socket is not listening".into()));
+        }
+        let flags =
+            rustix::io::fcntl_getfd(borrowed).map_err(|e| invalid(format!("F_GETFD: {e}")))?;
+        rustix::io::fcntl_setfd(borrowed, flags | rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| invalid(format!("F_SETFD: {e}")))?;
+    }
+    // SAFETY: the descriptor is open and is a listening unix socket (checked
+    // above); the caller hands its ownership over to us (documented on
+    // `bind`), so wrapping it in an owner that closes it on drop is sound.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(StdUnixListener::from(owned))
+}
+
+/// The VM's run state as QMP `query-status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Started with `-S`, not yet continued.
+    Prelaunch,
+    /// Running.
+    Running,
+    /// Stopped by `stop` (or after `-incoming`).
+    Paused,
+}
+
+impl RunState {
+    /// QEMU's name for the state (`RunState` enum in `qapi/run-state.json`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Prelaunch => "prelaunch",
+            Self::Running => "running",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+/// One character device as `query-chardev` lists it.
+///
+/// Serialised in QEMU's member order: `frontend-open`, `filename`, `label`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChardevInfo {
+    /// Whether a front end (device or monitor) has it open.
+    #[serde(rename = "frontend-open")]
+    pub frontend_open: bool,
+    /// QEMU-style description, e.g. `pty:/dev/pts/3`,
+    /// `unix:/var/run/xen/qmp-libxl-2,server=on`.
+    pub filename: String,
+    /// The chardev id, e.g. `serial0`, `libxl-cmd`.
+    pub label: String,
+}
+
+impl ChardevInfo {
+    /// A serial port backed by a pty: `label` `serialN`, filename
+    /// `pty:<path>` (libxl copies `<path>` to `serial/N/tty`).
+    pub fn pty(label: impl Into<String>, pty_path: &Path) -> Self {
+        Self {
+            frontend_open: true,
+            filename: format!("pty:{}", pty_path.display()),
+            label: label.into(),
+        }
+    }
+
+    /// A QMP monitor socket, as QEMU lists its own monitors:
+    /// `unix:<path>,server=on`, prefixed with `disconnected:` when no client
+    /// is connected.
+    pub fn qmp_socket(label: impl Into<String>, socket_path: &Path, connected: bool) -> Self {
+        let prefix = if connected { "" } else { "disconnected:" };
+        Self {
+            frontend_open: true,
+            filename: format!("{prefix}unix:{},server=on", socket_path.display()),
+            label: label.into(),
+        }
+    }
+}
+
+/// What the QMP server needs from the rest of the device model.
+pub trait VmControl: Send + Sync {
+    /// The current run state.
+    fn status(&self) -> RunState;
+    /// Starts or resumes the VM. Must succeed when it is already running.
+    fn cont(&self) -> Result<(), String>;
+    /// Pauses the VM.
+    fn stop(&self) -> Result<(), String>;
+    /// Every character device, including the QMP monitors themselves.
+    fn chardevs(&self) -> Vec<ChardevInfo>;
+    /// Number of vCPUs.
+    fn vcpus(&self) -> u32;
+    /// Asks the device model to exit (called after the reply is sent).
+    fn quit(&self);
+}
+
+/// Errors of one QMP connection.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// Reading a request failed.
+    #[error("QMP read from client: {0}")]
+    Read(#[source] io::Error),
+    /// Sending a reply failed.
+    #[error("QMP write to client: {0}")]
+    Write(#[source] io::Error),
+    /// Encoding a reply failed (not expected to happen).
+    #[error("QMP encode reply: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Accepts clients forever and serves each one on its own task.
+///
+/// Up to [`MAX_CLIENTS`] connections are served at once; dropping the future
+/// closes every connection it spawned.
+pub async fn serve(listener: UnixListener, ctl: Arc<dyn VmControl>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut clients = JoinSet::new();
+    let mut accept_errors = RateLimit::per_second();
+    loop {
+        // Reap finished connections so the set does not grow.
+        while clients.try_join_next().is_some() {}
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return; // the semaphore is never closed
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let ctl = Arc::clone(&ctl);
+                clients.spawn(async move {
+                    let _permit = permit;
+                    match serve_connection(stream, ctl.as_ref()).await {
+                        Ok(()) => tracing::debug!("QMP client disconnected"),
+                        Err(e) => tracing::debug!("QMP client dropped: {e}"),
+                    }
+                });
+            }
+            Err(e) => {
+                if let Some(n) = accept_errors.check() {
+                    tracing::warn!(suppressed = n, "QMP accept: {e}");
+                }
+                // EMFILE and friends: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one client on `stream` until it disconnects: greeting, then
+/// request/response. Public so other transports (e.g. a vchan proxy) can
+/// reuse it.
+pub async fn serve_connection<S>(mut stream: S, ctl: &dyn VmControl) -> Result<(), QmpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session::new();
+    let greeting = encode(&greeting())?;
+    stream.write_all(&greeting).await.map_err(QmpError::Write)?;
+    stream.flush().await.map_err(QmpError::Write)?;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(QmpError::Read)?;
+        let Some(data) = chunk.get(..n) else {
+            return Ok(());
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        let out = session.feed(data, ctl)?;
+        for msg in &out.replies {
+            stream.write_all(msg).await.map_err(QmpError::Write)?;
+        }
+        stream.flush().await.map_err(QmpError::Write)?;
+        if out.quit {
+            ctl.quit();
+        }
+        if out.close {
+            return Ok(());
+        }
+    }
+}
+
+/// Output of feeding bytes into a [`Session`].
+#[derive(Debug, Default)]
+struct Output {
+    /// Encoded messages, each ending in CRLF.
+    replies: Vec<Vec<u8>>,
+    /// `quit` was executed: call [`VmControl::quit`] once the replies are out.
+    quit: bool,
+    /// Close the connection after sending the replies.
+    close: bool,
+}
+
+/// Protocol state of one connection, independent of the transport.
+struct Session {
+    negotiated: bool,
+    buf: Vec<u8>,
+    /// After a syntax error: drop input up to and including the next `\n`.
+    skip_line: bool,
+}
+
+/// One reply before encoding.
+enum Reply {
+    /// The `return` value, already encoded.
+    Return(Vec<u8>),
+    Error {
+        class: &'static str,
+        desc: String,
+    },
+}
+
+fn generic(desc: impl Into<String>) -> Reply {
+    Reply::Error {
+        class: "GenericError",
+        desc: desc.into(),
+    }
+}
+
+impl Session {
+    fn new() -> Self {
+        Self {
+            negotiated: false,
+            buf: Vec::new(),
+            skip_line: false,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8], ctl: &dyn VmControl) -> Result<Output, QmpError> {
+        let mut out = Output::default();
+        if self.skip_line {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    data = data.get(nl + 1..).unwrap_or_default();
+                    self.skip_line = false;
+                }
+                None => return Ok(out),
+            }
+        }
+        self.buf.extend_from_slice(data);
+        loop {
+            let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            match stream.next() {
+                None => {
+                    // Only whitespace left.
+                    self.buf.clear();
+                    break;
+                }
+                Some(Ok(value)) => {
+                    let used = stream.byte_offset();
+                    self.buf.drain(..used.min(self.buf.len()));
+                    self.execute(value, ctl, &mut out)?;
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(e)) => {
+                    out.replies.push(encode_reply(
+                        &generic(format!("JSON parse error, {e}")),
+                        None,
+                    )?);
+                    let at = error_offset(&self.buf, e.line(), e.column());
+                    match self
+                        .buf
+                        .get(at..)
+                        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+                    {
+                        Some(nl) => {
+                            self.buf.drain(..(at + nl + 1).min(self.buf.len()));
+                        }
+                        None => {
+                            self.buf.clear();
+                            self.skip_line = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if self.buf.len() > MAX_INPUT {
+            tracing::warn!(
+                len = self.buf.len(),
+                "QMP request exceeds {MAX_INPUT} bytes; closing connection"
+            );
+            out.replies.push(encode_reply(
+                &generic(format!("QMP input exceeds {MAX_INPUT} bytes")),
+                None,
+            )?);
+            self.buf.clear();
+            out.close = true;
+        }
+        Ok(out)
+    }
+
+    /// Runs one request and queues its reply.
+    fn execute(
+        &mut self,
+        request: Value,
+        ctl: &dyn VmControl,
+        out: &mut Output,
+    ) -> Result<(), QmpError> {
+        let Value::Object(request) = request else {
+            out.replies.push(encode_reply(
+                &generic("QMP input must be a JSON object"),
+                None,
+            )?);
+            return Ok(());
+        };
+        let id = request.get("id");
+        let reply = match check_request(&request) {
+            Err(reply) => reply,
+            Ok((name, args)) => self.dispatch(name, args, ctl, out),
+        };
+        out.replies.push(encode_reply(&reply, id)?);
+        Ok(())
+    }
+
+    fn dispatch(
+        &mut self,
+        name: &str,
+        args: &Map<String, Value>,
+        ctl: &dyn VmControl,
+        out: &mut Output,
+    ) -> Reply {
+        if !self.negotiated {
+            if name != "qmp_capabilities" {
+                return Reply::Error {
+                    class: "CommandNotFound",
+                    desc: "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+                };
+            }
+            return match qmp_capabilities(args) {
+                Ok(()) => {
+                    self.negotiated = true;
+                    empty_return()
+                }
+                Err(r) => r,
+            };
+        }
+        let Some(command) = COMMANDS.iter().find(|c| c.name == name) else {
+            return Reply::Error {
+                class: "CommandNotFound",
+                desc: format!("The command {name} has not been found"),
+            };
+        };
+        if let Some(unexpected) = args.keys().find(|k| !command.params.contains(&k.as_str())) {
+            return generic(format!("Parameter '{unexpected}' is unexpected"));
+        }
+        let result = |r: Result<(), String>| match r {
+            Ok(()) => empty_return(),
+            Err(desc) => generic(desc),
+        };
+        match command.name {
+            "qmp_capabilities" => Reply::Error {
+                class: "CommandNotFound",
+                desc: "Capabilities negotiation is already complete, command ignored".into(),
+            },
+            "query-status" => {
+                let state = ctl.status();
+                to_return(&StatusInfo {
+                    status: state.as_str(),
+                    singlestep: false,
+                    running: state == RunState::Running,
+                })
+            }
+            "cont" => result(ctl.cont()),
+            "stop" => result(ctl.stop()),
+            "query-chardev" => to_return(&ctl.chardevs()),
+            "query-vnc" => to_return(&VncInfo { enabled: false }),
+            "query-cpus-fast" => {
+                let thread_id = std::process::id();
+                let cpus: Vec<CpuInfoFast> = (0..ctl.vcpus())
+                    .map(|i| CpuInfoFast {
+                        thread_id,
+                        props: CpuProps {
+                            core_id: 0,
+                            thread_id: 0,
+                            socket_id: i,
+                        },
+                        qom_path: format!("/machine/unattached/device[{}]", u64::from(i) + 2),
+                        cpu_index: i,
+                        target: "i386",
+                    })
+                    .collect();
+                to_return(&cpus)
+            }
+            "query-version" => to_return(&version_info()),
+            "query-commands" => {
+                let names: Vec<CommandName> = COMMANDS
+                    .iter()
+                    .map(|c| CommandName { name: c.name })
+                    .collect();
+                to_return(&names)
+            }
+            "query-command-line-options" => match args.get("option") {
+                None => Reply::Return(b"[]".to_vec()),
+                Some(Value::String(opt)) => generic(format!("Invalid option name: {opt}")),
+                Some(_) => generic("Invalid parameter type for 'option', expected: string"),
+            },
+            "quit" => {
+                out.quit = true;
+                empty_return()
+            }
+            other => Reply::Error {
+                class: "CommandNotFound",
+                desc: format!("The command {other} has not been found"),
+            },
+        }
+    }
+}
+
+/// Validates the request object's members the way QEMU's dispatcher does and
+/// returns the command name and its arguments.
+fn check_request(request: &Map<String, Value>) -> Result<(&str, &Map<String, Value>), Reply> {
+    static NO_ARGS: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    let mut name = None;
+    let mut args = None;
+    for (key, value) in request {
+        match key.as_str() {
+            "execute" => match value {
+                Value::String(s) => name = Some(s.as_str()),
+                _ => return Err(generic("QMP input member 'execute' must be a string")),
+            },
+            "arguments" => match value {
+                Value::Object(m) => args = Some(m),
+                _ => return Err(generic("QMP input member 'arguments' must be an object")),
+            },
+            "id" => {}
+            other => return Err(generic(format!("QMP input member '{other}' is unexpected"))),
+        }
+    }
+    let Some(name) = name else {
+        return Err(generic("QMP input lacks member 'execute'"));
+    };
+    Ok((name, args.unwrap_or_else(|| NO_ARGS.get_or_init(Map::new))))
+}
+
+fn qmp_capabilities(args: &Map<String, Value>) -> Result<(), Reply> {
+    for (key, value) in args {
+        if key != "enable" {
+            return Err(generic(format!("Parameter '{key}' is unexpected")));
+        }
+        let Value::Array(caps) = value else {
+            return Err(generic(
+                "Invalid parameter type for 'enable', expected: array",
+            ));
+        };
+        // We offer no capabilities, so any element is an error.
+        if let Some(cap) = caps.first() {
+            return Err(match cap {
+                Value::String(s) if s == "oob" => generic("Capability oob not available"),
+                Value::String(s) => {
+                    generic(format!("Parameter 'enable[0]' does not accept value '{s}'"))
+                }
+                _ => generic("Invalid parameter type for 'enable[0]', expected: string"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A command we implement, with the argument names it accepts.
+struct Command {
+    name: &'static str,
+    params: &'static [&'static str],
+}
+
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "qmp_capabilities",
+        params: &["enable"],
+    },
+    Command {
+        name: "query-status",
+        params: &[],
+    },
+    Command {
+        name: "cont",
+        params: &[],
+    },
+    Command {
+        name: "stop",
+        params: &[],
+    },
+    Command {
+        name: "query-chardev",
+        params: &[],
+    },
+    Command {
+        name: "query-vnc",
+        params: &[],
+    },
+    Command {
+        name: "query-cpus-fast",
+        params: &[],
+    },
+    Command {
+        name: "query-version",
+        params: &[],
+    },
+    Command {
+        name: "query-commands",
+        params: &[],
+    },
+    Command {
+        name: "query-command-line-options",
+        params: &["option"],
+    },
+    Command {
+        name: "quit",
+        params: &[],
+    },
+];
+
+// Reply payloads, with members in QEMU's output order.
+
+#[derive(Serialize)]
+struct StatusInfo {
+    status: &'static str,
+    singlestep: bool,
+    running: bool,
+}
+
+#[derive(Serialize)]
+struct VncInfo {
+    enabled: bool,
+}
+
+#[derive(Serialize)]
+struct CpuProps {
+    #[serde(rename = "core-id")]
+    core_id: u32,
+    #[serde(rename = "thread-id")]
+    thread_id: u32,
+    #[serde(rename = "socket-id")]
+    socket_id: u32,
+}
+
+#[derive(Serialize)]
+struct CpuInfoFast {
+    #[serde(rename = "thread-id")]
+    thread_id: u32,
+    props: CpuProps,
+    #[serde(rename = "qom-path")]
+    qom_path: String,
+    #[serde(rename = "cpu-index")]
+    cpu_index: u32,
+    target: &'static str,
+}
+
+#[derive(Serialize)]
+struct CommandName {
+    name: &'static str,
+}
+
+#[derive(Serialize)]
+struct VersionTriple {
+    micro: u32,
+    minor: u32,
+    major: u32,
+}
+
+#[derive(Serialize)]
+struct VersionInfo {
+    qemu: VersionTriple,
+    package: String,
+}
+
+fn version_info() -> VersionInfo {
+    let (major, minor, micro) = QEMU_VERSION;
+    VersionInfo {
+        qemu: VersionTriple {
+            micro,
+            minor,
+            major,
+        },
+        package: format!("xendm {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+#[derive(Serialize)]
+struct GreetingBody {
+    version: VersionInfo,
+    capabilities: [&'static str; 0],
+}
+
+#[derive(Serialize)]
+struct Greeting {
+    #[serde(rename = "QMP")]
+    qmp: GreetingBody,
+}
+
+fn greeting() -> Greeting {
+    Greeting {
+        qmp: GreetingBody {
+            version: version_info(),
+            capabilities: [],
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    class: &'a str,
+    desc: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorMsg<'a> {
+    error: ErrorBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+}
+
+fn empty_return() -> Reply {
+    Reply::Return(b"{}".to_vec())
+}
+
+/// Encodes a return value now, keeping the struct's member order (a
+/// `serde_json::Value` would sort the members).
+fn to_return<T: Serialize>(value: &T) -> Reply {
+    let mut out = Vec::with_capacity(64);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, QemuFormatter);
+    match value.serialize(&mut ser) {
+        Ok(()) => Reply::Return(out),
+        Err(e) => generic(format!("internal error encoding reply: {e}")),
+    }
+}
+
+fn encode_reply(reply: &Reply, id: Option<&Value>) -> Result<Vec<u8>, QmpError> {
+    match reply {
+        Reply::Return(ret) => {
+            // `{"return": <ret>, "id": <id>}` in QEMU's member order.
+            let mut out = Vec::with_capacity(ret.len() + 32);
+            out.extend_from_slice(b"{\"return\": ");
+            out.extend_from_slice(ret);
+            if let Some(id) = id {
+                out.extend_from_slice(b", \"id\": ");
+                let mut ser = serde_json::Serializer::with_formatter(&mut out, QemuFormatter);
+                id.serialize(&mut ser).map_err(QmpError::Encode)?;
+            }
+            out.extend_from_slice(b"}\r\n");
+            Ok(out)
+        }
+        Reply::Error { class, desc } => encode(&ErrorMsg {
+            error: ErrorBody { class, desc },
+            id,
+        }),
+    }
+}
+
+/// Serialises one message the way QEMU prints it (`", "` and `": "`
+/// separators, one line) and appends CRLF.
+fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, QmpError> {
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, QemuFormatter);
+    msg.serialize(&mut ser).map_err(QmpError::Encode)?;
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+/// serde_json formatter reproducing QEMU's `qobject_to_json` spacing. Note
+/// that `serde_json::Value` objects are ordered by key (no `preserve_order`),
+/// so member order follows QEMU only where we serialise structs.
+struct QemuFormatter;
+
+impl serde_json::ser::Formatter for QemuFormatter {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// Byte offset of serde_json's (1-based line, column) error position.
+fn error_offset(buf: &[u8], line: usize, column: usize) -> usize {
+    let mut offset = 0usize;
+    let mut current = 1usize;
+    for (i, &b) in buf.iter().enumerate() {
+        if current == line {
+            offset = i;
+            break;
+        }
+        if b == b'\n' {
+            current += 1;
+            offset = i + 1;
+        }
+    }
+    offset
+        .saturating_add(column.saturating_sub(1))
+        .min(buf.len())
+}
+
+/// Returns the listening socket's path, for [`ChardevInfo::qmp_socket`]
+/// (useful in the fd form, where libxl chose the path).
+pub fn listener_path(listener: &StdUnixListener) -> Option<PathBuf> {
+    listener
+        .local_addr()
+        .ok()?
+        .as_pathname()
+        .map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::sync::Mutex;
+    use tokio::net::UnixStream;
+
+    /// A VM double that records what QMP asked of it.
+    struct FakeVm {
+        state: Mutex<RunState>,
+        calls: Mutex<Vec<&'static str>>,
+        vcpus: u32,
+        chardevs: Vec<ChardevInfo>,
+        fail_stop: bool,
+    }
+
+    impl FakeVm {
+        fn new(vcpus: u32) -> Self {
+            Self {
+                state: Mutex::new(RunState::Prelaunch),
+                calls: Mutex::new(Vec::new()),
+                vcpus,
+                chardevs: capture_chardevs(),
+                fail_stop: false,
+            }
+        }
+
+        fn calls(&self) -> Vec<&'static str> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl VmControl for FakeVm {
+        fn status(&self) -> RunState {
+            *self.state.lock().unwrap()
+        }
+        fn cont(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("cont");
+            *self.state.lock().unwrap() = RunState::Running;
+            Ok(())
+        }
+        fn stop(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("stop");
+            if self.fail_stop {
+                return Err("cannot pause: injected failure".into());
+            }
+            *self.state.lock().unwrap() = RunState::Paused;
+            Ok(())
+        }
+        fn chardevs(&self) -> Vec<ChardevInfo> {
+            self.chardevs.clone()
+        }
+        fn vcpus(&self) -> u32 {
+            self.vcpus
+        }
+        fn quit(&self) {
+            self.calls.lock().unwrap().push("quit");
+        }
+    }
+
+    /// The chardevs qemu-xen reported in the lab capture (domid 2).
+    fn capture_chardevs() -> Vec<ChardevInfo> {
+        vec![
+            ChardevInfo::qmp_socket("libxl-cmd", Path::new("/var/run/xen/qmp-libxl-2"), true),
+            ChardevInfo::qmp_socket(
+                "libxenstat-cmd",
+                Path::new("/var/run/xen/qmp-libxenstat-2"),
+                false,
+            ),
+            ChardevInfo {
+                frontend_open: true,
+                filename: "file".into(),
+                label: "serial0".into(),
+            },
+        ]
+    }
+
+    struct Server {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn start(vm: Arc<FakeVm>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp-libxl-2");
+        let listener = bind(&QmpSocketSpec::Path(path.clone())).unwrap();
+        let listener = UnixListener::from_std(listener).unwrap();
+        let task = tokio::spawn(serve(listener, vm));
+        Server {
+            _dir: dir,
+            path,
+            task,
+        }
+    }
+
+    /// A test client that checks CRLF framing on every message it reads.
+    struct Client {
+        stream: UnixStream,
+        pending: Vec<u8>,
+    }
+
+    impl Client {
+        async fn connect(path: &Path) -> Self {
+            Self {
+                stream: UnixStream::connect(path).await.unwrap(),
+                pending: Vec::new(),
+            }
+        }
+
+        /// Connects and checks the greeting.
+        async fn greeted(path: &Path) -> Self {
+            let mut c = Self::connect(path).await;
+            let g = c.recv_value().await;
+            assert_eq!(
+                g["QMP"]["version"]["qemu"],
+                serde_json::json!({"major": 7, "minor": 2, "micro": 0})
+            );
+            assert_eq!(g["QMP"]["capabilities"], serde_json::json!([]));
+            c
+        }
+
+        async fn negotiated(path: &Path) -> Self {
+            let mut c = Self::greeted(path).await;
+            c.send(r#"{"execute":"qmp_capabilities","id":1}"#).await;
+            assert_eq!(c.recv_line().await, r#"{"return": {}, "id": 1}"#);
+            c
+        }
+
+        async fn send_raw(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+
+        async fn send(&mut self, line: &str) {
+            self.send_raw(format!("{line}\r\n").as_bytes()).await;
+        }
+
+        /// One message without its CRLF; fails on a bare LF.
+        async fn recv_line(&mut self) -> String {
+            let fut = async {
+                loop {
+                    if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = self.pending.drain(..=nl).collect();
+                        assert!(
+                            line.ends_with(b"\r\n"),
+                            "message not CRLF-terminated: {line:?}"
+                        );
+                        let text = String::from_utf8(line[..line.len() - 2].to_vec()).unwrap();
+                        assert!(!text.contains('\r'), "stray CR in {text:?}");
+                        return text;
+                    }
+                    let mut buf = [0u8; 4096];
+                    let n = self.stream.read(&mut buf).await.unwrap();
+                    assert!(
+                        n > 0,
+                        "server closed the connection; pending {:?}",
+                        self.pending
+                    );
+                    self.pending.extend_from_slice(&buf[..n]);
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), fut)
+                .await
+                .expect("timed out waiting for a QMP message")
+        }
+
+        async fn recv_value(&mut self) -> Value {
+            serde_json::from_str(&self.recv_line().await).unwrap()
+        }
+
+        async fn call(&mut self, line: &str) -> Value {
+            self.send(line).await;
+            self.recv_value().await
+        }
+
+        /// Asserts the server closes the connection with nothing more to say.
+        async fn expect_eof(&mut self) {
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            assert_eq!(n, 0, "expected EOF, got {:?}", &buf[..n]);
+        }
+    }
+
+    fn assert_error(reply: &Value, class: &str, desc: &str, id: Option<Value>) {
+        assert_eq!(reply["error"]["class"], class, "{reply}");
+        assert_eq!(reply["error"]["desc"], desc, "{reply}");
+        assert_eq!(reply.get("id").cloned(), id, "{reply}");
+        assert_eq!(
+            reply.as_object().unwrap().len(),
+            1 + usize::from(id.is_some()),
+            "{reply}"
+        );
+    }
+
+    /// Replays libxl's three connections from the Xen lab capture
+    /// (`tests/data/qmp/libxl-conversation.txt`) and compares every reply with
+    /// what qemu-xen sent, byte for byte (the greeting's version and the vCPU
+    /// thread id differ by design and are compared by shape).
+    #[tokio::test]
+    async fn replays_libxl_conversation_from_lab_capture() {
+        let capture = include_str!("../tests/data/qmp/libxl-conversation.txt");
+        let vm = Arc::new(FakeVm::new(1));
+        let server = start(vm.clone());
+        let mut client: Option<Client> = None;
+        let mut exchanges = 0;
+        let mut pending_request = false;
+        for line in capture.lines() {
+            // `<time> <dir> fd<N> <text>`
+            let mut fields = line.splitn(4, ' ');
+            let (_time, dir, fd, text) = (
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+            );
+            assert!(fd.starts_with("fd"), "{line}");
+            let rest = format!("{dir} {text}");
+            if rest.starts_with("== accept") {
+                client = Some(Client::connect(&server.path).await);
+                pending_request = false;
+                continue;
+            }
+            let c = client.as_mut().unwrap();
+            if let Some(sent) = rest.strip_prefix("<- ") {
+                c.send(sent).await;
+                pending_request = true;
+            } else if let Some(expected) = rest.strip_prefix("-> ") {
+                let got = c.recv_line().await;
+                let exp: Value = serde_json::from_str(expected).unwrap();
+                let ours: Value = serde_json::from_str(&got).unwrap();
+                if !pending_request {
+                    // Greeting: same shape, our version.
+                    assert!(exp.get("QMP").is_some());
+                    assert_eq!(ours["QMP"]["version"]["qemu"]["major"], 7);
+                    assert_eq!(ours["QMP"]["version"]["qemu"]["minor"], 2);
+                    assert!(ours["QMP"]["version"]["package"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("xendm "));
+                    assert_eq!(ours["QMP"]["capabilities"], serde_json::json!([]));
+                    assert!(got.starts_with(r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "xendm "#), "{got}");
+                } else if expected.contains("thread-id") && expected.contains("cpu-index") {
+                    let ours_tid = ours["return"][0]["thread-id"].as_u64().unwrap();
+                    assert_eq!(ours_tid, u64::from(std::process::id()));
+                    let exp_tid = exp["return"][0]["thread-id"].as_u64().unwrap();
+                    let normalised = expected.replace(
+                        &format!("\"thread-id\": {exp_tid},"),
+                        &format!("\"thread-id\": {ours_tid},"),
+                    );
+                    assert_eq!(got, normalised);
+                } else {
+                    assert_eq!(got, expected, "reply differs from qemu-xen's");
+                }
+                pending_request = false;
+                exchanges += 1;
+            }
+        }
+        assert_eq!(exchanges, 9);
+        assert_eq!(vm.calls(), vec!["cont"]);
+        assert_eq!(vm.status(), RunState::Running);
+    }
+
+    #[tokio::test]
+    async fn request_split_across_writes() {
+        let server = start(Arc::new(FakeVm::new(1)));
+        let mut c = Client::negotiated(&server.path).await;
+        let req = br#"{"execute": "query-status", "id": 2020372736}"#;
+        for piece in [
+            &req[..1],
+            &req[1..17],
+            &req[17..30],
+            &req[30..],
+            b"\r",
+            b"\n",
+        ] {
+            c.send_raw(piece).await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        assert_eq!(
+            c.recv_line().await,
+            r#"{"return": {"status": "prelaunch", "singlestep": false, "running": false}, "id": 2020372736}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn several_requests_in_one_write() {
+        let vm = Arc::new(FakeVm::new(1));
+        let server = start(vm.clone());
+        let mut c = Client::greeted(&server.path).await;
+        c.send_raw(
+            b"{\"execute\":\"qmp_capabilities\",\"id\":1}\r\n{\"execute\":\"cont\",\"id\":2}{\"execute\":\"query-status\",\"id\":3}\r\n",
+        )
+        .await;
+        assert_eq!(c.recv_line().await, r#"{"return": {}, "id": 1}"#);
+        assert_eq!(c.recv_line().await, r#"{"return": {}, "id": 2}"#);
+        assert_eq!(
+            c.recv_line().await,
+            r#"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 3}"#
+        );
+        assert_eq!(vm.calls(), vec!["cont"]);
+    }
+
+    #[tokio::test]
+    async fn malformed_json_gets_error_and_connection_survives() {
+        let vm = Arc::new(FakeVm::new(1));
+        let server = start(vm.clone());
+        let mut c = Client::negotiated(&server.path).await;
+        let r = c.call(r#"{"execute": oops, "id": 4}"#).await;
+        assert_eq!(r["error"]["class"], "GenericError");
+        assert!(
+            r["error"]["desc"]
+                .as_str()
+                .unwrap()
+                .starts_with("JSON parse error"),
+            "{r}"
+        );
+        assert!(r.get("id").is_none());
+        // The next request on the same connection works.
+        let r = c.call(r#"{"execute":"cont","id":5}"#).await;
+        assert_eq!(r, serde_json::json!({"return": {}, "id": 5}));
+        // Garbage without a newline, finished in a later write, is skipped
+        // up to the newline and what follows is served.
+        c.send_raw(b"}}}").await;
+        let r = c.recv_value().await;
+        assert_eq!(r["error"]["class"], "GenericError");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.send_raw(b"more garbage\r\n{\"execute\":\"stop\",\"id\":6}\r\n")
+            .await;
+        assert_eq!(
+            c.recv_value().await,
+            serde_json::json!({"return": {}, "id": 6})
+        );
+        assert_eq!(vm.calls(), vec!["cont", "stop"]);
+    }
+
+    #[tokio::test]
+    async fn non_object_and_bad_members() {
+        let server = start(Arc::new(FakeVm::new(1)));
+        let mut c = Client::negotiated(&server.path).await;
+        assert_error(
+            &c.call("[1, 2]").await,
+            "GenericError",
+            "QMP input must be a JSON object",
+            None,
+        );
+        assert_error(
+            &c.call(r#"{"id": 7}"#).await,
+            "GenericError",
+            "QMP input lacks member 'execute'",
+            Some(7.into()),
+        );
+        assert_error(
+            &c.call(r#"{"execute": 3, "id": 8}"#).await,
+            "GenericError",
+            "QMP input member 'execute' must be a string",
+            Some(8.into()),
+        );
+        assert_error(
+            &c.call(r#"{"execute": "cont", "arguments": [], "id": 9}"#)
+                .await,
+            "GenericError",
+            "QMP input member 'arguments' must be an object",
+            Some(9.into()),
+        );
+        assert_error(
+            &c.call(r#"{"execute": "cont", "bogus": 1, "id": 10}"#).await,
+            "GenericError",
+            "QMP input member 'bogus' is unexpected",
+            Some(10.into()),
+        );
+        assert_error(
+            &c.call(r#"{"execute": "cont", "arguments": {"force": true}, "id": 11}"#)
+                .await,
+            "GenericError",
+            "Parameter 'force' is unexpected",
+            Some(11.into()),
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_command_and_commands_before_negotiation() {
+        let server = start(Arc::new(FakeVm::new(1)));
+        let mut c = Client::greeted(&server.path).await;
+        for cmd in ["query-status", "no-such-command", "add-fd"] {
+            assert_error(
+                &c.call(&format!(r#"{{"execute": "{cmd}", "id": 1}}"#)).await,
+                "CommandNotFound",
+                "Expecting capabilities negotiation with 'qmp_capabilities'",
+                Some(1.into()),
+            );
+        }
+        assert_eq!(
+            c.call(r#"{"execute": "qmp_capabilities", "id": 2}"#).await,
+            serde_json::json!({"return": {}, "id": 2})
+        );
+        assert_error(
+            &c.call(r#"{"execute": "qmp_capabilities", "id": 3}"#).await,
+            "CommandNotFound",
+            "Capabilities negotiation is already complete, command ignored",
+            Some(3.into()),
+        );
+        for cmd in ["xen-save-devices-state", "add-fd", "frobnicate"] {
+            assert_error(
+                &c.call(&format!(r#"{{"execute": "{cmd}", "id": 4}}"#)).await,
+                "CommandNotFound",
+                &format!("The command {cmd} has not been found"),
+                Some(4.into()),
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn capabilities_arguments_are_checked() {
+        let server = start(Arc::new(FakeVm::new(1)));
+        let mut c = Client::greeted(&server.path).await;
+        assert_error(
+            &c.call(
+                r#"{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": 1}"#,
+            )
+            .await,
+            "GenericError",
+            "Capability oob not available",
+            Some(1.into()),
+        );
+        assert_error(
+            &c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": "oob"}, "id": 2}"#)
+                .await,
+            "GenericError",
+            "Invalid parameter type for 'enable', expected: array",
+            Some(2.into()),
+        );
+        // Still negotiating: a failed qmp_capabilities does not complete it.
+        assert_eq!(
+            c.call(r#"{"execute": "query-version", "id": 3}"#).await["error"]["class"],
+            "CommandNotFound"
+        );
+        let r = c
+            .call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": []}, "id": 4}"#)
+            .await;
+        assert_eq!(r, serde_json::json!({"return": {}, "id": 4}));
+    }
+
+    #[tokio::test]
+    async fn id_is_echoed_verbatim() {
+        let server = start(Arc::new(FakeVm::new(1)));
+        let mut c = Client::greeted(&server.path).await;
+        let r = c
+            .call(r#"{"execute": "qmp_capabilities", "id": "libvirt-1"}"#)
+            .await;
+        assert_eq!(r, serde_json::json!({"return": {}, "id": "libvirt-1"}));
+        for id in [
+            r#"{"a": [1, "x", null]}"#,
+            "18446744073709551615",
+            "-3",
+            "[]",
+            "null",
+            "1.5",
+        ] {
+            let r = c
+                .call(&format!(r#"{{"execute": "query-vnc", "id": {id}}}"#))
+                .await;
+            let expected: Value = serde_json::from_str(id).unwrap();
+            assert_eq!(r["id"], expected);
+            assert_eq!(r["return"], serde_json::json!({"enabled": false}));
+        }
+        // No id in, no id out.
+        assert_eq!(
+            c.call(r#"{"execute": "cont"}"#).await,
+            serde_json::json!({"return": {}})
+        );
+    }
+
+    #[tokio::test]
+    async fn every_sequential_client_gets_a_greeting() {
+        let vm = Arc::new(FakeVm::new(1));
+        let server = start(vm.clone());
+        for i in 0..5 {
+            let mut c = Client::negotiated(&server.path).await;
+            assert_eq!(
+                c.call(&format!(r#"{{"execute":"cont","id":{i}}}"#)).await["id"],
+                i
+            );
+        }
+        assert_eq!(vm.calls().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn concurrent_clients_are_served() {
+        let server = start(Arc::new(FakeVm::new(2)));
+        let mut a = Client::negotiated(&server.path).await;
+        let mut b = Client::negotiated(&server.path).await;
+        assert_eq!(
+            b.call(r#"{"execute":"query-vnc","id":1}"#).await["return"]["enabled"],
+            false
+        );
+        assert_eq!(
+            a.call(r#"{"execute":"query-cpus-fast","id":2}"#).await["return"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn status_cont_stop_quit_reach_the_vm() {
+        let vm = Arc::new(FakeVm::new(1));
+        let server = start(vm.clone());
+        let mut c = Client::negotiated(&server.path).await;
+        let status = |v: &Value| {
+            (
+                v["return"]["status"].clone(),
+                v["return"]["running"].clone(),
+            )
+        };
+        assert_eq!(
+            status(&c.call(r#"{"execute":"query-status","id":1}"#).await),
+            ("prelaunch".into(), false.into())
+        );
+        assert_eq!(
+            c.call(r#"{"execute":"cont","id":2}"#).await,
+            serde_json::json!({"return": {}, "id": 2})
+        );
+        // cont is idempotent.
+        assert_eq!(
+            c.call(r#"{"execute":"cont","id":3}"#).await,
+            serde_json::json!({"return": {}, "id": 3})
+        );
+        assert_eq!(
+            status(&c.call(r#"{"execute":"query-status","id":4}"#).await),
+            ("running".into(), true.into())
+        );
+        assert_eq!(
+            c.call(r#"{"execute":"stop","id":5}"#).await,
+            serde_json::json!({"return": {}, "id": 5})
+        );
+        assert_eq!(
+            status(&c.call(r#"{"execute":"query-status","id":6}"#).await),
+            ("paused".into(), false.into())
+        );
+        assert_eq!(
+            c.call(r#"{"execute":"quit","id":7}"#).await,
+            serde_json::json!({"return": {}, "id": 7})
+        );
+        assert_eq!(vm.calls(), vec!["cont", "cont", "stop", "quit"]);
+    }
+
+    #[tokio::test]
+    async fn failing_stop_is_a_generic_error() {
+        let mut vm = FakeVm::new(1);
+        vm.fail_stop = true;
+        let server = start(Arc::new(vm));
+        let mut c = Client::negotiated(&server.path).await;
+        assert_error(
+            &c.call(r#"{"execute":"stop","id":1}"#).await,
+            "GenericError",
+            "cannot pause: injected failure",
+            Some(1.into()),
+        );
+    }
+
+    #[tokio::test]
+    async fn query_commands_probe_cpus_and_version() {
+        let server = start(Arc::new(FakeVm::new(3)));
+        let mut c = Client::negotiated(&server.path).await;
+        // The Xen 4.20 probe: an empty list makes libxl fall back to -chroot/-runas.
+        assert_eq!(
+            c.call(r#"{"execute":"query-command-line-options","id":1}"#)
+                .await,
+            serde_json::json!({"return": [], "id": 1})
+        );
+        assert_error(
+            &c.call(r#"{"execute":"query-command-line-options","arguments":{"option":"run-with"},"id":2}"#).await,
+            "GenericError",
+            "Invalid option name: run-with",
+            Some(2.into()),
+        );
+        let cpus = c.call(r#"{"execute":"query-cpus-fast","id":3}"#).await;
+        let cpus = cpus["return"].as_array().unwrap();
+        assert_eq!(cpus.len(), 3);
+        for (i, cpu) in cpus.iter().enumerate() {
+            assert_eq!(cpu["cpu-index"], i);
+            assert_eq!(cpu["target"], "i386");
+            assert_eq!(
+                cpu["qom-path"],
+                format!("/machine/unattached/device[{}]", i + 2)
+            );
+            assert_eq!(
+                cpu["props"],
+                serde_json::json!({"core-id": 0, "thread-id": 0, "socket-id": i})
+            );
+        }
+        let v = c.call(r#"{"execute":"query-version","id":4}"#).await;
+        assert_eq!(
+            v["return"]["qemu"],
+            serde_json::json!({"major": 7, "minor": 2, "micro": 0})
+        );
+        let cmds = c.call(r#"{"execute":"query-commands","id":5}"#).await;
+        let names: Vec<&str> = cmds["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        for n in [
+            "qmp_capabilities",
+            "query-chardev",
+            "cont",
+            "query-vnc",
+            "query-cpus-fast",
+            "quit",
+        ] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_request_is_refused_and_connection_closed() {
+        let server = start(Arc::new(FakeVm::new(1)));
+        let mut c = Client::negotiated(&server.path).await;
+        // An unterminated string never completes; the server must give up.
+        let mut big = b"{\"execute\": \"".to_vec();
+        big.resize(MAX_INPUT + 64 * 1024, b'a');
+        // The server may close while we are still writing.
+        let _ = c.stream.write_all(&big).await;
+        let r = c.recv_value().await;
+        assert_error(
+            &r,
+            "GenericError",
+            &format!("QMP input exceeds {MAX_INPUT} bytes"),
+            None,
+        );
+        c.expect_eof().await;
+        // The server itself is still there.
+        let mut c = Client::negotiated(&server.path).await;
+        assert_eq!(
+            c.call(r#"{"execute":"cont","id":1}"#).await["return"],
+            serde_json::json!({})
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_socket_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp");
+        drop(StdUnixListener::bind(&path).unwrap());
+        assert!(
+            path.exists(),
+            "a dropped listener leaves its socket file behind"
+        );
+        let listener = bind(&QmpSocketSpec::Path(path.clone())).unwrap();
+        assert_eq!(listener_path(&listener).as_deref(), Some(path.as_path()));
+        let listener = UnixListener::from_std(listener).unwrap();
+        let task = tokio::spawn(serve(listener, Arc::new(FakeVm::new(1))));
+        Client::negotiated(&path).await;
+        task.abort();
+    }
+
+    #[test]
+    fn regular_file_at_socket_path_is_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp");
+        std::fs::write(&path, b"precious").unwrap();
+        let err = bind(&QmpSocketSpec::Path(path.clone())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn inherited_listening_fd_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp-fd");
+        let fd = StdUnixListener::bind(&path).unwrap().into_raw_fd();
+        // Inherited fds usually lack CLOEXEC; make sure we set it.
+        // SAFETY: `fd` is open (we just created it) and only borrowed here.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty()).unwrap();
+        let listener = bind(&QmpSocketSpec::Fd(fd)).unwrap();
+        assert_eq!(listener.as_raw_fd(), fd);
+        assert!(rustix::io::fcntl_getfd(&listener)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC));
+        let listener = UnixListener::from_std(listener).unwrap();
+        let task = tokio::spawn(serve(listener, Arc::new(FakeVm::new(1))));
+        Client::negotiated(&path).await;
+        task.abort();
+    }
+
+    #[test]
+    fn bad_fds_are_rejected_without_being_closed() {
+        assert_eq!(
+            bind(&QmpSocketSpec::Fd(-1)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let file = tempfile::tempfile().unwrap();
+        let err = bind(&QmpSocketSpec::Fd(file.as_raw_fd())).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let err = bind(&QmpSocketSpec::Fd(a.as_raw_fd())).unwrap_err();
+        assert!(err.to_string().contains("not listening"), "{err}");
+        // Both descriptors are still ours and open.
+        assert!(rustix::io::fcntl_getfd(&file).is_ok());
+        assert!(rustix::io::fcntl_getfd(&a).is_ok());
+        // A closed descriptor number.
+        let closed = tempfile::tempfile().unwrap().into_raw_fd();
+        // SAFETY: we own `closed` and close it exactly once here.
+        drop(unsafe { OwnedFd::from_raw_fd(closed) });
+        assert!(bind(&QmpSocketSpec::Fd(closed)).is_err());
+    }
+
+    #[test]
+    fn greeting_bytes() {
+        let g = String::from_utf8(encode(&greeting()).unwrap()).unwrap();
+        assert_eq!(
+            g,
+            format!(
+                "{{\"QMP\": {{\"version\": {{\"qemu\": {{\"micro\": 0, \"minor\": 2, \"major\": 7}}, \"package\": \"xendm {}\"}}, \"capabilities\": []}}}}\r\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+
+    #[test]
+    fn error_offset_maps_line_and_column() {
+        let buf = b"ab\ncdef\ng";
+        assert_eq!(error_offset(buf, 1, 1), 0);
+        assert_eq!(error_offset(buf, 2, 3), 5);
+        assert_eq!(error_offset(buf, 3, 1), 8);
+        assert_eq!(error_offset(buf, 9, 9), buf.len());
+    }
+}
