@@ -7,3 +7,4 @@
 pub mod abi;
 pub mod engine;
 pub mod trace;
+pub mod qmp;
