@@ -14,6 +14,7 @@
 
 pub mod bus;
 pub mod hv;
+pub mod i8042;
 pub mod i440fx;
 pub mod mem;
 pub mod pci_config;
