@@ -19,6 +19,7 @@ pub mod i440fx;
 pub mod mem;
 pub mod pci_config;
 pub mod piix3;
+pub mod piix4_pm;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod uart;

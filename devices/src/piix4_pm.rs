@@ -1,0 +1,832 @@
+//! The PIIX4 power-management function (82371AB function 3), 00:01.3, with
+//! its ACPI PM I/O block, the APM control ports 0xB2/0xB3 and the GPE0 block
+//! at 0xAFE0.
+//!
+//! References: Intel 82371AB PIIX4 datasheet (order 290562) section 3.3
+//! (power-management configuration: PMBA 0x40, PMREGMISC 0x80) and 7.x (PM
+//! I/O registers); ACPI 1.0b/3.0 section 4.7 (PM1_CNT: SCI_EN bit 0,
+//! SLP_TYP bits 10-12, SLP_EN bit 13; the SMI_CMD handshake); QEMU's
+//! `hw/acpi/piix4.c`, `hw/acpi/core.c` and `hw/isa/apm.c` for the values a
+//! guest sees:
+//!
+//! * 8086:7113, revision 3, class 0x0680, header type 0, interrupt pin 1
+//!   (INTA), STATUS 0x0280, subsystem 1af4:1100;
+//! * PMBA (0x40) starts at 0x00000001; PMREGMISC (0x80) bit 0 (PMIOSE)
+//!   enables the 64-byte PM I/O block at `PMBA & 0xFFC0`. It is reported by
+//!   [`PciFunction::regions`] as region 0, so the bus claims it;
+//! * 0x5B = 0x02 (QEMU marks SMM "already initialised"), 0x5F/0x63/0x67
+//!   reflect the LPT and COM ports present (QEMU's `piix4_pm_machine_ready`),
+//!   SMBus base 0x90 = `smb_io_base | 1`, SMBus host config 0xD2 = 0x09.
+//!
+//! **Inside the PM block, only PM1a_CNT (+4, 2 bytes) is ours under Xen**:
+//! Xen's own handlers answer PM1a_STS/EN (+0) and PM_TMR (+8) before any
+//! ioreq server is asked, once hvmloader has moved them to 0xB000
+//! (`HVM_PARAM_ACPI_IOPORTS_LOCATION` = 1). If those offsets ever reach us
+//! (PMBA elsewhere), they read 0 and ignore writes; the other offsets read
+//! all-ones, as unassigned ports do in QEMU.
+//!
+//! PM1a_CNT: SLP_EN is never stored (reads 0). A write that sets SLP_EN acts
+//! on SLP_TYP, with the values of Xen's DSDT/SSDTs (`_S3` = 1, `_S4` = `_S5`
+//! = 0, `tools/libacpi/ssdt_s3.asl`, `ssdt_s4.asl`):
+//! * 0 (S5 and Xen's S4): [`Hypervisor::shutdown`] with
+//!   [`ShutdownReason::Poweroff`], before the write returns;
+//! * 2 (QEMU's default `s4_val`, unused by Xen's tables): also power-off,
+//!   as QEMU does (it adds a SUSPEND_DISK event);
+//! * 1 (S3): QEMU on Xen sets `HVM_PARAM_ACPI_S_STATE` = 3, which the
+//!   [`Hypervisor`] trait does not cover (and `SHUTDOWN_suspend` would be
+//!   wrong: it means "suspended for save"). S3 goes to an optional
+//!   [`SuspendControl`] given with [`Piix4Pm::set_suspend_control`]; without
+//!   one it is logged and ignored, and the guest sees the write complete
+//!   (Linux would then wait for WAK_STS; disable S3 with `acpi_s3=0`);
+//! * other values: ignored, as in QEMU.
+//!
+//! Where we differ from QEMU: a byte write to +4 keeps the high byte of
+//! PM1a_CNT (QEMU zero-extends it; hardware merges); PMBA bit 0 is
+//! read-only 1 (QEMU lets a guest clear it, hardware does not); the SMBus
+//! controller (0x90/0xD2) is not emulated, so its I/O window is never
+//! decoded (hvmloader disables it with 0xD2 = 0 anyway); APM writes other
+//! than 0xF0/0xF1 raise no SMI (there is no SMM under Xen); nothing in this
+//! device model raises GPE status bits (no CPU or PCI hotplug), so the SCI is
+//! never driven from here, which also keeps us from lowering the SCI line
+//! that Xen's PM timer raises on the same ISA IRQ 9.
+//!
+//! APM (0xB2 control, 0xB3 status) and GPE0 (0xAFE0: 2 status bytes,
+//! write-1-to-clear, then 2 enable bytes) are byte registers; wider accesses
+//! are split into bytes, as QEMU's memory core does for them. Writing 0xF1
+//! to 0xB2 sets SCI_EN, 0xF0 clears it; hvmloader BUG()s unless SCI_EN reads
+//! 1 after writing 0xF1.
+//!
+//! Standard locations: 00:01.3, ports 0xB2-0xB3 and 0xAFE0-0xAFE3; the PM
+//! block wherever the guest puts PMBA (0xB000 under hvmloader). QEMU leaves
+//! this function out with `-no-acpi`; so does the wiring (do not call
+//! [`register`]).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, Space};
+use crate::hv::{Hypervisor, ShutdownReason};
+use crate::pci_config::{
+    PciConfig, PciIdentity, INTERRUPT_PIN, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR, STATUS, STATUS_DEVSEL_MEDIUM,
+    STATUS_FAST_BACK,
+};
+use crate::ratelimit::RateLimit;
+use crate::snapshot::{Snapshot, SnapshotError};
+
+/// PIIX4 power management (82371AB function 3).
+pub const DEVICE_ID_82371AB_3: u16 = 0x7113;
+/// QEMU's revision of the function.
+pub const REVISION: u8 = 0x03;
+
+/// PM base address (u32): bits 15-6 the base, bit 0 reads 1 (I/O).
+pub const REG_PMBA: u16 = 0x40;
+/// Device activity B (u8): QEMU sets bit 1 ("SMM already initialised").
+pub const REG_DEVACTB: u16 = 0x5b;
+/// PM register miscellaneous: bit 0 (PMIOSE) enables the PM I/O block.
+pub const REG_PMREGMISC: u16 = 0x80;
+/// SMBus base address (u32).
+pub const REG_SMBBA: u16 = 0x90;
+/// SMBus host configuration (u8): bit 0 enables the SMBus I/O window.
+pub const REG_SMBHSTCFG: u16 = 0xd2;
+
+/// PMREGMISC bit 0.
+pub const PMIOSE: u8 = 0x01;
+/// PMBA bits that hold the base.
+pub const PMBA_MASK: u32 = 0xffc0;
+/// Length of the PM I/O block.
+pub const PM_BLOCK_LEN: u64 = 64;
+/// Region id of the PM I/O block in [`PciFunction::regions`].
+pub const PM_REGION: u8 = 0;
+
+/// PM block offset of PM1a_EVT (STS + EN), answered by Xen.
+pub const PM1_EVT: u64 = 0;
+/// PM block offset of PM1a_CNT.
+pub const PM1_CNT: u64 = 4;
+/// PM block offset of PM_TMR, answered by Xen.
+pub const PM_TMR: u64 = 8;
+
+/// PM1_CNT bit 0.
+pub const SCI_EN: u16 = 1 << 0;
+/// PM1_CNT bits 10-12 shift.
+pub const SLP_TYP_SHIFT: u16 = 10;
+/// PM1_CNT SLP_TYP mask after shifting.
+pub const SLP_TYP_MASK: u16 = 0x7;
+/// PM1_CNT bit 13, write-only.
+pub const SLP_EN: u16 = 1 << 13;
+/// SLP_TYP of S5 (and of S4) in Xen's ACPI tables.
+pub const SLP_TYP_S5: u16 = 0;
+/// SLP_TYP of S3 in Xen's ACPI tables.
+pub const SLP_TYP_S3: u16 = 1;
+/// QEMU's default `s4_val`, a power-off too.
+pub const SLP_TYP_QEMU_S4: u16 = 2;
+
+/// APM control port (the FADT's SMI_CMD).
+pub const APM_CNT_PORT: u64 = 0xb2;
+/// APM status port.
+pub const APM_STS_PORT: u64 = 0xb3;
+/// SMI_CMD value that sets SCI_EN.
+pub const ACPI_ENABLE: u8 = 0xf1;
+/// SMI_CMD value that clears SCI_EN.
+pub const ACPI_DISABLE: u8 = 0xf0;
+
+/// GPE0 block base (`ACPI_GPE0_BLK_ADDRESS_V1`).
+pub const GPE0_PORT: u64 = 0xafe0;
+/// GPE0 block length: 2 status bytes then 2 enable bytes.
+pub const GPE0_LEN: u64 = 4;
+
+/// QEMU's SMBus base on the PC machines.
+pub const DEFAULT_SMB_IO_BASE: u16 = 0xb100;
+
+/// Standard location of the PM function.
+pub const SBDF: Sbdf = Sbdf::new(1, 3);
+
+/// What the machine around the function looks like (QEMU fills registers
+/// 0x90, 0x5F and 0x67 from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piix4PmConfig {
+    /// SMBus I/O base reported at 0x90 (not decoded; see the module docs).
+    pub smb_io_base: u16,
+    /// A UART at 0x3F8 exists.
+    pub com1: bool,
+    /// A UART at 0x2F8 exists.
+    pub com2: bool,
+    /// A parallel port at 0x378 exists.
+    pub lpt1: bool,
+}
+
+impl Default for Piix4PmConfig {
+    fn default() -> Self {
+        Self { smb_io_base: DEFAULT_SMB_IO_BASE, com1: false, com2: false, lpt1: false }
+    }
+}
+
+/// Entering ACPI S3 (suspend to RAM), which [`Hypervisor`] does not cover.
+/// Under Xen: set `HVM_PARAM_ACPI_S_STATE` to 3 (QEMU's
+/// `xen_suspend_notifier`); QMP `system_wakeup` sets it back to 0.
+pub trait SuspendControl: Send + Sync {
+    /// Called, before the guest's write returns, when the guest enters S3.
+    fn suspend_to_ram(&self);
+}
+
+/// The PM function and the state of its I/O registers.
+pub struct Piix4Pm {
+    cfg: PciConfig,
+    pm1_cnt: u16,
+    apmc: u8,
+    apms: u8,
+    gpe_sts: [u8; 2],
+    gpe_en: [u8; 2],
+    hv: Arc<dyn Hypervisor>,
+    s3: Option<Arc<dyn SuspendControl>>,
+    log: RateLimit,
+}
+
+impl Piix4Pm {
+    /// The function in QEMU's post-reset state for `machine`.
+    pub fn new(hv: Arc<dyn Hypervisor>, machine: &Piix4PmConfig) -> Self {
+        let mut cfg = PciConfig::new(&PciIdentity {
+            vendor: crate::i440fx::VENDOR_INTEL,
+            device: DEVICE_ID_82371AB_3,
+            revision: REVISION,
+            base_class: 0x06,
+            sub_class: 0x80,
+            prog_if: 0,
+            subsystem_vendor: QEMU_SUBSYSTEM_VENDOR,
+            subsystem: QEMU_SUBSYSTEM,
+            multi_function: false,
+        });
+        cfg.set_u16(STATUS, STATUS_DEVSEL_MEDIUM | STATUS_FAST_BACK);
+        cfg.set_u8(INTERRUPT_PIN, 1);
+        cfg.set_u32(REG_PMBA, 1);
+        cfg.set_wmask_u8(REG_PMBA, 0xfe);
+        cfg.set_u8(REG_DEVACTB, 0x02);
+        cfg.set_u8(0x5f, 0x10 | if machine.lpt1 { 0x80 } else { 0 });
+        cfg.set_u8(0x63, 0x60);
+        cfg.set_u8(0x67, (if machine.com1 { 0x08 } else { 0 }) | (if machine.com2 { 0x90 } else { 0 }));
+        cfg.set_u16(REG_SMBBA, machine.smb_io_base | 1);
+        cfg.set_u8(REG_SMBHSTCFG, 0x09);
+        Self {
+            cfg,
+            pm1_cnt: 0,
+            apmc: 0,
+            apms: 0,
+            gpe_sts: [0; 2],
+            gpe_en: [0; 2],
+            hv,
+            s3: None,
+            log: RateLimit::per_second(),
+        }
+    }
+
+    /// Where S3 requests go (see the module docs).
+    pub fn set_suspend_control(&mut self, s3: Arc<dyn SuspendControl>) {
+        self.s3 = Some(s3);
+    }
+
+    /// PM1a_CNT as the guest reads it.
+    pub fn pm1_cnt(&self) -> u16 {
+        self.pm1_cnt
+    }
+
+    /// The PM block base, if decoding is enabled.
+    pub fn pm_base(&self) -> Option<u64> {
+        if self.cfg.u8_at(REG_PMREGMISC) & PMIOSE == 0 {
+            return None;
+        }
+        Some(u64::from(self.cfg.u32_at(REG_PMBA) & PMBA_MASK))
+    }
+
+    fn pm1_cnt_write(&mut self, val: u16) {
+        self.pm1_cnt = val & !SLP_EN;
+        if val & SLP_EN == 0 {
+            return;
+        }
+        match (val >> SLP_TYP_SHIFT) & SLP_TYP_MASK {
+            SLP_TYP_S5 | SLP_TYP_QEMU_S4 => {
+                tracing::info!(pm1_cnt = format_args!("{val:#06x}"), "guest entered ACPI soft-off: powering off");
+                self.hv.shutdown(ShutdownReason::Poweroff);
+            }
+            SLP_TYP_S3 => match &self.s3 {
+                Some(s3) => {
+                    tracing::info!("guest entered ACPI S3");
+                    s3.suspend_to_ram();
+                }
+                None => {
+                    if let Some(suppressed) = self.log.check() {
+                        tracing::warn!(suppressed, "guest asked for ACPI S3, which this device model cannot do; ignored");
+                    }
+                }
+            },
+            other => {
+                if let Some(suppressed) = self.log.check() {
+                    tracing::debug!(slp_typ = other, suppressed, "PM1a_CNT sleep type without meaning; ignored");
+                }
+            }
+        }
+    }
+
+    fn pm_read_byte(&self, off: u64) -> u8 {
+        let [lo, hi] = self.pm1_cnt.to_le_bytes();
+        match off {
+            4 => lo,
+            5 => hi,
+            0..=3 | 8..=11 => 0,
+            _ => 0xff,
+        }
+    }
+
+    /// A read inside the PM I/O block (offsets relative to PMBA).
+    pub fn pm_read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset.checked_add(i as u64).map_or(0xff, |o| self.pm_read_byte(o));
+        }
+    }
+
+    /// A write inside the PM I/O block. Bytes that hit PM1a_CNT are merged
+    /// into it and applied as one write; others are dropped.
+    pub fn pm_write(&mut self, offset: u64, data: &[u8]) {
+        let mut cnt = self.pm1_cnt.to_le_bytes();
+        let mut hit = false;
+        let mut other = false;
+        for (i, &v) in data.iter().enumerate() {
+            match offset.checked_add(i as u64) {
+                Some(4) => {
+                    cnt[0] = v;
+                    hit = true;
+                }
+                Some(5) => {
+                    cnt[1] = v;
+                    hit = true;
+                }
+                _ => other = true,
+            }
+        }
+        if other {
+            if let Some(suppressed) = self.log.check() {
+                tracing::debug!(offset, len = data.len(), suppressed, "write to a PM register this device model does not own; dropped");
+            }
+        }
+        if hit {
+            self.pm1_cnt_write(u16::from_le_bytes(cnt));
+        }
+    }
+
+    /// A read of the APM ports (offset 0 = 0xB2, 1 = 0xB3).
+    pub fn apm_read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = match offset.checked_add(i as u64) {
+                Some(0) => self.apmc,
+                Some(1) => self.apms,
+                _ => 0xff,
+            };
+        }
+    }
+
+    /// A write of the APM ports, byte by byte.
+    pub fn apm_write(&mut self, offset: u64, data: &[u8]) {
+        for (i, &v) in data.iter().enumerate() {
+            match offset.checked_add(i as u64) {
+                Some(0) => {
+                    self.apmc = v;
+                    match v {
+                        ACPI_ENABLE => self.pm1_cnt |= SCI_EN,
+                        ACPI_DISABLE => self.pm1_cnt &= !SCI_EN,
+                        _ => {} // would be an SMI; there is no SMM under Xen
+                    }
+                }
+                Some(1) => self.apms = v,
+                _ => {}
+            }
+        }
+    }
+
+    /// A read of the GPE0 block (offsets 0-1 status, 2-3 enable).
+    pub fn gpe_read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = match offset.checked_add(i as u64) {
+                Some(o @ 0..=1) => self.gpe_sts.get(o as usize).copied().unwrap_or(0xff),
+                Some(o @ 2..=3) => self.gpe_en.get(o as usize - 2).copied().unwrap_or(0xff),
+                _ => 0xff,
+            };
+        }
+    }
+
+    /// A write of the GPE0 block: status bytes are write-1-to-clear, enable
+    /// bytes are stored.
+    pub fn gpe_write(&mut self, offset: u64, data: &[u8]) {
+        for (i, &v) in data.iter().enumerate() {
+            match offset.checked_add(i as u64) {
+                Some(o @ 0..=1) => {
+                    if let Some(s) = self.gpe_sts.get_mut(o as usize) {
+                        *s &= !v;
+                    }
+                }
+                Some(o @ 2..=3) => {
+                    if let Some(e) = self.gpe_en.get_mut(o as usize - 2) {
+                        *e = v;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl PciFunction for Piix4Pm {
+    fn config_read(&mut self, reg: u16, data: &mut [u8]) {
+        self.cfg.read(reg, data);
+    }
+
+    fn config_write(&mut self, reg: u16, data: &[u8]) {
+        self.cfg.write(reg, data);
+    }
+
+    fn regions(&self) -> Vec<PciRegion> {
+        match self.pm_base() {
+            Some(base) => vec![PciRegion { id: PM_REGION, space: Space::Pio, base, len: PM_BLOCK_LEN }],
+            None => Vec::new(),
+        }
+    }
+
+    fn region_read(&mut self, region: u8, offset: u64, data: &mut [u8]) {
+        if region == PM_REGION {
+            self.pm_read(offset, data);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn region_write(&mut self, region: u8, offset: u64, data: &[u8]) {
+        if region == PM_REGION {
+            self.pm_write(offset, data);
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    config: String,
+    pm1_cnt: u16,
+    apmc: u8,
+    apms: u8,
+    gpe_sts: [u8; 2],
+    gpe_en: [u8; 2],
+}
+
+const NAME: &str = "piix4-pm";
+
+impl Snapshot for Piix4Pm {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::to_value(State {
+            config: self.cfg.to_hex(),
+            pm1_cnt: self.pm1_cnt,
+            apmc: self.apmc,
+            apms: self.apms,
+            gpe_sts: self.gpe_sts,
+            gpe_en: self.gpe_en,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
+        let s = State::deserialize(state).map_err(|e| SnapshotError::malformed(NAME, e))?;
+        self.cfg.restore_hex(&s.config).map_err(|e| SnapshotError::malformed(NAME, e))?;
+        self.pm1_cnt = s.pm1_cnt & !SLP_EN;
+        self.apmc = s.apmc;
+        self.apms = s.apms;
+        self.gpe_sts = s.gpe_sts;
+        self.gpe_en = s.gpe_en;
+        Ok(())
+    }
+}
+
+fn lock(m: &Mutex<Piix4Pm>) -> MutexGuard<'_, Piix4Pm> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The APM ports as a [`BusDevice`] (offset 0 = 0xB2), sharing the PM state.
+pub struct Apm {
+    pm: Arc<Mutex<Piix4Pm>>,
+}
+
+impl BusDevice for Apm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.pm).apm_read(offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.pm).apm_write(offset, data);
+    }
+}
+
+/// The GPE0 block as a [`BusDevice`] (offset 0 = 0xAFE0), sharing the PM state.
+pub struct Gpe0 {
+    pm: Arc<Mutex<Piix4Pm>>,
+}
+
+impl BusDevice for Gpe0 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.pm).gpe_read(offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.pm).gpe_write(offset, data);
+    }
+}
+
+/// The handles [`register`] returns. Save/restore goes through `pm`; the
+/// port devices hold no state of their own.
+pub struct Piix4PmHandles {
+    pub pm: Arc<Mutex<Piix4Pm>>,
+    pub apm: Arc<Mutex<Apm>>,
+    pub gpe0: Arc<Mutex<Gpe0>>,
+}
+
+/// Puts the PM function at 00:01.3, the APM ports at 0xB2-0xB3 and GPE0 at
+/// 0xAFE0-0xAFE3.
+///
+/// # Errors
+/// If any of those is taken.
+pub fn register(bus: &mut Bus, hv: Arc<dyn Hypervisor>, machine: &Piix4PmConfig) -> Result<Piix4PmHandles, BusError> {
+    let pm = Arc::new(Mutex::new(Piix4Pm::new(hv, machine)));
+    let apm = Arc::new(Mutex::new(Apm { pm: pm.clone() }));
+    let gpe0 = Arc::new(Mutex::new(Gpe0 { pm: pm.clone() }));
+    bus.register_pci(SBDF, NAME, pm.clone())?;
+    bus.register_pio(APM_CNT_PORT, 2, "piix4 apm", apm.clone(), 0)?;
+    bus.register_pio(GPE0_PORT, GPE0_LEN, "piix4 gpe0", gpe0.clone(), 0)?;
+    Ok(Piix4PmHandles { pm, apm, gpe0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::RangeChange;
+    use crate::hv::{FakeHypervisor, HvCall};
+
+    fn setup() -> (Bus, Arc<FakeHypervisor>, Piix4PmHandles) {
+        let hv = Arc::new(FakeHypervisor::new());
+        let mut bus = Bus::new();
+        let h = register(&mut bus, hv.clone(), &Piix4PmConfig { com1: true, ..Piix4PmConfig::default() }).unwrap();
+        (bus, hv, h)
+    }
+
+    fn rd(bus: &mut Bus, reg: u16, len: usize) -> u64 {
+        let mut d = vec![0u8; len];
+        bus.pci_config_read(SBDF, reg, &mut d);
+        crate::bus::le_value(&d)
+    }
+
+    fn inb(bus: &mut Bus, port: u64) -> u8 {
+        let mut v = [0u8; 1];
+        bus.pio_read(port, &mut v);
+        v[0]
+    }
+
+    fn inw(bus: &mut Bus, port: u64) -> u16 {
+        let mut v = [0u8; 2];
+        bus.pio_read(port, &mut v);
+        u16::from_le_bytes(v)
+    }
+
+    /// Enables the PM block at `base` the way hvmloader does.
+    fn enable_at(bus: &mut Bus, base: u32) {
+        bus.pci_config_write(SBDF, REG_PMBA, &(base | 1).to_le_bytes());
+        bus.pci_config_write(SBDF, REG_PMREGMISC, &[1]);
+    }
+
+    #[test]
+    fn reset_values() {
+        let (mut bus, hv, _) = setup();
+        assert_eq!(rd(&mut bus, 0x00, 4), 0x7113_8086);
+        assert_eq!(rd(&mut bus, 0x04, 4), 0x0280_0000);
+        assert_eq!(rd(&mut bus, 0x08, 4), 0x0680_0003);
+        assert_eq!(rd(&mut bus, 0x0c, 4), 0);
+        assert_eq!(rd(&mut bus, 0x2c, 4), 0x1100_1af4);
+        assert_eq!(rd(&mut bus, 0x3c, 4), 0x0000_0100, "pin INTA, line 0");
+        let mut all = [0u8; 256];
+        bus.pci_config_read(SBDF, 0, &mut all);
+        let got: Vec<(usize, u8)> = (0x40..256).filter(|&i| all[i] != 0).map(|i| (i, all[i])).collect();
+        assert_eq!(got, vec![(0x40, 0x01), (0x5b, 0x02), (0x5f, 0x10), (0x63, 0x60), (0x67, 0x08), (0x90, 0x01), (0x91, 0xb1), (0xd2, 0x09)]);
+        assert!(bus.take_changes().is_empty(), "PM block not decoded at reset");
+        assert_eq!(inb(&mut bus, 0xb2), 0);
+        assert_eq!(inb(&mut bus, 0xb3), 0);
+        let mut g = [0xaau8; 4];
+        bus.pio_read(GPE0_PORT, &mut g);
+        assert_eq!(g, [0; 4]);
+        assert!(hv.calls().is_empty());
+    }
+
+    #[test]
+    fn machine_dependent_registers() {
+        let hv: Arc<dyn Hypervisor> = Arc::new(FakeHypervisor::new());
+        let pm = Piix4Pm::new(hv.clone(), &Piix4PmConfig { smb_io_base: 0x1100, com1: true, com2: true, lpt1: true });
+        assert_eq!(pm.cfg.u8_at(0x5f), 0x90);
+        assert_eq!(pm.cfg.u8_at(0x67), 0x98);
+        assert_eq!(pm.cfg.u16_at(REG_SMBBA), 0x1101);
+        let pm = Piix4Pm::new(hv, &Piix4PmConfig::default());
+        assert_eq!(pm.cfg.u8_at(0x5f), 0x10);
+        assert_eq!(pm.cfg.u8_at(0x67), 0x00);
+    }
+
+    #[test]
+    fn writable_masks() {
+        let (mut bus, _, _) = setup();
+        for reg in (0u16..256).step_by(4) {
+            if reg != REG_PMREGMISC {
+                bus.pci_config_write(SBDF, reg, &[0xff; 4]);
+            }
+        }
+        assert_eq!(rd(&mut bus, 0x00, 4), 0x7113_8086);
+        assert_eq!(rd(&mut bus, 0x04, 4), 0x0280_0507);
+        assert_eq!(rd(&mut bus, 0x08, 4), 0x0680_0003);
+        assert_eq!(rd(&mut bus, 0x0c, 4), 0x0000_00ff);
+        for bar in (0x10u16..=0x24).step_by(4) {
+            assert_eq!(rd(&mut bus, bar, 4), 0);
+        }
+        assert_eq!(rd(&mut bus, 0x3c, 4), 0x0000_01ff);
+        assert_eq!(rd(&mut bus, REG_PMBA, 4), 0xffff_ffff);
+        // Bit 0 of PMBA stays 1.
+        bus.pci_config_write(SBDF, REG_PMBA, &0xb000u32.to_le_bytes());
+        assert_eq!(rd(&mut bus, REG_PMBA, 4), 0xb001);
+        for reg in (0x44u16..256).step_by(4) {
+            if reg != REG_PMREGMISC {
+                assert_eq!(rd(&mut bus, reg, 4), 0xffff_ffff, "{reg:#x}");
+            }
+        }
+        assert!(bus.take_changes().is_empty(), "PMIOSE still clear");
+    }
+
+    /// hvmloader's `pci_setup` for class 0x0680, then `acpi_enable_sci`, then
+    /// Linux powering off.
+    #[test]
+    fn golden_hvmloader_then_linux_poweroff() {
+        let (mut bus, hv, h) = setup();
+        bus.pci_config_write(SBDF, 0x20, &0u16.to_le_bytes());
+        bus.pci_config_write(SBDF, 0xd2, &0u16.to_le_bytes());
+        bus.pci_config_write(SBDF, 0x22, &0u16.to_le_bytes());
+        bus.pci_config_write(SBDF, 0x3c, &9u16.to_le_bytes());
+        bus.pci_config_write(SBDF, 0x3d, &1u16.to_le_bytes());
+        bus.pci_config_write(SBDF, 0x40, &0xb001u32.to_le_bytes());
+        assert!(bus.take_changes().is_empty());
+        bus.pci_config_write(SBDF, 0x80, &[1]);
+        assert_eq!(bus.take_changes(), vec![RangeChange::Map { space: Space::Pio, start: 0xb000, end: 0xb03f }]);
+        assert_eq!(rd(&mut bus, 0x3c, 2), 0x0109, "line 9, pin still 1");
+        assert_eq!(rd(&mut bus, 0x20, 4), 0);
+        assert_eq!(rd(&mut bus, 0xd2, 1), 0);
+        assert_eq!(rd(&mut bus, 0x40, 4), 0xb001);
+
+        // acpi_enable_sci: SCI_EN clear, so write 0xF1 to SMI_CMD and re-read.
+        assert_eq!(inb(&mut bus, 0xb004) & 1, 0);
+        bus.pio_write(0xb2, &[ACPI_ENABLE]);
+        assert_eq!(inb(&mut bus, 0xb004), 1);
+        assert_eq!(inb(&mut bus, 0xb2), ACPI_ENABLE);
+        assert!(hv.calls().is_empty());
+
+        // Linux: clear GPE status, disable GPEs, byte by byte.
+        for p in 0..4 {
+            bus.pio_write(GPE0_PORT + p, &[0xff * u8::from(p < 2)]);
+        }
+        let mut g = [0u8; 4];
+        bus.pio_read(GPE0_PORT, &mut g);
+        assert_eq!(g, [0; 4]);
+
+        // Linux poweroff: SLP_TYP=0 | SLP_EN, keeping SCI_EN. The shutdown
+        // happens inside write(), i.e. before the ioreq would be answered.
+        bus.pio_write(0xb004, &(SLP_EN | SCI_EN).to_le_bytes());
+        assert_eq!(hv.take(), vec![HvCall::Shutdown { reason: ShutdownReason::Poweroff }]);
+        assert_eq!(inw(&mut bus, 0xb004), SCI_EN, "SLP_EN reads 0");
+        assert_eq!(h.pm.lock().unwrap().pm1_cnt(), SCI_EN);
+    }
+
+    #[test]
+    fn pm_block_moves_and_disables() {
+        let (mut bus, _, _) = setup();
+        enable_at(&mut bus, 0xb000);
+        bus.take_changes();
+        bus.pci_config_write(SBDF, REG_PMBA, &0x1f41u32.to_le_bytes());
+        assert_eq!(
+            bus.take_changes(),
+            vec![
+                RangeChange::Unmap { space: Space::Pio, start: 0xb000, end: 0xb03f },
+                RangeChange::Map { space: Space::Pio, start: 0x1f40, end: 0x1f7f }
+            ]
+        );
+        bus.pio_write(0xb2, &[ACPI_ENABLE]);
+        assert_eq!(inw(&mut bus, 0x1f44), 1);
+        assert_eq!(inw(&mut bus, 0xb004), 0xffff, "old block unclaimed");
+        bus.pci_config_write(SBDF, REG_PMREGMISC, &[0]);
+        assert_eq!(bus.take_changes(), vec![RangeChange::Unmap { space: Space::Pio, start: 0x1f40, end: 0x1f7f }]);
+    }
+
+    #[test]
+    fn pm_block_offsets() {
+        let (mut bus, _, _) = setup();
+        enable_at(&mut bus, 0xb000);
+        let mut v = [0u8; 4];
+        bus.pio_read(0xb000, &mut v);
+        assert_eq!(v, [0; 4], "PM1a_EVT is Xen's; reads 0 if it reaches us");
+        bus.pio_read(0xb008, &mut v);
+        assert_eq!(v, [0; 4], "PM_TMR is Xen's");
+        bus.pio_read(0xb00c, &mut v);
+        assert_eq!(v, [0xff; 4]);
+        bus.pio_read(0xb03c, &mut v);
+        assert_eq!(v, [0xff; 4]);
+        // A dword read at +4 covers CNT and two unassigned bytes.
+        bus.pio_write(0xb004, &0x0401u16.to_le_bytes());
+        bus.pio_read(0xb004, &mut v);
+        assert_eq!(v, [0x01, 0x04, 0xff, 0xff]);
+        bus.pio_read(0xb003, &mut v);
+        assert_eq!(v, [0x00, 0x01, 0x04, 0xff]);
+    }
+
+    #[test]
+    fn sleep_types() {
+        struct S3(Mutex<u32>);
+        impl SuspendControl for S3 {
+            fn suspend_to_ram(&self) {
+                *self.0.lock().unwrap() += 1;
+            }
+        }
+        let (mut bus, hv, h) = setup();
+        enable_at(&mut bus, 0xb000);
+        let cnt = |typ: u16| ((typ << SLP_TYP_SHIFT) | SLP_EN | SCI_EN).to_le_bytes();
+        // S3 without a handler: ignored, stored without SLP_EN.
+        bus.pio_write(0xb004, &cnt(1));
+        assert!(hv.take().is_empty());
+        assert_eq!(inw(&mut bus, 0xb004), 0x0401);
+        let s3 = Arc::new(S3(Mutex::new(0)));
+        h.pm.lock().unwrap().set_suspend_control(s3.clone());
+        bus.pio_write(0xb004, &cnt(1));
+        assert_eq!(*s3.0.lock().unwrap(), 1);
+        assert!(hv.take().is_empty(), "S3 is not a shutdown");
+        // QEMU's s4_val 2 powers off.
+        bus.pio_write(0xb004, &cnt(2));
+        assert_eq!(hv.take(), vec![HvCall::Shutdown { reason: ShutdownReason::Poweroff }]);
+        for typ in 3..8 {
+            bus.pio_write(0xb004, &cnt(typ));
+        }
+        assert!(hv.take().is_empty());
+        assert_eq!(*s3.0.lock().unwrap(), 1);
+        // Without SLP_EN nothing happens, and SLP_TYP reads back.
+        bus.pio_write(0xb004, &(SCI_EN | 5 << SLP_TYP_SHIFT).to_le_bytes());
+        assert!(hv.take().is_empty());
+        assert_eq!(inw(&mut bus, 0xb004), 0x1401);
+    }
+
+    #[test]
+    fn pm1_cnt_byte_writes_merge() {
+        let (mut bus, hv, _) = setup();
+        enable_at(&mut bus, 0xb000);
+        bus.pio_write(0xb004, &[0x01]);
+        bus.pio_write(0xb005, &[0x14]);
+        assert_eq!(inw(&mut bus, 0xb004), 0x1401);
+        bus.pio_write(0xb004, &[0x00]);
+        assert_eq!(inw(&mut bus, 0xb004), 0x1400, "a byte write at +4 keeps the high byte");
+        assert_eq!(inb(&mut bus, 0xb005), 0x14);
+        assert!(hv.take().is_empty());
+        // SLP_EN arriving in the high byte alone (as some firmware writes it).
+        bus.pio_write(0xb005, &[(SLP_EN >> 8) as u8]);
+        assert_eq!(hv.take(), vec![HvCall::Shutdown { reason: ShutdownReason::Poweroff }]);
+        // A dword write at +4 applies its low word.
+        bus.pio_write(0xb004, &(u32::from(SLP_EN) | 0xffff_0000).to_le_bytes());
+        assert_eq!(hv.take(), vec![HvCall::Shutdown { reason: ShutdownReason::Poweroff }]);
+        // A dword write at +2 covers CNT's two bytes in its upper half.
+        bus.pio_write(0xb002, &0x0020_0000u32.to_le_bytes());
+        assert!(hv.take().is_empty(), "0x20 lands in the low byte: not SLP_EN");
+        assert_eq!(inw(&mut bus, 0xb004), 0x0020);
+        bus.pio_write(0xb002, &0x2000_0000u32.to_le_bytes());
+        assert_eq!(hv.take(), vec![HvCall::Shutdown { reason: ShutdownReason::Poweroff }]);
+    }
+
+    #[test]
+    fn apm_ports() {
+        let (mut bus, _, _) = setup();
+        enable_at(&mut bus, 0xb000);
+        bus.pio_write(0xb2, &[ACPI_ENABLE]);
+        assert_eq!(inw(&mut bus, 0xb004), SCI_EN);
+        bus.pio_write(0xb3, &[0x5a]);
+        assert_eq!(inb(&mut bus, 0xb3), 0x5a, "status is a scratch byte");
+        bus.pio_write(0xb2, &[0x42]);
+        assert_eq!(inw(&mut bus, 0xb004), SCI_EN, "other commands leave SCI_EN");
+        bus.pio_write(0xb2, &[ACPI_DISABLE]);
+        assert_eq!(inw(&mut bus, 0xb004), 0);
+        // A word write is split: 0xB2 then 0xB3.
+        bus.pio_write(0xb2, &[ACPI_ENABLE, 0x77]);
+        assert_eq!(inw(&mut bus, 0xb2), 0x77f1);
+        assert_eq!(inw(&mut bus, 0xb004), SCI_EN);
+    }
+
+    #[test]
+    fn gpe0_status_is_w1c_and_enable_stores() {
+        let (mut bus, _, h) = setup();
+        h.pm.lock().unwrap().gpe_sts = [0x0f, 0xf0];
+        bus.pio_write(GPE0_PORT, &[0x03, 0x10]);
+        bus.pio_write(GPE0_PORT + 2, &[0x04, 0x80]);
+        let mut g = [0u8; 4];
+        bus.pio_read(GPE0_PORT, &mut g);
+        assert_eq!(g, [0x0c, 0xe0, 0x04, 0x80]);
+        bus.pio_write(GPE0_PORT, &0xffff_0000u32.to_le_bytes());
+        bus.pio_read(GPE0_PORT, &mut g);
+        assert_eq!(g, [0x0c, 0xe0, 0xff, 0xff], "a dword write: 0 clears no status, enables all set");
+        let mut b = [0u8; 1];
+        bus.pio_read(GPE0_PORT + 1, &mut b);
+        assert_eq!(b, [0xe0]);
+    }
+
+    #[test]
+    fn hostile_accesses_do_not_panic() {
+        let (mut bus, hv, h) = setup();
+        enable_at(&mut bus, 0xb000);
+        for len in [1usize, 2, 3, 4, 8] {
+            for port in [0xb000u64, 0xb003, 0xb005, 0xb03f, 0xb2, 0xb3, GPE0_PORT, GPE0_PORT + 3] {
+                let mut v = vec![0u8; len];
+                bus.pio_read(port, &mut v);
+                bus.pio_write(port, &vec![0u8; len]);
+            }
+            for reg in [0u16, 0x40, 0x7f, 0x80, 0xfd, 0xff] {
+                let mut v = vec![0u8; len];
+                bus.pci_config_read(SBDF, reg, &mut v);
+            }
+        }
+        assert!(hv.take().is_empty());
+        let mut pm = h.pm.lock().unwrap();
+        let mut v = [0u8; 8];
+        pm.pm_read(u64::MAX - 2, &mut v);
+        assert_eq!(v, [0xff; 8]);
+        pm.pm_write(u64::MAX - 2, &[0xff; 8]);
+        pm.apm_read(u64::MAX, &mut v);
+        pm.apm_write(u64::MAX, &v);
+        pm.gpe_read(u64::MAX - 1, &mut v);
+        pm.gpe_write(u64::MAX - 1, &v);
+        pm.region_read(9, 0, &mut v);
+        assert_eq!(v, [0xff; 8]);
+        pm.region_write(9, 4, &(SLP_EN).to_le_bytes());
+        pm.config_write(0xffff, &[0xff; 8]);
+        assert!(hv.take().is_empty());
+    }
+
+    crate::snapshot_conformance!(
+        snapshot_conformance,
+        Piix4Pm::new(Arc::new(FakeHypervisor::new()), &Piix4PmConfig::default()),
+        |d: &mut Piix4Pm| {
+            d.config_write(REG_PMBA, &0xb001u32.to_le_bytes());
+            d.config_write(REG_PMREGMISC, &[1]);
+            d.apm_write(0, &[ACPI_ENABLE, 0x12]);
+            d.gpe_write(2, &[0x04, 0x00]);
+        }
+    );
+
+    #[test]
+    fn restore_brings_back_the_pm_window() {
+        let (mut bus, _, h) = setup();
+        enable_at(&mut bus, 0xb000);
+        bus.pio_write(0xb2, &[ACPI_ENABLE]);
+        let saved = h.pm.lock().unwrap().snapshot();
+        let (mut bus2, _, h2) = setup();
+        h2.pm.lock().unwrap().restore(&saved).unwrap();
+        assert_eq!(h2.pm.lock().unwrap().regions(), vec![PciRegion { id: 0, space: Space::Pio, base: 0xb000, len: 64 }]);
+        // A config write (any) makes the bus pick up the restored window.
+        bus2.pci_config_write(SBDF, 0x0c, &[0]);
+        assert_eq!(inw(&mut bus2, 0xb004), SCI_EN);
+    }
+}
