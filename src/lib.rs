@@ -5,6 +5,7 @@
 //! records and replays what the engine did.
 
 pub mod abi;
+pub mod cli;
 pub mod engine;
 pub mod trace;
 pub mod qmp;

@@ -1,0 +1,323 @@
+//! The command line: the qemu-xen argv that libxl builds, plus xendm's own options.
+//!
+//! libxl (`libxl__build_device_model_args_new`, Xen 4.17) launches the device
+//! model with a QEMU command line. QEMU's syntax is not getopt-shaped, so this
+//! is a small table-driven parser ([`table`]) plus a QemuOpts value parser
+//! ([`opts`]):
+//!
+//! * options are single-dash long names (`-xen-domid 1`); `--name` is the same
+//!   option as `-name`;
+//! * an option takes either no value or exactly the next argument, which may
+//!   be a QemuOpts list `key=val,...` with an implied first key;
+//! * some options repeat (`-chardev`, `-mon`, `-serial`, ...), and their
+//!   order is kept.
+//!
+//! Reference: QEMU `docs/system/invocation.rst` / `qemu-options.hx` and the
+//! Xen fact sheet (`xen-abi.md` §1.2-1.6); user documentation is in
+//! `docs/usage.md`.
+//!
+//! Where we differ from QEMU, deliberately:
+//! * Options xendm does not implement are refused with an error naming them,
+//!   unless they are harmless to ignore (listed in `docs/usage.md`, and
+//!   collected in [`Config::ignored`] for a start-up log line). QEMU would
+//!   create the device; silently dropping a disk or a NIC is not harmless.
+//! * A single-valued option given twice is an error (QEMU lets the last one
+//!   win); `-machine` is merged like QEMU does.
+//! * Every argument must be UTF-8.
+//! * `-xen-domid` is required unless `-machine none` (the libxl 4.20 probe).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod chardev;
+mod help;
+pub mod opts;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+pub use opts::OptsError;
+
+/// What the process was asked to do.
+// One value per process: boxing `Config` would only add noise for callers.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Run a device model with this configuration.
+    Run(Config),
+    /// Print this text (`--help`, `-h`, `-help`) and exit successfully.
+    Help(String),
+    /// Print this text (`--version`, `-version`) and exit successfully.
+    Version(String),
+    /// Write the option ROMs xendm builds into this directory and exit
+    /// (`--dump-roms DIR`, xendm's own).
+    DumpRoms(PathBuf),
+}
+
+/// The device-model configuration given on the command line.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// `-xen-domid N`: the guest to serve. `None` only with `-machine none`.
+    pub domid: Option<u32>,
+    /// `-xen-domid-restrict`: restrict our Xen handles to the guest once
+    /// initialisation is done.
+    pub domid_restrict: bool,
+    /// `-xen-attach` (PV/PVH only in libxl; carried, not acted on).
+    pub xen_attach: bool,
+    /// `-no-shutdown`: do not exit when the guest shuts down.
+    pub no_shutdown: bool,
+    /// `-S`: start paused, QMP `query-status` says `prelaunch` until `cont`.
+    pub start_paused: bool,
+    /// `-name NAME` (the `guest=` key).
+    pub name: Option<String>,
+    /// QMP monitors: each `-mon chardev=ID,mode=control` joined with its
+    /// `-chardev socket,...`, in `-mon` order.
+    pub qmp: Vec<QmpEndpoint>,
+    /// `-kernel PATH`.
+    pub kernel: Option<PathBuf>,
+    /// `-initrd PATH`, the whole argument as a path.
+    pub initrd: Option<PathBuf>,
+    /// `-initrd` verbatim. For a multiboot kernel it is a comma-separated
+    /// module list (`,,` escapes a comma) which the multiboot loader splits.
+    pub initrd_spec: Option<String>,
+    /// `-append CMDLINE`, verbatim (inner and trailing spaces kept).
+    pub append: Option<String>,
+    /// `-serial SPEC` in order. A [`SerialSpec::None`] entry occupies no COM
+    /// port; use [`Config::serial_ports`] to get the ports.
+    pub serial: Vec<SerialSpec>,
+    /// `-boot order=...` (validated: letters `a`-`p`, no repeats).
+    pub boot_order: Option<String>,
+    /// `-machine`/`-M` (merged over all occurrences); defaults to `xenfv`.
+    pub machine: Machine,
+    /// `-m`: guest RAM in MiB, excluding video RAM.
+    pub mem_mib: Option<u64>,
+    /// `-smp CPUS[,maxcpus=MAX]`.
+    pub smp: Option<Smp>,
+    /// `-vnc VALUE` verbatim. No VNC server exists; QMP reports it disabled.
+    pub vnc: Option<String>,
+    /// `-no-acpi` or `-machine acpi=off`: no PIIX4 ACPI function.
+    pub no_acpi: bool,
+    /// `-incoming URI` verbatim (`fd:N` from libxl on restore).
+    pub incoming: Option<String>,
+    /// Effective chroot directory: `-chroot DIR` or `-run-with chroot=DIR`
+    /// (the later one wins, as in QEMU).
+    pub chroot: Option<PathBuf>,
+    /// Effective user: `-runas USER|UID:GID` or `-run-with user=...`
+    /// (the later one wins). `UID:GID` is checked to be numeric.
+    pub runas: Option<String>,
+    /// `-run-with` as given (its chroot/user also land in the two fields above).
+    pub run_with: Option<RunWith>,
+    /// `-xendm-boot linux|multiboot|pvh` (xendm's own): force the kernel type.
+    pub boot_protocol: Option<BootProtocol>,
+    /// `-xendm-record PATH` (xendm's own): record the ioreq stream here.
+    /// (`XENDM_RECORD` in the environment is read by `main`, not here.)
+    pub record: Option<PathBuf>,
+    /// Options accepted and ignored, as given (`-display none`, ...), for a
+    /// start-up log line.
+    pub ignored: Vec<String>,
+}
+
+impl Config {
+    /// The serial ports in COM order (COM1 first), skipping `none` entries.
+    pub fn serial_ports(&self) -> impl Iterator<Item = &SerialSpec> {
+        self.serial.iter().filter(|s| **s != SerialSpec::None)
+    }
+}
+
+/// A QMP monitor endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QmpEndpoint {
+    /// The chardev id (`libxl-cmd`, `libxenstat-cmd`, ...).
+    pub id: String,
+    /// Where the listening socket comes from.
+    pub socket: QmpSocket,
+}
+
+/// The listening socket of a QMP monitor. Always a server socket with
+/// `wait=off` (the parser refuses anything else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpSocket {
+    /// `path=P`: create and listen on a Unix socket at this path.
+    Path(PathBuf),
+    /// `fd=N`: an inherited, already listening socket (libxl `dm_restrict=1`).
+    Fd(i32),
+}
+
+/// One `-serial` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialSpec {
+    /// `none`: no port (occupies no COM index).
+    None,
+    /// `null`: a port whose output is discarded and that never receives input.
+    Null,
+    /// `pty`: a new pseudo-terminal, reported by `query-chardev`.
+    Pty,
+    /// `stdio`: our stdin/stdout (under libxl stdout is the qemu-dm log).
+    Stdio,
+    /// `file:PATH`: output appended to a file, no input.
+    File(PathBuf),
+    /// `unix:PATH[,server=on,wait=off]`: a Unix stream socket; `server` says
+    /// whether we listen (true) or connect (false).
+    Unix {
+        /// Socket path.
+        path: PathBuf,
+        /// Listen rather than connect.
+        server: bool,
+    },
+    /// `/dev/...`: a host character device (a tty, or `/dev/hvcN` in a stubdom).
+    HostDevice(PathBuf),
+}
+
+/// `-machine`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Machine {
+    /// The machine type.
+    pub kind: MachineKind,
+    /// `max-ram-below-4g=BYTES` (libxl `mmio_hole`); at most 4 GiB.
+    pub max_ram_below_4g: Option<u64>,
+    /// `igd-passthru=on`.
+    pub igd_passthru: bool,
+}
+
+/// The machine types xendm accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MachineKind {
+    /// `xenfv`: i440FX + PIIX3 + the Xen platform PCI device (the default).
+    #[default]
+    Xenfv,
+    /// `pc,accel=xen`: the same without the Xen platform device.
+    PcAccelXen,
+    /// `none,accel=xen`: no machine at all (the libxl 4.20 probe run).
+    None,
+}
+
+/// `-smp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Smp {
+    /// vCPUs online at boot.
+    pub cpus: u32,
+    /// Maximum vCPUs (>= `cpus`).
+    pub maxcpus: u32,
+}
+
+/// `-xendm-boot`: how to boot `-kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// Linux/x86 boot protocol (bzImage).
+    Linux,
+    /// Multiboot v1.
+    Multiboot,
+    /// PVH (ELF note `XEN_ELFNOTE_PHYS32_ENTRY`).
+    Pvh,
+}
+
+/// `-run-with` as given (QEMU 8.1+, used by libxl 4.20+ after its probe).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunWith {
+    /// `chroot=DIR`.
+    pub chroot: Option<PathBuf>,
+    /// `user=USER|UID:GID`.
+    pub user: Option<String>,
+    /// `async-teardown=on|off` (accepted, not acted on: no teardown process).
+    pub async_teardown: bool,
+}
+
+/// A command-line error. Every message names the option (or argument) at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CliError {
+    /// An argument is not valid UTF-8 (argument numbers count from 1).
+    #[error("argument {index}{} is not valid UTF-8: {lossy:?}", value_of_text(.option))]
+    NotUtf8 {
+        /// 1-based position in argv (argv\[0\] excluded).
+        index: usize,
+        /// The option this argument is the value of, if any.
+        option: Option<String>,
+        /// The argument with invalid bytes replaced.
+        lossy: String,
+    },
+    /// An option name that is not in the table.
+    #[error("unknown option '{option}'{}", suggestion_text(.suggestion))]
+    UnknownOption {
+        /// The option as written.
+        option: String,
+        /// The closest known option, if one is close.
+        suggestion: Option<String>,
+    },
+    /// An argument that is not an option (QEMU would take it as a disk image).
+    #[error("unexpected argument '{0}' (xendm takes no disk image or positional arguments)")]
+    UnexpectedArgument(String),
+    /// An option that needs a value was the last argument.
+    #[error("option '{0}' requires a value")]
+    MissingValue(String),
+    /// A single-valued option given twice.
+    #[error("option '{0}' given more than once")]
+    Repeated(String),
+    /// A value that does not parse or is out of range.
+    #[error("{option}: {message}")]
+    InvalidValue {
+        /// The option (canonical single-dash spelling).
+        option: String,
+        /// What is wrong, quoting the value.
+        message: String,
+    },
+    /// A QemuOpts value error.
+    #[error("{option}: {source}")]
+    Opts {
+        /// The option (canonical single-dash spelling).
+        option: String,
+        /// The underlying error.
+        #[source]
+        source: OptsError,
+    },
+    /// A value of an option that xendm does not implement.
+    #[error("{option}: unsupported {what} '{value}' ({reason})")]
+    Unsupported {
+        /// The option (canonical single-dash spelling).
+        option: String,
+        /// What kind of value: "backend", "driver", "machine type", ...
+        what: &'static str,
+        /// The refused value.
+        value: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// A QEMU option that xendm knows but does not implement.
+    #[error("option '{option}' is not supported by xendm: {reason}")]
+    RefusedOption {
+        /// The option (canonical single-dash spelling).
+        option: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// Options that contradict each other or lack a partner.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+fn value_of_text(option: &Option<String>) -> String {
+    match option {
+        Some(o) => format!(" (the value of {o})"),
+        None => String::new(),
+    }
+}
+
+fn suggestion_text(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(s) => format!(" (did you mean '{s}'?)"),
+        None => String::new(),
+    }
+}
+
+/// Parses the arguments after argv\[0\].
+pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliError> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    table::parse_args(&args)
+}

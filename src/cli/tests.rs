@@ -1,0 +1,1069 @@
+//! Whole-argv tests: real libxl command lines and the refusals.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::*;
+
+fn argv(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+/// Splits a fixture from `tests/data/argv/` (one argument per line).
+fn fixture(text: &str) -> Vec<OsString> {
+    text.strip_suffix('\n')
+        .unwrap_or(text)
+        .split('\n')
+        .map(OsString::from)
+        .collect()
+}
+
+fn run(args: Vec<OsString>) -> Config {
+    match parse(args) {
+        Ok(Command::Run(cfg)) => cfg,
+        other => panic!("expected Run, got {other:?}"),
+    }
+}
+
+fn run_str(args: &[&str]) -> Config {
+    run(argv(args))
+}
+
+fn err(args: &[&str]) -> CliError {
+    match parse(argv(args)) {
+        Err(e) => e,
+        Ok(c) => panic!("expected an error for {args:?}, got {c:?}"),
+    }
+}
+
+fn qmp_path(id: &str, path: &str) -> QmpEndpoint {
+    QmpEndpoint {
+        id: id.into(),
+        socket: QmpSocket::Path(path.into()),
+    }
+}
+
+/// The minimum a run needs, followed by `extra`.
+fn with_domid(extra: &[&str]) -> Vec<OsString> {
+    let mut args = argv(&["-xen-domid", "5"]);
+    args.extend(argv(extra));
+    args
+}
+
+const HVM1: &str = include_str!("../../tests/data/argv/libxl-4.17-hvm1.txt");
+const HVM2: &str = include_str!("../../tests/data/argv/libxl-4.17-hvm2-with-trace.txt");
+
+#[test]
+fn captured_libxl_argv_hvm1() {
+    let args = fixture(HVM1);
+    assert_eq!(args.len(), 35, "ARGC in the capture");
+    let cfg = run(args);
+    let expected = Config {
+        domid: Some(1),
+        no_shutdown: true,
+        name: Some("hvm1".into()),
+        qmp: vec![
+            qmp_path("libxl-cmd", "/var/run/xen/qmp-libxl-1"),
+            qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-1"),
+        ],
+        kernel: Some("/guest/vmlinuz".into()),
+        initrd: Some("/guest/initrd.img".into()),
+        initrd_spec: Some("/guest/initrd.img".into()),
+        append: Some("console=ttyS0 panic=-1 labhold=900  quiet".into()),
+        serial: vec![SerialSpec::File("/tmp/guest-serial-hvm1.log".into())],
+        boot_order: Some("cda".into()),
+        machine: Machine {
+            kind: MachineKind::Xenfv,
+            max_ram_below_4g: None,
+            igd_passthru: false,
+        },
+        mem_mib: Some(128),
+        vnc: Some("none".into()),
+        ignored: vec![
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-vnc none".into(),
+            "-display none".into(),
+            "-net none".into(),
+            "-machine suppress-vmdesc=on".into(),
+        ],
+        ..Config::default()
+    };
+    assert_eq!(cfg, expected);
+    // Fields the struct literal above leaves at their defaults, spelled out.
+    assert!(!cfg.start_paused && !cfg.domid_restrict && !cfg.xen_attach && !cfg.no_acpi);
+    assert_eq!(
+        (cfg.smp, cfg.incoming, cfg.chroot, cfg.runas),
+        (None, None, None, None)
+    );
+}
+
+#[test]
+fn captured_libxl_argv_hvm2_with_trace_options() {
+    let mut args = fixture(HVM2);
+    // The lab wrapper appended QEMU trace options; the capture elides the -d
+    // value, so this one is a stand-in of the same shape.
+    args.extend(argv(&[
+        "-d",
+        "trace:xen_*,trace:handle_ioreq*",
+        "-D",
+        "/var/log/xen/qemu-trace.732.txt",
+        "-msg",
+        "timestamp=on",
+    ]));
+    let cfg = run(args);
+    assert_eq!(cfg.domid, Some(2));
+    assert_eq!(cfg.name.as_deref(), Some("hvm2"));
+    assert_eq!(
+        cfg.qmp,
+        [
+            qmp_path("libxl-cmd", "/var/run/xen/qmp-libxl-2"),
+            qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-2"),
+        ]
+    );
+    assert_eq!(
+        cfg.serial,
+        [SerialSpec::File("/tmp/guest-serial-hvm2.log".into())]
+    );
+    assert_eq!(cfg.mem_mib, Some(128));
+    assert_eq!(cfg.machine.kind, MachineKind::Xenfv);
+    assert_eq!(
+        cfg.append.as_deref(),
+        Some("console=ttyS0 panic=-1 labhold=900  quiet")
+    );
+    for item in [
+        "-d trace:xen_*,trace:handle_ioreq*",
+        "-D /var/log/xen/qemu-trace.732.txt",
+        "-msg timestamp=on",
+        "-machine suppress-vmdesc=on",
+    ] {
+        assert!(
+            cfg.ignored.iter().any(|i| i == item),
+            "{item} not in {:?}",
+            cfg.ignored
+        );
+    }
+}
+
+#[test]
+fn xen_abi_1_3_example() {
+    let cfg = run_str(&[
+        "-xen-domid",
+        "7",
+        "-no-shutdown",
+        "-chardev",
+        "socket,id=libxl-cmd,path=/var/run/xen/qmp-libxl-7,server=on,wait=off",
+        "-mon",
+        "chardev=libxl-cmd,mode=control",
+        "-chardev",
+        "socket,id=libxenstat-cmd,path=/var/run/xen/qmp-libxenstat-7,server=on,wait=off",
+        "-mon",
+        "chardev=libxenstat-cmd,mode=control",
+        "-nodefaults",
+        "-no-user-config",
+        "-name",
+        "g1",
+        "-vnc",
+        "none",
+        "-display",
+        "none",
+        "-kernel",
+        "/srv/bzImage",
+        "-initrd",
+        "/srv/initrd",
+        "-append",
+        "console=ttyS0",
+        "-serial",
+        "pty",
+        "-nographic",
+        "-boot",
+        "order=cda",
+        "-smp",
+        "2,maxcpus=2",
+        "-net",
+        "none",
+        "-machine",
+        "xenfv,suppress-vmdesc=on",
+        "-m",
+        "512",
+    ]);
+    assert_eq!(cfg.domid, Some(7));
+    assert!(cfg.no_shutdown && !cfg.start_paused);
+    assert_eq!(cfg.name.as_deref(), Some("g1"));
+    assert_eq!(
+        cfg.qmp,
+        [
+            qmp_path("libxl-cmd", "/var/run/xen/qmp-libxl-7"),
+            qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-7"),
+        ]
+    );
+    assert_eq!(cfg.kernel, Some(PathBuf::from("/srv/bzImage")));
+    assert_eq!(cfg.initrd, Some(PathBuf::from("/srv/initrd")));
+    assert_eq!(cfg.append.as_deref(), Some("console=ttyS0"));
+    assert_eq!(cfg.serial, [SerialSpec::Pty]);
+    assert_eq!(cfg.boot_order.as_deref(), Some("cda"));
+    assert_eq!(
+        cfg.smp,
+        Some(Smp {
+            cpus: 2,
+            maxcpus: 2
+        })
+    );
+    assert_eq!(cfg.mem_mib, Some(512));
+    assert_eq!(cfg.machine, Machine::default());
+    assert!(cfg.ignored.contains(&"-nographic".to_string()));
+}
+
+#[test]
+fn dm_restrict_form() {
+    let cfg = run_str(&[
+        "-xen-domid",
+        "3",
+        "-no-shutdown",
+        "-chardev",
+        "socket,id=libxl-cmd,fd=9,server=on,wait=off",
+        "-S",
+        "-mon",
+        "chardev=libxl-cmd,mode=control",
+        "-chardev",
+        "socket,id=libxenstat-cmd,path=/var/run/xen/qmp-libxenstat-3,server=on,wait=off",
+        "-mon",
+        "chardev=libxenstat-cmd,mode=control",
+        "-nodefaults",
+        "-no-user-config",
+        "-name",
+        "r",
+        "-vnc",
+        "127.0.0.1:0,to=99",
+        "-display",
+        "none",
+        "-boot",
+        "order=c",
+        "-net",
+        "none",
+        "-xen-domid-restrict",
+        "-chroot",
+        "/var/run/xen/qemu-root-3",
+        "-incoming",
+        "fd:12",
+        "-machine",
+        "pc,accel=xen,suppress-vmdesc=on,max-ram-below-4g=3758096384",
+        "-m",
+        "1024",
+        "-runas",
+        "131075:131072",
+    ]);
+    assert_eq!(cfg.domid, Some(3));
+    assert!(cfg.start_paused && cfg.domid_restrict && cfg.no_shutdown);
+    assert_eq!(
+        cfg.qmp,
+        [
+            QmpEndpoint {
+                id: "libxl-cmd".into(),
+                socket: QmpSocket::Fd(9)
+            },
+            qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-3"),
+        ]
+    );
+    assert_eq!(cfg.chroot, Some(PathBuf::from("/var/run/xen/qemu-root-3")));
+    assert_eq!(cfg.runas.as_deref(), Some("131075:131072"));
+    assert_eq!(cfg.run_with, None);
+    assert_eq!(cfg.incoming.as_deref(), Some("fd:12"));
+    assert_eq!(cfg.vnc.as_deref(), Some("127.0.0.1:0,to=99"));
+    assert_eq!(
+        cfg.machine,
+        Machine {
+            kind: MachineKind::PcAccelXen,
+            max_ram_below_4g: Some(0xE000_0000),
+            igd_passthru: false
+        }
+    );
+    assert_eq!(cfg.mem_mib, Some(1024));
+}
+
+#[test]
+fn run_with_sets_chroot_and_user() {
+    let cfg = run(with_domid(&[
+        "-run-with",
+        "chroot=/var/run/xen/qemu-root-5,user=xen-qemuuser-range-base,async-teardown=on",
+    ]));
+    assert_eq!(cfg.chroot, Some(PathBuf::from("/var/run/xen/qemu-root-5")));
+    assert_eq!(cfg.runas.as_deref(), Some("xen-qemuuser-range-base"));
+    assert_eq!(
+        cfg.run_with,
+        Some(RunWith {
+            chroot: Some("/var/run/xen/qemu-root-5".into()),
+            user: Some("xen-qemuuser-range-base".into()),
+            async_teardown: true,
+        })
+    );
+    // The later spelling wins, as in QEMU.
+    let cfg = run(with_domid(&["-run-with", "user=a", "-runas", "b"]));
+    assert_eq!(cfg.runas.as_deref(), Some("b"));
+    assert!(matches!(
+        parse(with_domid(&["-runas", "1:x"])),
+        Err(CliError::InvalidValue { option, .. }) if option == "-runas"
+    ));
+    assert!(matches!(
+        parse(with_domid(&["-run-with", "chroot=/x,bogus=1"])),
+        Err(CliError::Opts { option, source: OptsError::UnknownKey(k) }) if option == "-run-with" && k == "bogus"
+    ));
+}
+
+#[test]
+fn old_server_nowait_spelling() {
+    let cfg = run(with_domid(&[
+        "-chardev",
+        "socket,id=libxl-cmd,path=/var/run/xen/qmp-libxl-5,server,nowait",
+        "-mon",
+        "chardev=libxl-cmd,mode=control",
+    ]));
+    assert_eq!(cfg.qmp, [qmp_path("libxl-cmd", "/var/run/xen/qmp-libxl-5")]);
+}
+
+#[test]
+fn probe_run_of_libxl_4_20() {
+    let cfg = run_str(&[
+        "-S",
+        "-no-user-config",
+        "-nodefaults",
+        "-nographic",
+        "-machine",
+        "none,accel=xen",
+        "-chardev",
+        "socket,id=libxl-cmd,fd=4,server=on,wait=off",
+        "-mon",
+        "chardev=libxl-cmd,mode=control",
+    ]);
+    assert_eq!(cfg.domid, None);
+    assert!(cfg.start_paused);
+    assert_eq!(cfg.machine.kind, MachineKind::None);
+    assert_eq!(
+        cfg.qmp,
+        [QmpEndpoint {
+            id: "libxl-cmd".into(),
+            socket: QmpSocket::Fd(4)
+        }]
+    );
+    // Only the probe may omit the domid.
+    let e = err(&["-machine", "xenfv"]);
+    assert!(e.to_string().contains("-xen-domid is required"), "{e}");
+}
+
+#[test]
+fn misspelled_option_is_refused_by_name() {
+    let e = err(&["-xen-domidd", "1"]);
+    assert_eq!(
+        e,
+        CliError::UnknownOption {
+            option: "-xen-domidd".into(),
+            suggestion: Some("-xen-domid".into())
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "unknown option '-xen-domidd' (did you mean '-xen-domid'?)"
+    );
+    assert_eq!(
+        err(&["--kernal", "x"]).to_string(),
+        "unknown option '--kernal' (did you mean '-kernel'?)"
+    );
+    assert_eq!(
+        err(&["-frobnicate"]).to_string(),
+        "unknown option '-frobnicate'"
+    );
+    assert_eq!(
+        err(&["disk.img"]),
+        CliError::UnexpectedArgument("disk.img".into())
+    );
+    assert!(matches!(err(&["-"]), CliError::UnknownOption { .. }));
+    assert!(matches!(err(&["--"]), CliError::UnknownOption { .. }));
+}
+
+#[test]
+fn missing_value_is_refused() {
+    assert_eq!(
+        err(&["-xen-domid"]),
+        CliError::MissingValue("-xen-domid".into())
+    );
+    assert_eq!(
+        err(&["-xen-domid", "1", "-kernel"]).to_string(),
+        "option '-kernel' requires a value"
+    );
+    assert_eq!(err(&["--append"]), CliError::MissingValue("-append".into()));
+}
+
+#[test]
+fn double_dash_is_the_same_option() {
+    let cfg = run_str(&["--xen-domid", "9", "--m", "64", "--no-shutdown"]);
+    assert_eq!(
+        (cfg.domid, cfg.mem_mib, cfg.no_shutdown),
+        (Some(9), Some(64), true)
+    );
+}
+
+#[test]
+fn repeated_single_valued_option_is_refused() {
+    assert_eq!(
+        parse(with_domid(&["-m", "1", "-m", "2"])),
+        Err(CliError::Repeated("-m".into()))
+    );
+    assert_eq!(
+        err(&["-xen-domid", "1", "--xen-domid", "2"]),
+        CliError::Repeated("-xen-domid".into())
+    );
+    // Flags may repeat harmlessly; -machine merges with the later value winning.
+    let cfg = run(with_domid(&[
+        "-nodefaults",
+        "-nodefaults",
+        "-machine",
+        "pc,accel=xen",
+        "-M",
+        "xenfv",
+        "-machine",
+        "max-ram-below-4g=2G,igd-passthru=on",
+    ]));
+    assert_eq!(
+        cfg.machine,
+        Machine {
+            kind: MachineKind::Xenfv,
+            max_ram_below_4g: Some(2 << 30),
+            igd_passthru: true
+        }
+    );
+}
+
+#[test]
+fn append_is_verbatim() {
+    let cmdline = "  console=ttyS0 root=/dev/xvda1  init=/bin/sh -- a,,b 'q' ";
+    let cfg = run(with_domid(&["-kernel", "/k", "-append", cmdline]));
+    assert_eq!(cfg.append.as_deref(), Some(cmdline));
+    let cfg = run(with_domid(&["-kernel", "/k", "-append", ""]));
+    assert_eq!(cfg.append.as_deref(), Some(""));
+    // A value that looks like an option is still the value.
+    let cfg = run(with_domid(&["-kernel", "/k", "-append", "-S"]));
+    assert_eq!(cfg.append.as_deref(), Some("-S"));
+    assert!(!cfg.start_paused);
+}
+
+#[test]
+fn initrd_spec_is_kept_raw_for_multiboot() {
+    let cfg = run(with_domid(&[
+        "-kernel",
+        "/boot/xen.gz",
+        "-xendm-boot",
+        "multiboot",
+        "-initrd",
+        "/boot/vmlinuz console=hvc0,/boot/initrd.img",
+    ]));
+    assert_eq!(
+        cfg.initrd_spec.as_deref(),
+        Some("/boot/vmlinuz console=hvc0,/boot/initrd.img")
+    );
+    assert_eq!(
+        cfg.initrd,
+        Some(PathBuf::from("/boot/vmlinuz console=hvc0,/boot/initrd.img"))
+    );
+    assert_eq!(cfg.boot_protocol, Some(BootProtocol::Multiboot));
+    for (name, p) in [("linux", BootProtocol::Linux), ("pvh", BootProtocol::Pvh)] {
+        let cfg = run(with_domid(&["-kernel", "/k", "-xendm-boot", name]));
+        assert_eq!(cfg.boot_protocol, Some(p));
+    }
+    assert!(matches!(
+        parse(with_domid(&["-kernel", "/k", "-xendm-boot", "elf"])),
+        Err(CliError::InvalidValue { option, .. }) if option == "-xendm-boot"
+    ));
+}
+
+#[test]
+fn kernel_companions_need_a_kernel() {
+    for args in [
+        &["-initrd", "/i"][..],
+        &["-append", "quiet"],
+        &["-xendm-boot", "pvh"],
+    ] {
+        let e = parse(with_domid(args)).unwrap_err();
+        assert!(
+            matches!(e, CliError::Inconsistent(ref m) if m.contains("needs -kernel")),
+            "{e}"
+        );
+    }
+    assert!(matches!(
+        parse(with_domid(&["-kernel", ""])),
+        Err(CliError::InvalidValue { option, .. }) if option == "-kernel"
+    ));
+}
+
+#[test]
+fn non_utf8_argument_is_an_error() {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = OsString::from_vec(vec![b'/', b'k', 0xff, 0xfe]);
+    let e = parse(vec![OsString::from("-kernel"), bad.clone()]).unwrap_err();
+    assert_eq!(
+        e,
+        CliError::NotUtf8 {
+            index: 2,
+            option: Some("-kernel".into()),
+            lossy: "/k\u{fffd}\u{fffd}".into()
+        }
+    );
+    assert!(
+        e.to_string().contains("argument 2 (the value of -kernel)"),
+        "{e}"
+    );
+    let e = parse(vec![bad]).unwrap_err();
+    assert!(matches!(
+        e,
+        CliError::NotUtf8 {
+            index: 1,
+            option: None,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn memory_sizes() {
+    for (v, mib) in [
+        ("128", 128),
+        ("128M", 128),
+        ("128m", 128),
+        ("2G", 2048),
+        ("size=256M", 256),
+        ("size=64", 64),
+        ("1.5G", 1536),
+        ("1048576K", 1024),
+    ] {
+        assert_eq!(run(with_domid(&["-m", v])).mem_mib, Some(mib), "{v}");
+    }
+    assert_eq!(
+        parse(with_domid(&["-m", "abc"])).unwrap_err().to_string(),
+        "-m: invalid size 'abc'"
+    );
+    for bad in ["0", "1.5", "100K", "", "128,slots=2", "maxmem=1G"] {
+        let e = parse(with_domid(&["-m", bad])).unwrap_err();
+        assert!(e.to_string().starts_with("-m: "), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn smp_forms() {
+    let smp = |v| run(with_domid(&["-smp", v])).smp;
+    assert_eq!(
+        smp("2,maxcpus=4"),
+        Some(Smp {
+            cpus: 2,
+            maxcpus: 4
+        })
+    );
+    assert_eq!(
+        smp("3"),
+        Some(Smp {
+            cpus: 3,
+            maxcpus: 3
+        })
+    );
+    assert_eq!(
+        smp("cpus=1,maxcpus=128"),
+        Some(Smp {
+            cpus: 1,
+            maxcpus: 128
+        })
+    );
+    assert_eq!(
+        smp("maxcpus=2"),
+        Some(Smp {
+            cpus: 2,
+            maxcpus: 2
+        })
+    );
+    for bad in [
+        "0",
+        "4,maxcpus=2",
+        "1,maxcpus=129",
+        "x",
+        "2,sockets=2",
+        "-1",
+    ] {
+        let e = parse(with_domid(&["-smp", bad])).unwrap_err();
+        assert!(e.to_string().starts_with("-smp: "), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn domid_range() {
+    assert_eq!(run_str(&["-xen-domid", "32751"]).domid, Some(0x7FEF));
+    for bad in ["0", "32752", "-1", "0x5", "", "1 "] {
+        let e = err(&["-xen-domid", bad]);
+        assert!(
+            matches!(e, CliError::InvalidValue { ref option, .. } if option == "-xen-domid"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn machine_variants() {
+    let m = |v: &str| run(with_domid(&["-machine", v])).machine;
+    assert_eq!(m("xenfv").kind, MachineKind::Xenfv);
+    assert_eq!(m("type=xenfv,accel=xen").kind, MachineKind::Xenfv);
+    assert_eq!(m("pc,accel=xen").kind, MachineKind::PcAccelXen);
+    assert_eq!(m("xenfv,max-ram-below-4g=0").max_ram_below_4g, None);
+    assert_eq!(
+        m("xenfv,max-ram-below-4g=4G").max_ram_below_4g,
+        Some(4 << 30)
+    );
+    assert!(!m("xenfv,igd-passthru=off").igd_passthru);
+    assert!(run(with_domid(&["-machine", "xenfv,acpi=off"])).no_acpi);
+    assert!(run(with_domid(&["-no-acpi"])).no_acpi);
+    assert_eq!(
+        run(with_domid(&["-accel", "xen", "-machine", "pc"]))
+            .machine
+            .kind,
+        MachineKind::PcAccelXen
+    );
+    // No -machine at all: libxl's default.
+    assert_eq!(run(with_domid(&[])).machine, Machine::default());
+    for (bad, needle) in [
+        ("pc", "needs accel=xen"),
+        ("q35,accel=xen", "unsupported machine type 'q35'"),
+        ("xenfv,accel=kvm", "unsupported accelerator 'kvm'"),
+        ("xenfv,vmport=on", "unsupported parameter 'vmport'"),
+        ("xenfv,max-ram-below-4g=5G", "above 4G"),
+        ("xenfv,max-ram-below-4g=lots", "invalid size 'lots'"),
+        ("xenfv,suppress-vmdesc=maybe", "suppress-vmdesc"),
+        ("xenfv,igd-passthru=2", "igd-passthru"),
+        ("accel=xen", "no machine type"),
+    ] {
+        let e = parse(with_domid(&["-machine", bad])).unwrap_err();
+        assert!(e.to_string().starts_with("-machine: "), "{bad}: {e}");
+        assert!(e.to_string().contains(needle), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn serial_backends() {
+    let serial = |v| run(with_domid(&["-serial", v])).serial;
+    assert_eq!(serial("pty"), [SerialSpec::Pty]);
+    assert_eq!(serial("null"), [SerialSpec::Null]);
+    assert_eq!(serial("stdio"), [SerialSpec::Stdio]);
+    assert_eq!(serial("none"), [SerialSpec::None]);
+    assert_eq!(
+        serial("file:/tmp/a,b"),
+        [SerialSpec::File("/tmp/a,b".into())]
+    );
+    assert_eq!(
+        serial("/dev/hvc3"),
+        [SerialSpec::HostDevice("/dev/hvc3".into())]
+    );
+    assert_eq!(
+        serial("unix:/run/s,,1,server=on,wait=off"),
+        [SerialSpec::Unix {
+            path: "/run/s,1".into(),
+            server: true
+        }]
+    );
+    assert_eq!(
+        serial("unix:/run/s"),
+        [SerialSpec::Unix {
+            path: "/run/s".into(),
+            server: false
+        }]
+    );
+    assert_eq!(
+        parse(with_domid(&["-serial", "tcp:127.0.0.1:4555,server"]))
+            .unwrap_err()
+            .to_string(),
+        "-serial: unsupported backend 'tcp:127.0.0.1:4555,server' (network serial consoles \
+         are not implemented; use pty, file:PATH or unix:PATH,server=on,wait=off)"
+    );
+    for bad in [
+        "vc",
+        "mon:stdio",
+        "file:",
+        "unix:/s,server",
+        "/dev/parport0",
+        "chardev:x",
+    ] {
+        let e = parse(with_domid(&["-serial", bad])).unwrap_err();
+        assert!(e.to_string().starts_with("-serial: "), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn serial_ports_skip_none_and_stop_at_four() {
+    let cfg = run(with_domid(&[
+        "-serial", "none", "-serial", "pty", "-serial", "null", "-serial", "none", "-serial",
+        "stdio", "-serial", "file:/x",
+    ]));
+    let ports: Vec<_> = cfg.serial_ports().cloned().collect();
+    assert_eq!(
+        ports,
+        [
+            SerialSpec::Pty,
+            SerialSpec::Null,
+            SerialSpec::Stdio,
+            SerialSpec::File("/x".into())
+        ]
+    );
+    let mut args = vec!["-serial"; 10];
+    for (i, a) in args.iter_mut().enumerate() {
+        if i % 2 == 1 {
+            *a = "null";
+        }
+    }
+    let e = parse(with_domid(&args)).unwrap_err();
+    assert!(e.to_string().contains("at most 4 serial ports"), "{e}");
+}
+
+#[test]
+fn qmp_chardev_errors() {
+    let case = |extra: &[&str]| parse(with_domid(extra)).unwrap_err().to_string();
+    assert_eq!(
+        case(&["-mon", "chardev=nope,mode=control"]),
+        "-mon: chardev 'nope' is not defined by any -chardev"
+    );
+    let sock = "socket,id=q,path=/q,server=on,wait=off";
+    assert!(case(&["-chardev", sock, "-chardev", sock]).contains("duplicate id 'q'"));
+    assert!(case(&["-chardev", sock, "-mon", "q"]).contains("unsupported mode 'readline'"));
+    assert!(case(&[
+        "-chardev",
+        sock,
+        "-mon",
+        "q,mode=control",
+        "-mon",
+        "q,mode=control"
+    ])
+    .contains("more than one -mon"));
+    assert!(case(&[
+        "-chardev",
+        "socket,id=q,path=/q,server=on",
+        "-mon",
+        "q,mode=control"
+    ])
+    .contains("wait=off"));
+    assert!(
+        case(&["-chardev", "socket,id=q,path=/q", "-mon", "q,mode=control"]).contains("server=on")
+    );
+    assert!(case(&["-chardev", "pty,id=q", "-mon", "q,mode=control"]).contains("pty chardev"));
+    for bad in [
+        "socket,id=q,path=/q,fd=3,server=on,wait=off",
+        "socket,id=q,server=on,wait=off",
+        "socket,id=q,fd=1,server=on,wait=off",
+        "socket,id=q,fd=x,server=on,wait=off",
+        "socket,id=q,host=localhost,port=4444,server=on,wait=off",
+        "socket,id=q,path=/q,telnet=on",
+        "socket,path=/q",
+        "socket,id=9q,path=/q",
+        "ringbuf,id=q",
+        "file,id=f",
+    ] {
+        let e = case(&["-chardev", bad]);
+        assert!(e.starts_with("-chardev: "), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn monitor_order_and_qmp_shorthand() {
+    // -mon may come before its -chardev; endpoints follow -mon order.
+    let cfg = run(with_domid(&[
+        "-mon",
+        "chardev=b,mode=control,pretty=on",
+        "-qmp",
+        "unix:/tmp/dev.qmp,server=on,wait=off",
+        "-chardev",
+        "socket,id=a,path=/a,server=on,wait=off",
+        "-chardev",
+        "socket,id=b,path=/b,server=on,wait=off",
+        "-mon",
+        "a,mode=control",
+    ]));
+    assert_eq!(
+        cfg.qmp,
+        [
+            qmp_path("b", "/b"),
+            qmp_path("compat_monitor1", "/tmp/dev.qmp"),
+            qmp_path("a", "/a")
+        ]
+    );
+    assert!(parse(with_domid(&["-qmp", "tcp:localhost:4444,server,nowait"])).is_err());
+    assert!(parse(with_domid(&["-qmp", "unix:/q"])).is_err());
+}
+
+#[test]
+fn unused_chardevs_are_listed_as_ignored() {
+    let cfg = run(with_domid(&[
+        "-chardev",
+        "pty,id=libxl-channel0",
+        "-chardev",
+        "socket,id=libxl-channel1,path=/run/ch1,server=on,wait=off",
+    ]));
+    assert!(cfg.qmp.is_empty());
+    assert_eq!(
+        cfg.ignored,
+        [
+            "-chardev pty,id=libxl-channel0",
+            "-chardev socket,id=libxl-channel1,path=/run/ch1,server=on,wait=off"
+        ]
+    );
+}
+
+#[test]
+fn refused_devices_and_options_name_themselves() {
+    let case = |extra: &[&str]| parse(with_domid(extra)).unwrap_err().to_string();
+    assert_eq!(
+        case(&["-device", "VGA,vgamem_mb=16"]),
+        "-device: unsupported driver 'VGA' (emulated graphics are not implemented; \
+         set vga=\"none\" in the xl config)"
+    );
+    assert!(case(&["-device", "cirrus-vga,vgamem_mb=8"]).contains("'cirrus-vga'"));
+    assert!(case(&[
+        "-device",
+        "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:00:00:01"
+    ])
+    .contains("'rtl8139' (emulated NICs"));
+    assert!(case(&["-device", "lsi53c895a"]).contains("emulated disks"));
+    assert!(case(&["-device", "piix3-usb-uhci,id=usb"]).contains("USB"));
+    assert!(case(&["-device", "xen-pvdevice,device-id=0xc000"]).contains("xen-pvdevice"));
+    assert!(case(&["-device", "driver=e1000"]).contains("'e1000'"));
+    assert_eq!(
+        case(&[
+            "-drive",
+            "file=/d.img,if=ide,index=0,media=disk,format=raw,cache=writeback"
+        ]),
+        "option '-drive' is not supported by xendm: emulated disks and CD-ROMs are not \
+         implemented; give the guest PV disks (vdev=xvdX) in the xl config"
+    );
+    for option in [
+        "-netdev",
+        "-usbdevice",
+        "-spice",
+        "-object",
+        "-cdrom",
+        "-hda",
+        "-soundhw",
+        "-monitor",
+        "-bios",
+        "-pidfile",
+    ] {
+        let e = case(&[option, "x"]);
+        assert!(e.starts_with(&format!("option '{option}'")), "{e}");
+    }
+    assert!(case(&["-daemonize"]).starts_with("option '-daemonize'"));
+    assert!(case(&["-net", "nic,model=e1000"]).starts_with("-net: unsupported"));
+    assert!(case(&["-display", "sdl"]).starts_with("-display: unsupported display 'sdl'"));
+    assert!(case(&["-vga", "std"]).starts_with("-vga: unsupported card 'std'"));
+    assert!(case(&["-sandbox", "on"]).starts_with("-sandbox: unsupported"));
+    assert!(case(&["-parallel", "/dev/parport0"]).starts_with("-parallel: unsupported"));
+    assert!(
+        case(&["-boot", "order=cda,menu=on"]).starts_with("-boot: unsupported parameter 'menu'")
+    );
+    assert!(case(&["-boot", "order=cc"]).contains("repeated"));
+    assert!(case(&["-boot", "order=z"]).contains("invalid boot device 'z'"));
+    assert!(case(&["-global", "nonsense"]).starts_with("-global: "));
+}
+
+#[test]
+fn harmless_options_are_recorded_as_ignored() {
+    let cfg = run(with_domid(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-nographic",
+        "-k",
+        "en-us",
+        "-vnc",
+        "127.0.0.1:0,to=99",
+        "-vga",
+        "none",
+        "-net",
+        "none",
+        "-usb",
+        "-parallel",
+        "none",
+        "-global",
+        "PIIX4_PM.disable_s3=1",
+        "-sandbox",
+        "off",
+        "-d",
+        "guest_errors",
+        "-D",
+        "/tmp/q.log",
+        "-trace",
+        "events=/tmp/ev",
+        "-msg",
+        "timestamp=on",
+        "-xen-attach",
+    ]));
+    assert_eq!(
+        cfg.ignored,
+        [
+            "-nodefaults",
+            "-no-user-config",
+            "-display none",
+            "-nographic",
+            "-k en-us",
+            "-vnc 127.0.0.1:0,to=99",
+            "-vga none",
+            "-net none",
+            "-usb",
+            "-parallel none",
+            "-global PIIX4_PM.disable_s3=1",
+            "-sandbox off",
+            "-d guest_errors",
+            "-D /tmp/q.log",
+            "-trace events=/tmp/ev",
+            "-msg timestamp=on",
+        ]
+    );
+    assert!(cfg.xen_attach);
+    assert_eq!(cfg.vnc.as_deref(), Some("127.0.0.1:0,to=99"));
+}
+
+#[test]
+fn name_forms() {
+    assert_eq!(
+        run(with_domid(&["-name", "a,,b"])).name.as_deref(),
+        Some("a,b")
+    );
+    assert_eq!(
+        run(with_domid(&[
+            "-name",
+            "guest=g,process=xendm-g,debug-threads=on"
+        ]))
+        .name
+        .as_deref(),
+        Some("g")
+    );
+    assert!(parse(with_domid(&["-name", "g,extra=1"])).is_err());
+}
+
+#[test]
+fn record_option() {
+    let cfg = run(with_domid(&["-xendm-record", "/tmp/rec.bin"]));
+    assert_eq!(cfg.record, Some(PathBuf::from("/tmp/rec.bin")));
+}
+
+#[test]
+fn help_version_and_dump_roms() {
+    for flag in ["-h", "--help", "-help"] {
+        let Ok(Command::Help(text)) = parse(argv(&["-xen-domid", "1", flag, "-bogus"])) else {
+            panic!("{flag}");
+        };
+        assert!(text.starts_with("xendm "));
+        assert!(text.contains("Usage: xendm -xen-domid DOMID"));
+        assert!(
+            text.contains("XENDM_RECORD")
+                && text.contains("XENDM_LOG")
+                && text.contains("RUST_LOG")
+        );
+    }
+    for flag in ["-version", "--version"] {
+        let Ok(Command::Version(text)) = parse(argv(&[flag])) else {
+            panic!("{flag}")
+        };
+        assert!(text.starts_with(&format!("xendm {}\n", env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains("Xen 4.17"));
+    }
+    assert_eq!(
+        parse(argv(&["--dump-roms", "/tmp/roms"])),
+        Ok(Command::DumpRoms("/tmp/roms".into()))
+    );
+    assert!(matches!(
+        parse(argv(&["--dump-roms", "/tmp/roms", "-xen-domid", "1"])),
+        Err(CliError::Inconsistent(_))
+    ));
+    assert_eq!(
+        parse(argv(&["--dump-roms"])),
+        Err(CliError::MissingValue("-dump-roms".into()))
+    );
+}
+
+#[test]
+fn help_mentions_every_accepted_option() {
+    let help = help::help_text();
+    let refused = [
+        "drive",
+        "cdrom",
+        "hda",
+        "hdb",
+        "hdc",
+        "hdd",
+        "fda",
+        "fdb",
+        "netdev",
+        "usbdevice",
+        "spice",
+        "soundhw",
+        "audiodev",
+        "object",
+        "monitor",
+        "bios",
+        "pidfile",
+        "daemonize",
+        "enable-kvm",
+        "device",
+    ];
+    for spec in table::TABLE {
+        if refused.contains(&spec.name) || spec.name == "h" {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("-{} ", spec.name))
+                || help.contains(&format!("-{},", spec.name))
+                || help.contains(&format!("-{}\n", spec.name))
+                || help.contains(&format!("-{}:", spec.name)),
+            "help does not mention -{}",
+            spec.name
+        );
+    }
+}
+
+#[test]
+fn usage_doc_lists_every_ignored_option() {
+    let doc = include_str!("../../docs/usage.md");
+    let section = doc
+        .split("## Options accepted but ignored")
+        .nth(1)
+        .expect("section present");
+    for option in [
+        "-nodefaults",
+        "-no-user-config",
+        "-display none",
+        "-nographic",
+        "-vnc",
+        "-k",
+        "-vga none",
+        "-net none",
+        "-usb",
+        "-parallel none",
+        "-global",
+        "-sandbox off",
+        "-d",
+        "-D",
+        "-trace",
+        "-msg",
+        "-machine suppress-vmdesc",
+        "-chardev",
+        "-xen-attach",
+        "-run-with ...,async-teardown",
+        "-mon ...,pretty",
+    ] {
+        assert!(
+            section.contains(&format!("`{option}")),
+            "usage.md does not list {option}"
+        );
+    }
+}
+
+#[test]
+fn table_has_no_duplicates() {
+    for (i, a) in table::TABLE.iter().enumerate() {
+        assert!(
+            table::TABLE.iter().skip(i + 1).all(|b| b.name != a.name),
+            "-{} twice",
+            a.name
+        );
+    }
+}
