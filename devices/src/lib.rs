@@ -23,6 +23,7 @@ pub mod piix4_pm;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod uart;
+pub mod xen_platform;
 
 pub use bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, Space};
 pub use hv::{HvCall, Hypervisor, IrqLine, ShutdownReason};
