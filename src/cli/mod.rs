@@ -49,7 +49,7 @@ pub use opts::OptsError;
 /// What the process was asked to do.
 // One value per process: boxing `Config` would only add noise for callers.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run a device model with this configuration.
     Run(Config),
@@ -63,7 +63,7 @@ pub enum Command {
 }
 
 /// The device-model configuration given on the command line.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
     /// `-xen-domid N`: the guest to serve. `None` only with `-machine none`.
     pub domid: Option<u32>,

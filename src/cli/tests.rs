@@ -351,6 +351,52 @@ fn probe_run_of_libxl_4_20() {
 }
 
 #[test]
+fn stubdom_variant() {
+    // xen-abi.md 1.6: no QMP, no -vnc, serial on /dev/hvcN, the literal
+    // restore placeholder, and dom0 kernel paths.
+    let cfg = run_str(&[
+        "-xen-domid",
+        "12",
+        "-no-shutdown",
+        "-nodefaults",
+        "-no-user-config",
+        "-name",
+        "g",
+        "-display",
+        "none",
+        "-kernel",
+        "/srv/bzImage",
+        "-serial",
+        "/dev/hvc3",
+        "-boot",
+        "order=cda",
+        "-net",
+        "none",
+        "-incoming",
+        "$STUBDOM_RESTORE_INCOMING_ARG",
+        "-machine",
+        "xenfv,suppress-vmdesc=on",
+        "-m",
+        "256",
+    ]);
+    assert!(cfg.qmp.is_empty());
+    assert_eq!(cfg.serial, [SerialSpec::HostDevice("/dev/hvc3".into())]);
+    assert_eq!(
+        cfg.incoming.as_deref(),
+        Some("$STUBDOM_RESTORE_INCOMING_ARG")
+    );
+    assert_eq!(cfg.vnc, None);
+    // Stubdom disks are emulated on /dev/xvdX and therefore refused.
+    let e = err(&[
+        "-xen-domid",
+        "12",
+        "-drive",
+        "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device",
+    ]);
+    assert!(matches!(e, CliError::RefusedOption { ref option, .. } if option == "-drive"));
+}
+
+#[test]
 fn misspelled_option_is_refused_by_name() {
     let e = err(&["-xen-domidd", "1"]);
     assert_eq!(
@@ -1065,5 +1111,72 @@ fn table_has_no_duplicates() {
             "-{} twice",
             a.name
         );
+    }
+}
+
+#[test]
+fn arbitrary_argv_never_panics() {
+    // Deterministic pseudo-random argvs built from option names, QemuOpts
+    // fragments and odd strings; parse must return, never panic.
+    let pieces = [
+        "-xen-domid",
+        "1",
+        "-machine",
+        "none,accel=xen",
+        "xenfv,",
+        ",",
+        ",,",
+        "=",
+        "a=",
+        "=b",
+        "-m",
+        "0x",
+        "1.",
+        "18446744073709551615E",
+        "-smp",
+        "-chardev",
+        "socket,id=a,fd=3,server",
+        "-mon",
+        "a,mode=control",
+        "-serial",
+        "unix:",
+        "file:",
+        "-boot",
+        "order=",
+        "no",
+        "--",
+        "-",
+        "",
+        "é,,ü",
+        "-kernel",
+        "-append",
+        "-run-with",
+        "-name",
+        "-qmp",
+        "nowait",
+        "-S",
+        "-accel",
+        "-device",
+        "-net",
+        "none",
+        "-display",
+        "-sandbox",
+        "off",
+        "-m",
+        "size=",
+    ];
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        usize::try_from(seed >> 33).unwrap()
+    };
+    for _ in 0..20_000 {
+        let len = next() % 8;
+        let args: Vec<OsString> = (0..len)
+            .map(|_| OsString::from(pieces[next() % pieces.len()]))
+            .collect();
+        let _ = parse(args);
     }
 }
