@@ -9,3 +9,4 @@ pub mod cli;
 pub mod engine;
 pub mod trace;
 pub mod qmp;
+pub mod xenstore;
