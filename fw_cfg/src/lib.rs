@@ -1,1 +1,37 @@
-//! fw_cfg device and direct kernel boot loaders (filled in by the fw_cfg work).
+//! QEMU's fw_cfg device and the direct kernel boot loaders that fill it.
+//!
+//! * [`device`]: the fw_cfg device itself (selector/data ports 0x510/0x511
+//!   and the DMA interface at 0x514), following QEMU's
+//!   `docs/specs/fw_cfg.rst` and `hw/nvram/fw_cfg.c`.
+//! * [`boot`]: reads the `-kernel`/`-initrd`/`-append` files, detects the
+//!   image type as QEMU's `x86_load_linux` does and runs one of the loaders:
+//!   [`linux`] (bzImage, Linux `Documentation/arch/x86/boot.rst`),
+//!   [`multiboot`] (Multiboot 0.6.96, QEMU `hw/i386/multiboot.c`) or
+//!   [`pvh`] (the Xen PVH entry ELF note, QEMU `load_elfboot`).
+//!
+//! The loaders never write guest memory themselves: everything goes into
+//! fw_cfg items, which QEMU's option ROMs (`linuxboot_dma.bin`,
+//! `multiboot_dma.bin`, `pvh.bin`) or ours copy into the guest at boot. The
+//! only exception is PVH, whose ELF segments QEMU places in RAM directly;
+//! [`boot::BootPlan::guest_writes`] hands them to the caller.
+//!
+//! The DMA engine is reachable from the guest, so the crate denies the lints
+//! that could turn hostile input into a panic.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod bytes;
+mod elf;
+
+pub mod boot;
+pub mod device;
+pub mod linux;
+pub mod multiboot;
+pub mod pvh;
+
+pub use boot::{load, BootFiles, BootPlan, BootProtocol, LoadError, LoadedFile, RamLayout};
+pub use device::{keys, register, FwCfg, FwCfgError, FwCfgOptions};

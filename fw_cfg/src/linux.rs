@@ -1,0 +1,505 @@
+//! Linux bzImage loader: the x86 16-bit boot protocol, as QEMU's
+//! `x86_load_linux` applies it.
+//!
+//! Spec: Linux `Documentation/arch/x86/boot.rst`. The setup sectors
+//! (`(setup_sects + 1) * 512` bytes, `setup_sects` 0 meaning 4) go into
+//! `SETUP_DATA` with the header patched, the rest of the file into
+//! `KERNEL_DATA`, the command line into `CMDLINE_DATA`, the initrd into
+//! `INITRD_DATA`; the addresses and sizes into the matching u32 LE keys. The
+//! option ROM (`linuxboot_dma.bin`) copies them into the guest and jumps to
+//! the 16-bit entry.
+//!
+//! Layout, by protocol (the kernel must have LOADED_HIGH set):
+//!
+//! | protocol | setup | command line | kernel |
+//! |---|---|---|---|
+//! | 2.00, 2.01 | 0x90000 | 0x9A000 - (len + 16) & ~15 | 0x100000 |
+//! | >= 2.02 | 0x10000 | 0x20000 | 0x100000 |
+//!
+//! Header patches, as QEMU: `type_of_loader` = 0xB0; `loadflags` |=
+//! CAN_USE_HEAP and `heap_end_ptr` = cmdline - setup - 0x200 (>= 2.01);
+//! `cmd_line_ptr` (>= 2.02, else the old 0xA33F magic at 0x20 and offset at
+//! 0x22); `ramdisk_image`/`ramdisk_size`; `vid_mode` from the first `vga=`
+//! in the command line (`normal`, `ext`, `ask` or a number in C syntax).
+//!
+//! The initrd goes at `(initrd_max - size) & ~0xFFF`, where `initrd_max` is
+//! 0xFFFFFFFF (>= 2.12 with XLF_CAN_BE_LOADED_ABOVE_4G), `initrd_addr_max`
+//! (>= 2.03) or 0x37FFFFFF, clamped to `below_4g - 0x28000 - 1`.
+//!
+//! Where we differ from QEMU:
+//!
+//! * Protocol < 2.00 and images without LOADED_HIGH (zImage) are refused
+//!   (QEMU loads them low).
+//! * The command line is checked against the kernel's `cmdline_size`
+//!   (>= 2.06; 255 before), and must not contain NUL. QEMU passes any
+//!   length and the kernel silently truncates.
+//! * `vga=` numbers must be plain C integers (no sign or leading blanks).
+//! * A truncated image (setup beyond the end of the file, or, for >= 2.04,
+//!   fewer protected-mode bytes than `syssize * 16`) is an error.
+//! * The kernel (at 1 MiB) and the initrd must fit in low RAM without
+//!   overlapping; QEMU does not check.
+
+use linux_loader::loader::bootparam::setup_header;
+use vm_memory::ByteValued;
+
+use crate::boot::{layout_text, LoadError, LoadedFile, RamLayout};
+use crate::bytes::{le_u16, le_u32};
+use crate::device::{keys, FwCfg};
+
+/// "HdrS" at 0x202.
+pub const HDRS_MAGIC: u32 = 0x5372_6448;
+const HDRS_OFFSET: usize = 0x202;
+const VERSION_OFFSET: usize = 0x206;
+/// Where `setup_header` starts in the image.
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
+/// How much of the image QEMU reads as "the header" (and patches).
+const HEADER_SIZE: usize = 8192;
+const LOADED_HIGH: u8 = 0x01;
+const CAN_USE_HEAP: u8 = 0x80;
+const XLF_CAN_BE_LOADED_ABOVE_4G: u16 = 1 << 1;
+/// QEMU's boot loader ID (type 0xB, version 0).
+pub const TYPE_OF_LOADER_QEMU: u8 = 0xb0;
+
+/// Where QEMU put things, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinuxInfo {
+    pub protocol: u16,
+    pub setup_addr: u32,
+    pub setup_size: u32,
+    pub cmdline_addr: u32,
+    pub kernel_addr: u32,
+    pub kernel_size: u32,
+    /// `(address, size)` of the initrd.
+    pub initrd: Option<(u32, u32)>,
+}
+
+/// Whether `image` has the Linux boot header magic.
+pub fn has_hdrs(image: &[u8]) -> bool {
+    le_u32(image, HDRS_OFFSET) == Some(HDRS_MAGIC)
+}
+
+/// QEMU's `vga=` handling: the mode for the first "vga=" in `cmdline`.
+fn vga_mode(cmdline: &str) -> Result<Option<u16>, String> {
+    let Some(pos) = cmdline.find("vga=") else { return Ok(None) };
+    let v = cmdline.get(pos + 4..).unwrap_or("");
+    if v.starts_with("normal") {
+        return Ok(Some(0xffff));
+    }
+    if v.starts_with("ext") {
+        return Ok(Some(0xfffe));
+    }
+    if v.starts_with("ask") {
+        return Ok(Some(0xfffd));
+    }
+    let tok = v.split(' ').next().unwrap_or("");
+    let parsed = if let Some(hex) = tok.strip_prefix("0x").or_else(|| tok.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else if tok.len() > 1 && tok.starts_with('0') {
+        u32::from_str_radix(tok.get(1..).unwrap_or(""), 8)
+    } else {
+        tok.parse::<u32>()
+    };
+    match parsed {
+        // QEMU stores the value with a 16-bit store.
+        Ok(n) if !tok.contains('+') => Ok(Some(n as u16)),
+        _ => Err(tok.to_string()),
+    }
+}
+
+/// Loads bzImage `kernel` (and `initrd`) into `fw`'s loader keys.
+///
+/// # Errors
+/// Not a bzImage, too old, truncated, command line too long or with NUL,
+/// bad `vga=`, kernel or initrd not fitting in RAM, keys already set.
+pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmdline: &str, layout: &RamLayout) -> Result<LinuxInfo, LoadError> {
+    let path = &kernel.path;
+    let img = kernel.data.as_slice();
+    if !has_hdrs(img) {
+        return Err(LoadError::WrongFormat {
+            path: path.clone(),
+            expected: crate::BootProtocol::Linux,
+            reason: "no \"HdrS\" signature at offset 0x202".into(),
+        });
+    }
+    let protocol = le_u16(img, VERSION_OFFSET).unwrap_or(0);
+    if protocol < 0x200 {
+        return Err(LoadError::Unsupported {
+            path: path.clone(),
+            reason: format!("boot protocol {}.{:02} is older than 2.00", protocol >> 8, protocol & 0xff),
+        });
+    }
+
+    // QEMU works on a copy of the first 8 KiB; shorter files leave zeros.
+    let mut header = [0u8; HEADER_SIZE];
+    let n = img.len().min(HEADER_SIZE);
+    if let (Some(dst), Some(src)) = (header.get_mut(..n), img.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+    let hdr_range = SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>();
+    let mut hdr: setup_header = header
+        .get(hdr_range.clone())
+        .and_then(setup_header::from_slice)
+        .copied()
+        .unwrap_or_default();
+
+    if hdr.loadflags & LOADED_HIGH == 0 {
+        return Err(LoadError::Unsupported {
+            path: path.clone(),
+            reason: "a zImage (LOADED_HIGH clear) cannot be booted; use a bzImage".into(),
+        });
+    }
+    let setup_sects = if hdr.setup_sects == 0 { 4 } else { usize::from(hdr.setup_sects) };
+    let setup_size = (setup_sects + 1) * 512;
+    if setup_size > img.len() {
+        return Err(LoadError::Truncated {
+            path: path.clone(),
+            detail: format!("the setup code is {setup_size} bytes but the file has {}", img.len()),
+        });
+    }
+    let (setup_part, kernel_part) = img.split_at(setup_size);
+    let kernel_len = kernel_part.len() as u64;
+    let syssize = u64::from(hdr.syssize) * 16;
+    if protocol >= 0x204 && syssize > kernel_len {
+        return Err(LoadError::Truncated {
+            path: path.clone(),
+            detail: format!("the header says {syssize} bytes of protected-mode code follow the setup, the file has {kernel_len}"),
+        });
+    }
+
+    if cmdline.contains('\0') {
+        return Err(LoadError::CmdlineNul { path: path.clone() });
+    }
+    let max_cmdline = if protocol >= 0x206 { u64::from(hdr.cmdline_size) } else { 255 };
+    if cmdline.len() as u64 > max_cmdline {
+        return Err(LoadError::CmdlineTooLong { path: path.clone(), len: cmdline.len(), max: max_cmdline });
+    }
+
+    // Addresses (LOADED_HIGH is set, see above).
+    let aligned_cmdline = ((cmdline.len() as u32) + 16) & !15;
+    let (real_addr, cmdline_addr, prot_addr): (u32, u32, u32) = if protocol < 0x202 {
+        (0x90000, 0x9a000 - aligned_cmdline, 0x10_0000)
+    } else {
+        (0x10000, 0x20000, 0x10_0000)
+    };
+    let kernel_end = u64::from(prot_addr) + kernel_len;
+    if kernel_end > layout.below_4g {
+        return Err(LoadError::KernelTooLarge {
+            path: path.clone(),
+            what: "the protected-mode kernel",
+            addr: u64::from(prot_addr),
+            size: kernel_len,
+            layout: layout_text(layout),
+        });
+    }
+
+    let mut initrd_max: u64 = if protocol >= 0x20c && hdr.xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G != 0 {
+        u64::from(u32::MAX)
+    } else if protocol >= 0x203 {
+        u64::from(hdr.initrd_addr_max)
+    } else {
+        0x37ff_ffff
+    };
+    let ceiling = layout.initrd_ceiling().unwrap_or(0);
+    if initrd_max > ceiling {
+        initrd_max = ceiling;
+    }
+
+    // Header patches.
+    if protocol >= 0x202 {
+        hdr.cmd_line_ptr = cmdline_addr;
+    }
+    match vga_mode(cmdline) {
+        Ok(Some(mode)) => hdr.vid_mode = mode,
+        Ok(None) => {}
+        Err(value) => return Err(LoadError::BadVgaMode { path: path.clone(), value }),
+    }
+    hdr.type_of_loader = TYPE_OF_LOADER_QEMU;
+    if protocol >= 0x201 {
+        hdr.loadflags |= CAN_USE_HEAP;
+        hdr.heap_end_ptr = (cmdline_addr - real_addr - 0x200) as u16;
+    }
+
+    let mut initrd_info = None;
+    let mut initrd_data = None;
+    if let Some(rd) = initrd {
+        let size = rd.data.len() as u64;
+        let addr = initrd_max.checked_sub(size).filter(|_| size < initrd_max).map(|a| a & !0xfff);
+        let available = initrd_max.saturating_sub(kernel_end);
+        let Some(addr) = addr.filter(|&a| a >= kernel_end) else {
+            return Err(LoadError::InitrdTooLarge { what: "initrd", path: rd.path, size, available, ceiling: initrd_max });
+        };
+        // addr < initrd_max <= u32::MAX and size < initrd_max.
+        let (addr, size) = (addr as u32, size as u32);
+        hdr.ramdisk_image = addr;
+        hdr.ramdisk_size = size;
+        initrd_info = Some((addr, size));
+        initrd_data = Some(rd.data);
+    }
+
+    if let Some(dst) = header.get_mut(hdr_range) {
+        dst.copy_from_slice(hdr.as_slice());
+    }
+    if protocol < 0x202 {
+        let off = (cmdline_addr - real_addr) as u16;
+        if let Some(dst) = header.get_mut(0x20..0x24) {
+            dst.copy_from_slice(&[0x3f, 0xa3, off as u8, (off >> 8) as u8]);
+        }
+    }
+    let mut setup = setup_part.to_vec();
+    let patched = setup.len().min(HEADER_SIZE);
+    if let (Some(dst), Some(src)) = (setup.get_mut(..patched), header.get(..patched)) {
+        dst.copy_from_slice(src);
+    }
+
+    let fwerr = LoadError::fw(path);
+    let mut cmd = cmdline.as_bytes().to_vec();
+    cmd.push(0);
+    fw.add_u32(keys::CMDLINE_ADDR, cmdline_addr).map_err(&fwerr)?;
+    fw.add_u32(keys::CMDLINE_SIZE, cmd.len() as u32).map_err(&fwerr)?;
+    fw.add_bytes(keys::CMDLINE_DATA, cmd).map_err(&fwerr)?;
+    if let (Some((addr, size)), Some(data)) = (initrd_info, initrd_data) {
+        fw.add_u32(keys::INITRD_ADDR, addr).map_err(&fwerr)?;
+        fw.add_u32(keys::INITRD_SIZE, size).map_err(&fwerr)?;
+        fw.add_bytes(keys::INITRD_DATA, data).map_err(&fwerr)?;
+    }
+    fw.add_u32(keys::KERNEL_ADDR, prot_addr).map_err(&fwerr)?;
+    fw.add_u32(keys::KERNEL_SIZE, kernel_len as u32).map_err(&fwerr)?;
+    fw.add_bytes(keys::KERNEL_DATA, kernel_part.to_vec()).map_err(&fwerr)?;
+    fw.add_u32(keys::SETUP_ADDR, real_addr).map_err(&fwerr)?;
+    fw.add_u32(keys::SETUP_SIZE, setup_size as u32).map_err(&fwerr)?;
+    fw.add_bytes(keys::SETUP_DATA, setup).map_err(&fwerr)?;
+
+    Ok(LinuxInfo {
+        protocol,
+        setup_addr: real_addr,
+        setup_size: setup_size as u32,
+        cmdline_addr,
+        kernel_addr: prot_addr,
+        kernel_size: kernel_len as u32,
+        initrd: initrd_info,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::device::FwCfgOptions;
+    use std::path::PathBuf;
+    use std::sync::{Arc, OnceLock};
+    use xendm_devices::mem::TestMemory;
+
+    /// Debian's bzImage, fetched (and cached) by `tests/guest/fetch-kernel`.
+    pub(crate) fn kernel_path() -> PathBuf {
+        static PATH: OnceLock<PathBuf> = OnceLock::new();
+        PATH.get_or_init(|| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/guest/fetch-kernel");
+            let out = std::process::Command::new(script)
+                .output()
+                .unwrap_or_else(|e| panic!("running {script}: {e}; the loader tests need Debian's kernel"));
+            assert!(
+                out.status.success(),
+                "{script} failed (the loader tests need Debian's kernel): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+        .clone()
+    }
+
+    fn debian() -> LoadedFile {
+        LoadedFile::read(&kernel_path(), "kernel").unwrap()
+    }
+
+    fn fw() -> FwCfg {
+        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    }
+
+    fn rd(len: usize) -> LoadedFile {
+        LoadedFile { path: "initrd.img".into(), data: vec![0x5a; len] }
+    }
+
+    fn u32_key(fw: &FwCfg, key: u16) -> u32 {
+        u32::from_le_bytes(fw.item_data(key).unwrap().try_into().unwrap())
+    }
+
+    #[test]
+    fn debian_bzimage_keys_and_patched_header() {
+        let k = debian();
+        let img = &k.data;
+        let layout = RamLayout::xen(256, None);
+        let mut f = fw();
+        let cmdline = "console=ttyS0 vga=0x317 quiet";
+        let info = load(&mut f, &k, Some(rd(1_000_000)), cmdline, &layout).unwrap();
+        let protocol = u16::from_le_bytes([img[0x206], img[0x207]]);
+        assert!(protocol >= 0x20c, "a modern kernel");
+        assert_eq!(info.protocol, protocol);
+        let sects = if img[0x1f1] == 0 { 4 } else { img[0x1f1] as usize };
+        let setup_size = (sects + 1) * 512;
+
+        assert_eq!(u32_key(&f, keys::SETUP_ADDR), 0x10000);
+        assert_eq!(u32_key(&f, keys::SETUP_SIZE) as usize, setup_size);
+        assert_eq!(u32_key(&f, keys::KERNEL_ADDR), 0x100000);
+        assert_eq!(u32_key(&f, keys::KERNEL_SIZE) as usize, img.len() - setup_size);
+        assert_eq!(f.item_data(keys::KERNEL_DATA).unwrap(), &img[setup_size..]);
+        assert_eq!(u32_key(&f, keys::CMDLINE_ADDR), 0x20000);
+        assert_eq!(u32_key(&f, keys::CMDLINE_SIZE) as usize, cmdline.len() + 1);
+        assert_eq!(f.item_data(keys::CMDLINE_DATA).unwrap(), format!("{cmdline}\0").as_bytes());
+
+        // initrd: below min(initrd_addr_max (or 4G), 256 MiB - 0x28000), page aligned.
+        let xlf = u16::from_le_bytes([img[0x236], img[0x237]]);
+        let addr_max = u32::from_le_bytes(img[0x22c..0x230].try_into().unwrap()) as u64;
+        let max = if xlf & 2 != 0 { 0xffff_ffff } else { addr_max };
+        let ceiling = max.min((256 << 20) - 0x28000 - 1);
+        let want = ((ceiling - 1_000_000) & !0xfff) as u32;
+        assert_eq!(want, 0x0fee_3000, "256 MiB - 0x28000 - 1 - 1e6 bytes, page aligned");
+        assert_eq!(u32_key(&f, keys::INITRD_ADDR), want);
+        assert_eq!(u32_key(&f, keys::INITRD_SIZE), 1_000_000);
+        assert_eq!(f.item_data(keys::INITRD_DATA).unwrap().len(), 1_000_000);
+        assert_eq!(info.initrd, Some((want, 1_000_000)));
+
+        // The setup blob: the file's setup sectors with exactly QEMU's patches.
+        let setup = f.item_data(keys::SETUP_DATA).unwrap();
+        assert_eq!(setup.len(), setup_size);
+        let mut expect = img[..setup_size].to_vec();
+        expect[0x1fa..0x1fc].copy_from_slice(&0x317u16.to_le_bytes());
+        expect[0x210] = 0xb0;
+        expect[0x211] |= 0x80;
+        expect[0x218..0x21c].copy_from_slice(&want.to_le_bytes());
+        expect[0x21c..0x220].copy_from_slice(&1_000_000u32.to_le_bytes());
+        expect[0x224..0x226].copy_from_slice(&0xfe00u16.to_le_bytes());
+        expect[0x228..0x22c].copy_from_slice(&0x20000u32.to_le_bytes());
+        assert_eq!(setup, &expect[..], "only the documented fields differ from the file");
+        assert_ne!(img[0x210], 0xb0, "the file itself is not QEMU-typed");
+    }
+
+    #[test]
+    fn without_initrd_and_vga_the_fields_stay() {
+        let k = debian();
+        let mut f = fw();
+        let info = load(&mut f, &k, None, "", &RamLayout::xen(256, None)).unwrap();
+        assert_eq!(info.initrd, None);
+        assert!(f.item_data(keys::INITRD_ADDR).is_none());
+        let setup = f.item_data(keys::SETUP_DATA).unwrap();
+        assert_eq!(setup[0x1fa..0x1fc], k.data[0x1fa..0x1fc], "vid_mode untouched");
+        assert_eq!(setup[0x218..0x220], k.data[0x218..0x220], "ramdisk fields untouched");
+        assert_eq!(f.item_data(keys::CMDLINE_DATA).unwrap(), b"\0");
+    }
+
+    #[test]
+    fn cmdline_longer_than_cmdline_size_is_refused() {
+        let k = debian();
+        let max = u32::from_le_bytes(k.data[0x238..0x23c].try_into().unwrap()) as usize;
+        assert!(max >= 255);
+        let ok = "x".repeat(max);
+        load(&mut fw(), &k, None, &ok, &RamLayout::xen(256, None)).unwrap();
+        let long = "x".repeat(max + 1);
+        let e = load(&mut fw(), &k, None, &long, &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::CmdlineTooLong { len, max: m, .. } if len == max + 1 && m == max as u64), "{e}");
+        assert!(e.to_string().contains("vmlinuz"), "{e}");
+        let e = load(&mut fw(), &k, None, "a\0b", &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::CmdlineNul { .. }));
+    }
+
+    #[test]
+    fn truncated_kernels_are_refused() {
+        let k = debian();
+        let sects = if k.data[0x1f1] == 0 { 4 } else { k.data[0x1f1] as usize };
+        let setup_size = (sects + 1) * 512;
+        let cut = LoadedFile { path: k.path.clone(), data: k.data[..setup_size - 1].to_vec() };
+        let e = load(&mut fw(), &cut, None, "", &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::Truncated { .. }), "{e}");
+        let cut = LoadedFile { path: k.path.clone(), data: k.data[..k.data.len() / 2].to_vec() };
+        let e = load(&mut fw(), &cut, None, "", &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::Truncated { .. }), "{e}");
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn too_large_initrd_and_too_small_ram() {
+        let k = debian();
+        let layout = RamLayout::xen(64, None);
+        // Exactly what fits: up to the ceiling, above the kernel.
+        let ceiling = (64u64 << 20) - 0x28000 - 1;
+        let sects = if k.data[0x1f1] == 0 { 4 } else { k.data[0x1f1] as usize };
+        let kernel_end = 0x100000 + (k.data.len() - (sects + 1) * 512) as u64;
+        let e = load(&mut fw(), &k, Some(rd((ceiling - kernel_end + 0x2000) as usize)), "", &layout).unwrap_err();
+        assert!(matches!(e, LoadError::InitrdTooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("initrd.img"), "{e}");
+        let e = load(&mut fw(), &k, Some(rd(70 << 20)), "", &layout).unwrap_err();
+        assert!(matches!(e, LoadError::InitrdTooLarge { .. }), "{e}");
+        load(&mut fw(), &k, Some(rd(16 << 20)), "", &layout).unwrap();
+        let e = load(&mut fw(), &k, None, "", &RamLayout::xen(4, None)).unwrap_err();
+        assert!(matches!(e, LoadError::KernelTooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn old_protocols_and_zimages() {
+        let k = debian();
+        let mut old = k.clone();
+        old.data[0x206..0x208].copy_from_slice(&0x1ffu16.to_le_bytes());
+        let e = load(&mut fw(), &old, None, "", &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("1.ff") || e.to_string().contains("older than 2.00"), "{e}");
+        let mut z = k.clone();
+        z.data[0x211] &= !1;
+        let e = load(&mut fw(), &z, None, "", &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::Unsupported { .. }), "{e}");
+    }
+
+    #[test]
+    fn protocol_2_01_layout_and_old_cmdline_magic() {
+        // A synthetic 2.01 image: LOADED_HIGH, 4 setup sectors, 4 KiB kernel.
+        let mut img = vec![0u8; 5 * 512 + 4096];
+        img[0x1f1] = 0;
+        img[0x202..0x206].copy_from_slice(&HDRS_MAGIC.to_le_bytes());
+        img[0x206..0x208].copy_from_slice(&0x201u16.to_le_bytes());
+        img[0x211] = LOADED_HIGH;
+        let k = LoadedFile { path: "old.bz".into(), data: img };
+        let mut f = fw();
+        let cmdline = "root=/dev/sda";
+        let info = load(&mut f, &k, Some(rd(4096)), cmdline, &RamLayout::xen(128, None)).unwrap();
+        let aligned = (cmdline.len() as u32 + 16) & !15;
+        assert_eq!(info.setup_addr, 0x90000);
+        assert_eq!(info.cmdline_addr, 0x9a000 - aligned);
+        assert_eq!(info.kernel_addr, 0x100000);
+        let setup = f.item_data(keys::SETUP_DATA).unwrap();
+        assert_eq!(&setup[0x20..0x22], &[0x3f, 0xa3]);
+        assert_eq!(u16::from_le_bytes([setup[0x22], setup[0x23]]) as u32, 0xa000 - aligned);
+        assert_eq!(&setup[0x228..0x22c], &[0, 0, 0, 0], "no cmd_line_ptr before 2.02");
+        assert_eq!(u16::from_le_bytes([setup[0x224], setup[0x225]]) as u32, 0xa000 - aligned - 0x200);
+        // initrd_max 0x37ffffff for < 2.03, clamped to RAM.
+        let ceiling = (128u64 << 20) - 0x28000 - 1;
+        assert_eq!(info.initrd, Some((((ceiling - 4096) & !0xfff) as u32, 4096)));
+        // 255-byte command line limit before 2.06.
+        let e = load(&mut fw(), &k, None, &"y".repeat(256), &RamLayout::xen(128, None)).unwrap_err();
+        assert!(matches!(e, LoadError::CmdlineTooLong { max: 255, .. }));
+    }
+
+    #[test]
+    fn vga_parameter() {
+        assert_eq!(vga_mode("quiet"), Ok(None));
+        assert_eq!(vga_mode("vga=normal"), Ok(Some(0xffff)));
+        assert_eq!(vga_mode("a vga=ext b"), Ok(Some(0xfffe)));
+        assert_eq!(vga_mode("vga=ask"), Ok(Some(0xfffd)));
+        assert_eq!(vga_mode("vga=791 x"), Ok(Some(791)));
+        assert_eq!(vga_mode("vga=0x31A"), Ok(Some(0x31a)));
+        assert_eq!(vga_mode("vga=017"), Ok(Some(15)));
+        assert_eq!(vga_mode("vga=0"), Ok(Some(0)));
+        assert_eq!(vga_mode("vga=0x10000"), Ok(Some(0)), "16-bit store");
+        assert!(vga_mode("vga=").is_err());
+        assert!(vga_mode("vga=12,3").is_err());
+        assert!(vga_mode("vga=+1").is_err());
+        let k = debian();
+        let e = load(&mut fw(), &k, None, "vga=bogus", &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::BadVgaMode { .. }), "{e}");
+    }
+
+    #[test]
+    fn keys_already_set_are_an_error() {
+        let k = debian();
+        let mut f = fw();
+        load(&mut f, &k, None, "", &RamLayout::xen(256, None)).unwrap();
+        let e = load(&mut f, &k, None, "", &RamLayout::xen(256, None)).unwrap_err();
+        assert!(matches!(e, LoadError::FwCfg { .. }), "{e}");
+    }
+}
