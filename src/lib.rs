@@ -5,8 +5,11 @@
 //! records and replays what the engine did.
 
 pub mod abi;
+pub mod chardev;
 pub mod cli;
 pub mod engine;
+pub mod machine;
 pub mod trace;
 pub mod qmp;
+pub mod xen;
 pub mod xenstore;
