@@ -13,6 +13,7 @@
 )]
 
 pub mod bus;
+pub mod cmos;
 pub mod hv;
 pub mod i8042;
 pub mod i440fx;
@@ -20,6 +21,7 @@ pub mod mem;
 pub mod pci_config;
 pub mod piix3;
 pub mod piix4_pm;
+pub mod port92;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod uart;
