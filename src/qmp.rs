@@ -1576,6 +1576,25 @@ mod tests {
         assert!(bind(&QmpSocketSpec::Fd(closed)).is_err());
     }
 
+    #[tokio::test]
+    async fn query_chardev_reports_pty_serial_the_way_libxl_parses_it() {
+        let mut vm = FakeVm::new(1);
+        vm.chardevs = vec![
+            ChardevInfo::qmp_socket("libxl-cmd", Path::new("/var/run/xen/qmp-libxl-9"), true),
+            ChardevInfo::pty("serial0", Path::new("/dev/pts/3")),
+        ];
+        let server = start(Arc::new(vm));
+        let mut c = Client::negotiated(&server.path).await;
+        c.send(r#"{"execute":"query-chardev","id":1}"#).await;
+        assert_eq!(
+            c.recv_line().await,
+            concat!(
+                r#"{"return": [{"frontend-open": true, "filename": "unix:/var/run/xen/qmp-libxl-9,server=on", "label": "libxl-cmd"}, "#,
+                r#"{"frontend-open": true, "filename": "pty:/dev/pts/3", "label": "serial0"}], "id": 1}"#
+            )
+        );
+    }
+
     #[test]
     fn greeting_bytes() {
         let g = String::from_utf8(encode(&greeting()).unwrap()).unwrap();
