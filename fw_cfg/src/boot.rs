@@ -344,6 +344,110 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/initrd.img"));
     }
 
+    /// Builds `tests/kernels` (the ROM tests' multiboot and PVH kernels).
+    fn test_kernels(dir: &Path) -> (PathBuf, PathBuf) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/kernels/build");
+        let out = std::process::Command::new(script).arg(dir).output().unwrap_or_else(|e| panic!("running {script}: {e}"));
+        assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        (dir.join("multiboot.elf"), dir.join("pvh.elf"))
+    }
+
+    /// `readelf` as an independent oracle: (entry, [(offset, paddr, filesz, memsz)]).
+    fn readelf(path: &Path) -> (u64, Vec<[u64; 4]>) {
+        let out = std::process::Command::new("readelf").args(["-lhW"]).arg(path).output().expect("readelf (binutils)");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+        let entry = text.lines().find_map(|l| l.trim().strip_prefix("Entry point address:")).map(|v| hex(v.trim())).unwrap();
+        let loads = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("LOAD"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                [hex(f[1]), hex(f[3]), hex(f[4]), hex(f[5])]
+            })
+            .collect();
+        (entry, loads)
+    }
+
+    fn note_entry(path: &Path) -> u32 {
+        let out = std::process::Command::new("readelf").args(["-nW"]).arg(path).output().expect("readelf (binutils)");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let data = text.split("description data:").nth(1).unwrap();
+        let b: Vec<u8> = data.split_whitespace().take(4).map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+        u32::from_le_bytes(b.try_into().unwrap())
+    }
+
+    fn key32(f: &FwCfg, key: u16) -> u32 {
+        u32::from_le_bytes(f.item_data(key).unwrap().try_into().unwrap())
+    }
+
+    #[test]
+    fn tests_kernels_pvh_elf_matches_readelf() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, pvh) = test_kernels(dir.path());
+        let file = std::fs::read(&pvh).unwrap();
+        let (_, loads) = readelf(&pvh);
+        let rd = dir.path().join("rd");
+        std::fs::write(&rd, vec![3u8; 70000]).unwrap();
+        let files = BootFiles { kernel: pvh.clone(), initrd: Some(rd.to_string_lossy().into_owned()), cmdline: "xkt.marker=t".into() };
+        let mut f = fw();
+        let plan = load(&mut f, &files, &RamLayout::xen(128, None), None).unwrap();
+        assert_eq!(plan.protocol, BootProtocol::Pvh);
+        assert_eq!(key32(&f, keys::KERNEL_ENTRY), note_entry(&pvh));
+        let low = loads.iter().map(|l| l[1]).min().unwrap();
+        let high = loads.iter().map(|l| l[1] + l[3]).max().unwrap();
+        assert_eq!(u64::from(key32(&f, keys::KERNEL_ADDR)), low);
+        assert_eq!(u64::from(key32(&f, keys::KERNEL_SIZE)), high - low);
+        let writes: Vec<_> = loads
+            .iter()
+            .map(|&[off, paddr, filesz, memsz]| {
+                let mut v = file[off as usize..(off + filesz) as usize].to_vec();
+                v.resize(memsz as usize, 0);
+                (paddr, v)
+            })
+            .collect();
+        assert_eq!(plan.guest_writes, writes);
+        assert_eq!(&f.item_data(keys::SETUP_DATA).unwrap()[..file.len().min(8192)], &file[..file.len().min(8192)]);
+        assert_eq!(key32(&f, keys::INITRD_SIZE), 70000);
+    }
+
+    #[test]
+    fn tests_kernels_multiboot_elf_matches_readelf() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mb, _) = test_kernels(dir.path());
+        let file = std::fs::read(&mb).unwrap();
+        let (entry, loads) = readelf(&mb);
+        let m0 = dir.path().join("m0");
+        std::fs::write(&m0, b"module zero").unwrap();
+        let spec = format!("{} mod1 args", m0.display());
+        let files = BootFiles { kernel: mb.clone(), initrd: Some(spec.clone()), cmdline: "xkt.marker=t xkt.mods=1".into() };
+        let mut f = fw();
+        let plan = load(&mut f, &files, &RamLayout::xen(128, None), None).unwrap();
+        assert_eq!(plan.protocol, BootProtocol::Multiboot);
+        assert_eq!(plan.rom_name, "multiboot_dma.bin");
+        assert_eq!(u64::from(key32(&f, keys::KERNEL_ENTRY)), entry);
+        let low = loads.iter().map(|l| l[1]).min().unwrap();
+        let high = loads.iter().map(|l| l[1] + l[3]).max().unwrap();
+        assert_eq!(u64::from(key32(&f, keys::KERNEL_ADDR)), low);
+        let buf = f.item_data(keys::KERNEL_DATA).unwrap();
+        for &[off, paddr, filesz, memsz] in &loads {
+            let at = (paddr - low) as usize;
+            assert_eq!(&buf[at..at + filesz as usize], &file[off as usize..(off + filesz) as usize]);
+            assert!(buf[at + filesz as usize..at + memsz as usize].iter().all(|&b| b == 0));
+        }
+        // One module record right after the page-aligned image, its data on the next page boundary.
+        let mbinfo = ((high - low + 0xfff) & !0xfff) as usize;
+        let start = u32::from_le_bytes(buf[mbinfo..mbinfo + 4].try_into().unwrap());
+        let end = u32::from_le_bytes(buf[mbinfo + 4..mbinfo + 8].try_into().unwrap());
+        assert_eq!(end - start, 11);
+        let s = (start as u64 - low) as usize;
+        assert_eq!(&buf[s..s + 11], b"module zero");
+        let mbi = f.item_data(keys::INITRD_DATA).unwrap();
+        assert_eq!(u32::from_le_bytes(mbi[20..24].try_into().unwrap()), 1);
+        let cmd = u32::from_le_bytes(buf[mbinfo + 8..mbinfo + 12].try_into().unwrap()) as u64 - low;
+        assert_eq!(&buf[cmd as usize..cmd as usize + spec.len() + 1], format!("{spec}\0").as_bytes());
+    }
+
     #[test]
     fn debian_kernel_end_to_end() {
         let dir = tempfile::tempdir().unwrap();
