@@ -58,7 +58,7 @@ Direct kernel boot:
                             force the boot protocol of -kernel
 
 Serial ports (up to 4, COM1 first):
-  -serial pty|file:PATH|stdio|null|none|unix:PATH[,server=on,wait=off]|/dev/TTY
+  -serial pty|file:PATH|stdio|null|none|unix:PATH[,server=on,wait=off]
 
 xendm:
   --dump-roms DIR           write the option ROMs xendm builds into DIR, exit
