@@ -805,6 +805,139 @@ mod tests {
         assert!(hv.take().is_empty());
     }
 
+    /// The whole chipset on one bus, driven through 0xCF8/0xCFC the way
+    /// hvmloader's `pci_setup`, `acpi_enable_sci` and `cmos_write_memory_size`
+    /// drive it (order and values from `tools/firmware/hvmloader/pci.c` and
+    /// the lab capture).
+    #[test]
+    fn golden_hvmloader_full_chipset() {
+        use crate::{cmos, i440fx, piix3, port92, xen_platform};
+        let hv = Arc::new(FakeHypervisor::new());
+        let mut bus = Bus::new();
+        i440fx::register(&mut bus, 1 << 30).unwrap();
+        piix3::register(&mut bus, hv.clone()).unwrap();
+        let pm = register(&mut bus, hv.clone(), &Piix4PmConfig { com1: true, ..Piix4PmConfig::default() }).unwrap();
+        let platform = xen_platform::register(&mut bus).unwrap();
+        let cmos = cmos::register(&mut bus, &cmos::CmosConfig::new(1 << 30, 0, 1)).unwrap();
+        port92::register(&mut bus, hv.clone()).unwrap();
+        assert_eq!(
+            bus.pio_ranges(),
+            vec![(0x10, 0x1f), (0x70, 0x71), (0x92, 0x92), (0xb2, 0xb3), (0xcf8, 0xcff), (0xafe0, 0xafe3)]
+        );
+        let cfg_addr = |devfn: u32, reg: u32| (0x8000_0000 | devfn << 8 | (reg & 0xfc)).to_le_bytes();
+        let cfg_read = |bus: &mut Bus, devfn: u32, reg: u32, len: usize| -> u32 {
+            bus.pio_write(0xcf8, &cfg_addr(devfn, reg));
+            let mut d = vec![0u8; len];
+            bus.pio_read(0xcfc + u64::from(reg & 3), &mut d);
+            crate::bus::le_value(&d) as u32
+        };
+        let cfg_write = |bus: &mut Bus, devfn: u32, reg: u32, v: u32, len: usize| {
+            bus.pio_write(0xcf8, &cfg_addr(devfn, reg));
+            bus.pio_write(0xcfc + u64::from(reg & 3), &v.to_le_bytes()[..len]);
+        };
+
+        // 1. PCI link routes from PCI_ISA_IRQ_MASK 0x0C20: 5, 10, 11, 5.
+        for (link, irq) in [5u32, 10, 11, 5].into_iter().enumerate() {
+            cfg_write(&mut bus, 0x08, 0x60 + link as u32, irq, 1);
+        }
+        assert_eq!(
+            hv.take(),
+            vec![
+                HvCall::LinkRoute { link: 0, irq: 5 },
+                HvCall::LinkRoute { link: 1, irq: 10 },
+                HvCall::LinkRoute { link: 2, irq: 11 },
+                HvCall::LinkRoute { link: 3, irq: 5 }
+            ]
+        );
+
+        // 2. Scan: who is there.
+        let mut found = Vec::new();
+        for devfn in 0..256u32 {
+            let vendor = cfg_read(&mut bus, devfn, 0, 2);
+            if vendor != 0xffff {
+                found.push((devfn, vendor, cfg_read(&mut bus, devfn, 2, 2), cfg_read(&mut bus, devfn, 0x0a, 2)));
+            }
+        }
+        assert_eq!(
+            found,
+            vec![
+                (0x00, 0x8086, 0x1237, 0x0600),
+                (0x08, 0x8086, 0x7000, 0x0601),
+                (0x0b, 0x8086, 0x7113, 0x0680),
+                (0x10, 0x5853, 0x0001, 0xff80)
+            ]
+        );
+
+        // 3. PM function special case.
+        cfg_write(&mut bus, 0x0b, 0x20, 0, 2);
+        cfg_write(&mut bus, 0x0b, 0xd2, 0, 2);
+        cfg_write(&mut bus, 0x0b, 0x22, 0, 2);
+        cfg_write(&mut bus, 0x0b, 0x3c, 9, 2);
+        cfg_write(&mut bus, 0x0b, 0x3d, 1, 2);
+        cfg_write(&mut bus, 0x0b, 0x40, 0xb001, 4);
+        cfg_write(&mut bus, 0x0b, 0x80, 1, 1);
+        assert_eq!(bus.take_changes(), vec![RangeChange::Map { space: Space::Pio, start: 0xb000, end: 0xb03f }]);
+
+        // 4. BAR sizing of every function (decode off first), then placement.
+        let mut sizes = Vec::new();
+        for devfn in [0x00u32, 0x08, 0x0b, 0x10] {
+            let cmd = cfg_read(&mut bus, devfn, 4, 2);
+            cfg_write(&mut bus, devfn, 4, cmd & !3, 2);
+            for bar in 0..6u32 {
+                let reg = 0x10 + 4 * bar;
+                cfg_write(&mut bus, devfn, reg, u32::MAX, 4);
+                let probe = cfg_read(&mut bus, devfn, reg, 4);
+                cfg_write(&mut bus, devfn, reg, 0, 4);
+                if probe != 0 {
+                    sizes.push((devfn, bar, probe));
+                }
+            }
+        }
+        assert_eq!(sizes, vec![(0x10, 0, 0xffff_ff01), (0x10, 1, 0xff00_0008)]);
+        assert!(bus.take_changes().is_empty(), "nothing decoded while sizing");
+        cfg_write(&mut bus, 0x10, 0x14, 0xf000_0008, 4);
+        cfg_write(&mut bus, 0x10, 0x10, 0xc001, 4);
+        // 5. Interrupt line from the link of (pin - 1 + dev) & 3 = 2.
+        let pin = cfg_read(&mut bus, 0x10, 0x3d, 1);
+        let link = (pin - 1 + 2) & 3;
+        let line = cfg_read(&mut bus, 0x08, 0x60 + link, 1);
+        assert_eq!(line, 11);
+        cfg_write(&mut bus, 0x10, 0x3c, line, 1);
+        cfg_write(&mut bus, 0x10, 4, 3, 2);
+        assert_eq!(
+            bus.take_changes(),
+            vec![
+                RangeChange::Map { space: Space::Pio, start: 0xc000, end: 0xc0ff },
+                RangeChange::Map { space: Space::Mmio, start: 0xf000_0000, end: 0xf0ff_ffff }
+            ]
+        );
+        assert_eq!(cfg_read(&mut bus, 0x10, 0x3c, 2), 0x010b);
+
+        // 6. acpi_enable_sci.
+        let mut b = [0u8; 1];
+        bus.pio_read(0xb004, &mut b);
+        assert_eq!(b[0] & 1, 0);
+        bus.pio_write(0xb2, &[ACPI_ENABLE]);
+        bus.pio_read(0xb004, &mut b);
+        assert_eq!(b[0] & 1, 1, "hvmloader BUG()s otherwise");
+
+        // 7. CMOS memory sizes for its own view of low memory (0x3f800000 here).
+        let low: u64 = 0x3f80_0000;
+        let ext = ((low - (1 << 20)) >> 10).min(0xffff);
+        let above16 = (low - (16 << 20)) >> 16;
+        for (idx, v) in [(0x15u8, 0x80u8), (0x16, 0x02), (0x17, ext as u8), (0x18, (ext >> 8) as u8), (0x30, ext as u8), (0x31, (ext >> 8) as u8), (0x34, above16 as u8), (0x35, (above16 >> 8) as u8)] {
+            bus.pio_write(0x70, &[idx]);
+            bus.pio_write(0x71, &[v]);
+        }
+        assert_eq!(cmos.lock().unwrap().get(0x35), 0x3e);
+        assert_eq!(cmos.lock().unwrap().get(0x5b), 0);
+
+        // Nothing above shut anything down; the PM and platform state is as set.
+        assert!(hv.take().is_empty());
+        assert_eq!(pm.pm.lock().unwrap().pm1_cnt(), SCI_EN);
+        assert_eq!(platform.device.lock().unwrap().unplugged(), 0);
+    }
+
     crate::snapshot_conformance!(
         snapshot_conformance,
         Piix4Pm::new(Arc::new(FakeHypervisor::new()), &Piix4PmConfig::default()),
