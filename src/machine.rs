@@ -48,13 +48,13 @@ pub const COM_PORTS: [(u64, u8); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e
 /// Why the machine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
-    #[error("{0}")]
+    #[error(transparent)]
     Bus(#[from] xendm_devices::BusError),
-    #[error("{0}")]
+    #[error(transparent)]
     Cmos(#[from] xendm_devices::cmos::CmosError),
     #[error("fw_cfg: {0}")]
     FwCfg(#[from] xendm_fw_cfg::FwCfgError),
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] xendm_fw_cfg::LoadError),
     #[error("-serial: at most {max} serial ports are supported, {given} given", max = COM_PORTS.len())]
     TooManySerials { given: usize },
