@@ -1091,6 +1091,59 @@ mod tests {
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 
+    /// Guest memory where every address is RAM: serves one descriptor at
+    /// 0x1000 and counts what is written elsewhere, without storing it.
+    struct EverythingMapped {
+        desc: [u8; 16],
+        control: Mutex<Option<u32>>,
+        written: std::sync::atomic::AtomicU64,
+        calls: std::sync::atomic::AtomicU64,
+        max_chunk: std::sync::atomic::AtomicUsize,
+    }
+
+    impl GuestMemory for EverythingMapped {
+        fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), xendm_devices::MemError> {
+            if addr.0 == 0x1000 && buf.len() == 16 {
+                buf.copy_from_slice(&self.desc);
+            }
+            Ok(())
+        }
+        fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), xendm_devices::MemError> {
+            use std::sync::atomic::Ordering::Relaxed;
+            if addr.0 == 0x1000 {
+                *self.control.lock().unwrap() = Some(u32::from_be_bytes(buf.try_into().unwrap()));
+            } else {
+                assert!(buf.first() == Some(&0) && buf.last() == Some(&0));
+                self.written.fetch_add(buf.len() as u64, Relaxed);
+                self.calls.fetch_add(1, Relaxed);
+                self.max_chunk.fetch_max(buf.len(), Relaxed);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn dma_full_four_gib_zero_fill_streams_in_4k_chunks() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut desc = [0u8; 16];
+        desc[0..4].copy_from_slice(&ctl_read(0x7ff).to_be_bytes());
+        desc[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        desc[8..16].copy_from_slice(&0x1_0000_0000u64.to_be_bytes());
+        let m = Arc::new(EverythingMapped {
+            desc,
+            control: Mutex::new(None),
+            written: 0.into(),
+            calls: 0.into(),
+            max_chunk: 0.into(),
+        });
+        let mut fw = FwCfg::new(m.clone(), FwCfgOptions::default()).unwrap();
+        fw.write(8, &0x1000u32.to_be_bytes());
+        assert_eq!(*m.control.lock().unwrap(), Some(0));
+        assert_eq!(m.written.load(Relaxed), u64::from(u32::MAX));
+        assert_eq!(m.max_chunk.load(Relaxed), 4096);
+        assert_eq!(m.calls.load(Relaxed), u64::from(u32::MAX).div_ceil(4096));
+    }
+
     #[test]
     fn dma_skip_and_select_only() {
         let m = mem();
