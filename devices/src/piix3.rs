@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, RESET_CONTROL_PORT};
 use crate::hv::{Hypervisor, ShutdownReason};
 use crate::pci_config::{self, PciConfig, PciIdentity, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR};
+use crate::ratelimit::RateLimit;
 use crate::snapshot::{Snapshot, SnapshotError};
 
 /// PIIX3 PCI-to-ISA bridge (82371SB function 0).
@@ -183,12 +184,13 @@ impl Snapshot for Piix3 {
 pub struct ResetControl {
     rcr: u8,
     hv: Arc<dyn Hypervisor>,
+    log: RateLimit,
 }
 
 impl ResetControl {
     /// A register reading 0; reset requests go to `hv`.
     pub fn new(hv: Arc<dyn Hypervisor>) -> Self {
-        Self { rcr: 0, hv }
+        Self { rcr: 0, hv, log: RateLimit::per_second() }
     }
 }
 
@@ -205,7 +207,9 @@ impl BusDevice for ResetControl {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let (0, Some(&v)) = (offset, data.first()) else { return };
         if v & RC_RCPU != 0 {
-            tracing::info!(value = format_args!("{v:#04x}"), "guest requested a reset through port 0xcf9");
+            if let Some(suppressed) = self.log.check() {
+                tracing::info!(value = format_args!("{v:#04x}"), suppressed, "guest requested a reset through port 0xcf9");
+            }
             self.hv.shutdown(ShutdownReason::Reboot);
             // QEMU resets the machine (rcr = 0) before telling Xen.
             self.rcr = 0;

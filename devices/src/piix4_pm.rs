@@ -244,12 +244,16 @@ impl Piix4Pm {
         }
         match (val >> SLP_TYP_SHIFT) & SLP_TYP_MASK {
             SLP_TYP_S5 | SLP_TYP_QEMU_S4 => {
-                tracing::info!(pm1_cnt = format_args!("{val:#06x}"), "guest entered ACPI soft-off: powering off");
+                if let Some(suppressed) = self.log.check() {
+                    tracing::info!(pm1_cnt = format_args!("{val:#06x}"), suppressed, "guest entered ACPI soft-off: powering off");
+                }
                 self.hv.shutdown(ShutdownReason::Poweroff);
             }
             SLP_TYP_S3 => match &self.s3 {
                 Some(s3) => {
-                    tracing::info!("guest entered ACPI S3");
+                    if let Some(suppressed) = self.log.check() {
+                        tracing::info!(suppressed, "guest entered ACPI S3");
+                    }
                     s3.suspend_to_ram();
                 }
                 None => {

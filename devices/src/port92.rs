@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, BusDevice, BusError};
 use crate::hv::{Hypervisor, ShutdownReason};
+use crate::ratelimit::RateLimit;
 use crate::snapshot::{Snapshot, SnapshotError};
 
 /// The port.
@@ -37,12 +38,13 @@ pub const A20: u8 = 0x02;
 pub struct Port92 {
     outport: u8,
     hv: Arc<dyn Hypervisor>,
+    log: RateLimit,
 }
 
 impl Port92 {
     /// The port reading 0; reset requests go to `hv`.
     pub fn new(hv: Arc<dyn Hypervisor>) -> Self {
-        Self { outport: 0, hv }
+        Self { outport: 0, hv, log: RateLimit::per_second() }
     }
 
     /// True if the guest last wrote A20 enabled.
@@ -66,7 +68,9 @@ impl BusDevice for Port92 {
         let old = self.outport;
         self.outport = v;
         if v & FAST_RESET != 0 && old & FAST_RESET == 0 {
-            tracing::info!(value = format_args!("{v:#04x}"), "guest requested a reset through port 0x92");
+            if let Some(suppressed) = self.log.check() {
+                tracing::info!(value = format_args!("{v:#04x}"), suppressed, "guest requested a reset through port 0x92");
+            }
             self.hv.shutdown(ShutdownReason::Reboot);
             self.outport &= !FAST_RESET;
         }

@@ -254,11 +254,15 @@ impl XenPlatform {
             (2, PORT_MAGIC) => self.unplug(v as u16, "unplug port"),
             (2, PORT_VERSION) => {
                 self.product = v as u16;
-                tracing::info!(product = self.product, "guest PV drivers announced their product number");
+                if let Some(suppressed) = self.log_limit.check() {
+                    tracing::info!(product = self.product, suppressed, "guest PV drivers announced their product number");
+                }
             }
             (4, PORT_MAGIC) => {
                 self.build = v as u32;
-                tracing::info!(build = self.build, "guest PV drivers announced their build number");
+                if let Some(suppressed) = self.log_limit.check() {
+                    tracing::info!(build = self.build, suppressed, "guest PV drivers announced their build number");
+                }
             }
             _ => {
                 if let Some(suppressed) = self.warn_limit.check() {
