@@ -1,0 +1,1032 @@
+//! Serial backends: where a UART's output goes and its input comes from.
+//!
+//! Built from QEMU's `-serial` syntax (`qemu-options.hx`, "Character device
+//! options"): `pty`, `file:PATH`, `stdio`, `null`, `none`, and
+//! `unix:PATH[,server[=on|off]][,wait=on|off|,nowait]`. libxl passes the
+//! `serial=` value through verbatim (`xen-abi.md` 1.2); `pty` is the one
+//! `xl console` needs: QMP `query-chardev` reports `pty:/dev/pts/N` and libxl
+//! writes it to `/local/domain/<domid>/serial/0/tty`.
+//!
+//! Output never blocks the ioreq path. The UART's [`SerialSink`] appends to a
+//! bounded queue ([`OUTPUT_BUFFER`] bytes) drained by a writer thread; when
+//! the queue is full (a pty nobody reads, a stalled socket) the **oldest**
+//! bytes are dropped and counted, so whoever attaches later sees the most
+//! recent output. Input flows without loss: a reader thread holds at most one
+//! read's worth of bytes ([`INPUT_CHUNK`]) and stops reading from the backend
+//! until the UART has taken them; the UART wakes it through its rx notifier
+//! whenever the guest reads RBR, with a 100 ms re-check as a safety net.
+//! Backends that stop (EOF, a peer that went away) are logged and output is
+//! dropped; nothing here panics on I/O errors.
+//!
+//! Differences from QEMU:
+//!
+//! * The pty slave is kept open by xendm (as xenconsoled does), so the master
+//!   never sees a hang-up when `xl console` detaches; output written while
+//!   nobody is attached waits in the kernel's and our bounded buffers instead
+//!   of being discarded.
+//! * `file:` truncates, like QEMU's default (`append=off`); there is no
+//!   `append` option in the `-serial` form.
+//! * `stdio` does not switch the terminal to raw mode.
+//! * A unix socket server keeps buffering (bounded) while no client is
+//!   connected; QEMU discards. A client connection is not re-established
+//!   after the peer closes it.
+//! * `tcp:`, `udp:`, `vc`, `chardev:`, host tty paths and the other QEMU
+//!   backends are refused with an error naming the spec.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::pty::OpenptFlags;
+use rustix::termios::OptionalActions;
+use xendm_devices::ratelimit::RateLimit;
+use xendm_devices::uart::{NullSink, SerialSink, Uart};
+
+/// Output bytes buffered per backend before the oldest are dropped.
+pub const OUTPUT_BUFFER: usize = 64 * 1024;
+/// Input bytes read from a backend at a time (and held until the UART takes them).
+pub const INPUT_CHUNK: usize = 4096;
+/// How often blocked threads re-check for shutdown and missed wake-ups.
+const TICK: Duration = Duration::from_millis(100);
+/// Bytes the writer thread takes off the queue per write.
+const WRITE_CHUNK: usize = 4096;
+
+/// A `-serial` backend, parsed from QEMU's syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChardevSpec {
+    /// `none`: no serial port at all (the caller should not create a UART).
+    None,
+    /// `null`: output discarded, no input.
+    Null,
+    /// `pty`: a new pseudo-terminal pair.
+    Pty,
+    /// `stdio`: the DM's stdout and stdin.
+    Stdio,
+    /// `file:PATH`: output written to PATH (created or truncated), no input.
+    File(PathBuf),
+    /// `unix:PATH`: a unix stream socket; `server` listens at PATH, else
+    /// connects to it. A server with `wait` blocks [`Chardev::open`] until the
+    /// first client connects.
+    Unix { path: PathBuf, server: bool, wait: bool },
+}
+
+/// Errors from parsing or opening a serial backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ChardevError {
+    #[error("parsing -serial {spec:?}: {reason}")]
+    Parse { spec: String, reason: String },
+    #[error("opening a pty: {op} failed: {source}")]
+    Pty { op: &'static str, source: std::io::Error },
+    #[error("opening serial output file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("listening on unix socket {path}: {source}")]
+    Listen { path: PathBuf, source: std::io::Error },
+    #[error("connecting to unix socket {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("waiting for a client on unix socket {path}: {source}")]
+    Accept { path: PathBuf, source: std::io::Error },
+    #[error("using stdio for serial: {source}")]
+    Stdio { source: std::io::Error },
+    #[error("starting the serial {role} thread: {source}")]
+    Thread { role: &'static str, source: std::io::Error },
+    #[error("serial input is already connected to a UART")]
+    InputStarted,
+}
+
+fn parse_bool(spec: &str, key: &str, v: &str) -> Result<bool, ChardevError> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(ChardevError::Parse { spec: spec.to_string(), reason: format!("{key}={v}: expected on or off") }),
+    }
+}
+
+impl FromStr for ChardevSpec {
+    type Err = ChardevError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| ChardevError::Parse { spec: s.to_string(), reason: reason.to_string() };
+        match s {
+            "none" => return Ok(Self::None),
+            "null" => return Ok(Self::Null),
+            "pty" => return Ok(Self::Pty),
+            "stdio" => return Ok(Self::Stdio),
+            _ => {}
+        }
+        if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(err("file: needs a path"));
+            }
+            return Ok(Self::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("unix:") {
+            let mut parts = rest.split(',');
+            let path = parts.next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(err("unix: needs a socket path"));
+            }
+            let (mut server, mut wait) = (false, None);
+            for opt in parts {
+                match opt.split_once('=') {
+                    None if opt == "server" => server = true,
+                    None if opt == "nowait" => wait = Some(false),
+                    Some(("server", v)) => server = parse_bool(s, "server", v)?,
+                    Some(("wait", v)) => wait = Some(parse_bool(s, "wait", v)?),
+                    _ => return Err(err(&format!("unknown unix socket option {opt:?}"))),
+                }
+            }
+            // QEMU waits for the first client unless told not to.
+            let wait = server && wait.unwrap_or(true);
+            return Ok(Self::Unix { path: PathBuf::from(path), server, wait });
+        }
+        let backend = s.split(':').next().unwrap_or(s);
+        Err(err(&format!("backend {backend:?} is not supported (use pty, file:PATH, stdio, null, none or unix:PATH)")))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn wait_timeout<'a, T>(c: &Condvar, g: MutexGuard<'a, T>, d: Duration) -> MutexGuard<'a, T> {
+    match c.wait_timeout(g, d) {
+        Ok((g, _)) => g,
+        Err(e) => e.into_inner().0,
+    }
+}
+
+fn tick() -> Timespec {
+    Timespec { tv_sec: 0, tv_nsec: 100_000_000 }
+}
+
+// ---------------------------------------------------------------- output
+
+#[derive(Default)]
+struct OutState {
+    buf: VecDeque<u8>,
+    dropped: u64,
+    /// The writer holds bytes it took off `buf` but has not written yet.
+    in_flight: bool,
+    closed: bool,
+}
+
+/// The bounded queue between the UART's sink and the writer thread.
+#[derive(Default)]
+struct OutQueue {
+    st: Mutex<OutState>,
+    cond: Condvar,
+}
+
+impl OutQueue {
+    fn push(&self, data: &[u8]) {
+        let mut st = lock(&self.st);
+        let was_idle = st.buf.is_empty();
+        let total = data.len();
+        let keep = total.min(OUTPUT_BUFFER);
+        let data = data.get(total.saturating_sub(keep)..).unwrap_or_default();
+        let excess = st.buf.len().saturating_add(keep).saturating_sub(OUTPUT_BUFFER);
+        let lost = excess.saturating_add(total.saturating_sub(keep));
+        let cut = excess.min(st.buf.len());
+        st.buf.drain(..cut);
+        st.buf.extend(data);
+        st.dropped = st.dropped.saturating_add(u64::try_from(lost).unwrap_or(u64::MAX));
+        drop(st);
+        if was_idle {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Waits for bytes; `None` once closed and empty.
+    fn take(&self, out: &mut Vec<u8>) -> Option<()> {
+        let mut st = lock(&self.st);
+        while st.buf.is_empty() && !st.closed {
+            st = wait_timeout(&self.cond, st, TICK);
+        }
+        if st.buf.is_empty() {
+            return None;
+        }
+        let n = st.buf.len().min(WRITE_CHUNK);
+        out.clear();
+        out.extend(st.buf.drain(..n));
+        st.in_flight = true;
+        Some(())
+    }
+
+    fn done(&self) {
+        lock(&self.st).in_flight = false;
+        self.cond.notify_all();
+    }
+
+    fn close(&self) {
+        lock(&self.st).closed = true;
+        self.cond.notify_all();
+    }
+}
+
+/// The UART's view of a backend's output.
+struct QueueSink(Arc<OutQueue>);
+
+impl SerialSink for QueueSink {
+    fn write(&mut self, data: &[u8]) {
+        self.0.push(data);
+    }
+}
+
+/// Where the writer thread puts bytes.
+enum OutTarget {
+    /// A pty master (non-blocking), a file, or stdout.
+    Fd(Arc<OwnedFd>),
+    Unix(Arc<UnixConn>),
+}
+
+/// What happened to a chunk.
+enum Sent {
+    All,
+    /// The backend failed or went away; the rest of the chunk is dropped.
+    Lost(usize),
+}
+
+fn write_fd(fd: &OwnedFd, mut data: &[u8], stop: &AtomicBool) -> Sent {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(0) => return Sent::Lost(data.len()),
+            Ok(n) => data = data.get(n..).unwrap_or_default(),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                if stop.load(Ordering::Relaxed) {
+                    return Sent::Lost(data.len());
+                }
+                let mut fds = [PollFd::new(fd, PollFlags::OUT)];
+                let _ = rustix::event::poll(&mut fds, Some(&tick()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "serial output: write failed; dropping output");
+                return Sent::Lost(data.len());
+            }
+        }
+    }
+    Sent::All
+}
+
+fn write_unix(conn: &UnixConn, mut data: &[u8], stop: &AtomicBool) -> Sent {
+    while !data.is_empty() {
+        if stop.load(Ordering::Relaxed) {
+            return Sent::Lost(data.len());
+        }
+        let Some(stream) = conn.current_or_wait() else {
+            if conn.server {
+                continue; // keep the chunk for the next client
+            }
+            return Sent::Lost(data.len());
+        };
+        match (&*stream).write(data) {
+            Ok(0) => {
+                conn.disconnect(&stream);
+                return Sent::Lost(data.len());
+            }
+            Ok(n) => data = data.get(n..).unwrap_or_default(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
+            Err(e) => {
+                tracing::info!(path = %conn.path.display(), error = %e, "serial socket peer went away");
+                conn.disconnect(&stream);
+                return Sent::Lost(data.len());
+            }
+        }
+    }
+    Sent::All
+}
+
+fn writer_loop(q: Arc<OutQueue>, target: OutTarget, stop: Arc<AtomicBool>) {
+    let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+    let mut log = RateLimit::per_second();
+    let mut reported = 0u64;
+    while q.take(&mut chunk).is_some() {
+        let sent = match &target {
+            OutTarget::Fd(fd) => write_fd(fd, &chunk, &stop),
+            OutTarget::Unix(c) => write_unix(c, &chunk, &stop),
+        };
+        if let Sent::Lost(n) = sent {
+            let mut st = lock(&q.st);
+            st.dropped = st.dropped.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+        q.done();
+        let dropped = lock(&q.st).dropped;
+        if dropped != reported {
+            if let Some(suppressed) = log.check() {
+                tracing::warn!(dropped_total = dropped, suppressed, "serial output dropped (no reader, or the backend failed)");
+                reported = dropped;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- unix sockets
+
+/// The current connection of a unix socket backend.
+struct UnixConn {
+    path: PathBuf,
+    server: bool,
+    slot: Mutex<Option<Arc<UnixStream>>>,
+    cond: Condvar,
+    stop: Arc<AtomicBool>,
+}
+
+impl UnixConn {
+    fn current(&self) -> Option<Arc<UnixStream>> {
+        lock(&self.slot).clone()
+    }
+
+    /// The current connection, or (for a server) waits a tick for one.
+    fn current_or_wait(&self) -> Option<Arc<UnixStream>> {
+        let g = lock(&self.slot);
+        if g.is_some() || !self.server {
+            return g.clone();
+        }
+        let g = wait_timeout(&self.cond, g, TICK);
+        g.clone()
+    }
+
+    fn set(&self, s: UnixStream) {
+        // Timeouts keep reader and writer responsive to shutdown.
+        let _ = s.set_read_timeout(Some(TICK));
+        let _ = s.set_write_timeout(Some(TICK));
+        *lock(&self.slot) = Some(Arc::new(s));
+        self.cond.notify_all();
+    }
+
+    fn disconnect(&self, s: &Arc<UnixStream>) {
+        let mut g = lock(&self.slot);
+        if g.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) {
+            *g = None;
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        drop(g);
+        self.cond.notify_all();
+    }
+
+    fn connected(&self) -> bool {
+        lock(&self.slot).is_some()
+    }
+}
+
+/// Accepts one client at a time for a server socket.
+fn acceptor_loop(conn: Arc<UnixConn>, listener: UnixListener) {
+    let mut log = RateLimit::per_second();
+    while !conn.stop.load(Ordering::Relaxed) {
+        {
+            let g = lock(&conn.slot);
+            if g.is_some() {
+                drop(wait_timeout(&conn.cond, g, TICK));
+                continue;
+            }
+        }
+        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
+        if !matches!(rustix::event::poll(&mut fds, Some(&tick())), Ok(n) if n > 0) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((s, _)) => {
+                tracing::info!(path = %conn.path.display(), "serial socket client connected");
+                conn.set(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                if let Some(suppressed) = log.check() {
+                    tracing::warn!(path = %conn.path.display(), error = %e, suppressed, "serial socket accept failed");
+                }
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- input
+
+/// Wakes the input thread when the guest drains the receiver.
+#[derive(Default)]
+struct RxSignal {
+    flag: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl RxSignal {
+    fn notify(&self) {
+        *lock(&self.flag) = true;
+        self.cond.notify_one();
+    }
+
+    fn wait(&self) {
+        let mut g = lock(&self.flag);
+        if !*g {
+            g = wait_timeout(&self.cond, g, TICK);
+        }
+        *g = false;
+    }
+}
+
+enum InSource {
+    Fd(Arc<OwnedFd>),
+    Unix(Arc<UnixConn>),
+}
+
+enum Got {
+    Data(usize),
+    Idle,
+    Eof,
+}
+
+impl InSource {
+    fn read(&self, buf: &mut [u8], log: &mut RateLimit) -> Got {
+        match self {
+            Self::Fd(fd) => {
+                let mut fds = [PollFd::new(&**fd, PollFlags::IN)];
+                match rustix::event::poll(&mut fds, Some(&tick())) {
+                    Ok(0) | Err(Errno::INTR) => return Got::Idle,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(suppressed) = log.check() {
+                            tracing::warn!(error = %e, suppressed, "serial input: poll failed");
+                        }
+                        std::thread::sleep(TICK);
+                        return Got::Idle;
+                    }
+                }
+                match rustix::io::read(&**fd, &mut *buf) {
+                    Ok(0) => Got::Eof,
+                    Ok(n) => Got::Data(n),
+                    Err(Errno::AGAIN | Errno::INTR) => Got::Idle,
+                    Err(e) => {
+                        // A pty master reports EIO while no slave is open;
+                        // we hold one, but do not spin if it happens anyway.
+                        if let Some(suppressed) = log.check() {
+                            tracing::warn!(error = %e, suppressed, "serial input: read failed");
+                        }
+                        std::thread::sleep(TICK);
+                        Got::Idle
+                    }
+                }
+            }
+            Self::Unix(conn) => {
+                let Some(stream) = conn.current_or_wait() else {
+                    return if conn.server { Got::Idle } else { Got::Eof };
+                };
+                match (&*stream).read(buf) {
+                    Ok(0) => {
+                        tracing::info!(path = %conn.path.display(), "serial socket peer closed the connection");
+                        conn.disconnect(&stream);
+                        if conn.server {
+                            Got::Idle
+                        } else {
+                            Got::Eof
+                        }
+                    }
+                    Ok(n) => Got::Data(n),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => Got::Idle,
+                    Err(e) => {
+                        tracing::info!(path = %conn.path.display(), error = %e, "serial socket read failed");
+                        conn.disconnect(&stream);
+                        Got::Idle
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reader_loop(src: InSource, uart: Arc<Mutex<Uart>>, rx: Arc<RxSignal>, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; INPUT_CHUNK];
+    let (mut pos, mut len) = (0usize, 0usize);
+    let mut log = RateLimit::per_second();
+    while !stop.load(Ordering::Relaxed) {
+        if pos >= len {
+            match src.read(&mut buf, &mut log) {
+                Got::Data(n) => (pos, len) = (0, n.min(buf.len())),
+                Got::Idle => continue,
+                Got::Eof => {
+                    tracing::info!("serial input ended");
+                    return;
+                }
+            }
+        }
+        let pending = buf.get(pos..len).unwrap_or_default();
+        let taken = lock(&uart).receive(pending);
+        pos = pos.saturating_add(taken);
+        if pos < len {
+            // The receiver is full: wait for the guest to read RBR.
+            rx.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the backend
+
+/// An open serial backend.
+pub struct Chardev {
+    spec: ChardevSpec,
+    pty_path: Option<PathBuf>,
+    out: Option<Arc<OutQueue>>,
+    input: Mutex<Option<InSource>>,
+    conn: Option<Arc<UnixConn>>,
+    stop: Arc<AtomicBool>,
+    /// Our own handle on the pty slave, so the master never hangs up.
+    _pty_slave: Option<OwnedFd>,
+}
+
+fn pty_err(op: &'static str) -> impl FnOnce(Errno) -> ChardevError {
+    move |e| ChardevError::Pty { op, source: e.into() }
+}
+
+/// Opens a pty pair in raw mode: (non-blocking master, slave, slave path).
+fn open_pty() -> Result<(OwnedFd, OwnedFd, PathBuf), ChardevError> {
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).map_err(pty_err("posix_openpt"))?;
+    rustix::pty::grantpt(&master).map_err(pty_err("grantpt"))?;
+    rustix::pty::unlockpt(&master).map_err(pty_err("unlockpt"))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(pty_err("ptsname"))?;
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty()).map_err(pty_err("open slave"))?;
+    let mut t = rustix::termios::tcgetattr(&slave).map_err(pty_err("tcgetattr"))?;
+    t.make_raw();
+    rustix::termios::tcsetattr(&slave, OptionalActions::Now, &t).map_err(pty_err("tcsetattr"))?;
+    let fl = rustix::fs::fcntl_getfl(&master).map_err(pty_err("fcntl(F_GETFL)"))?;
+    rustix::fs::fcntl_setfl(&master, fl | OFlags::NONBLOCK).map_err(pty_err("fcntl(F_SETFL)"))?;
+    let path = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes()));
+    Ok((master, slave, path))
+}
+
+fn spawn(role: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), ChardevError> {
+    std::thread::Builder::new()
+        .name(format!("serial-{role}"))
+        .spawn(f)
+        .map(drop)
+        .map_err(|source| ChardevError::Thread { role, source })
+}
+
+impl Chardev {
+    /// Opens the backend and starts its output thread.
+    ///
+    /// # Errors
+    /// If the pty, file or socket cannot be set up; the error names it.
+    pub fn open(spec: &ChardevSpec) -> Result<Chardev, ChardevError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dev = Chardev {
+            spec: spec.clone(),
+            pty_path: None,
+            out: None,
+            input: Mutex::new(None),
+            conn: None,
+            stop: stop.clone(),
+            _pty_slave: None,
+        };
+        let target = match spec {
+            ChardevSpec::None | ChardevSpec::Null => None,
+            ChardevSpec::Pty => {
+                let (master, slave, path) = open_pty()?;
+                tracing::info!(pty = %path.display(), "serial: pty opened");
+                let master = Arc::new(master);
+                dev.pty_path = Some(path);
+                dev._pty_slave = Some(slave);
+                *lock(&dev.input) = Some(InSource::Fd(master.clone()));
+                Some(OutTarget::Fd(master))
+            }
+            ChardevSpec::Stdio => {
+                let dup = |fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| ChardevError::Stdio { source: e.into() });
+                let out = dup(rustix::stdio::stdout())?;
+                let inp = dup(rustix::stdio::stdin())?;
+                *lock(&dev.input) = Some(InSource::Fd(Arc::new(inp)));
+                Some(OutTarget::Fd(Arc::new(out)))
+            }
+            ChardevSpec::File(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(path)
+                    .map_err(|source| ChardevError::File { path: path.clone(), source })?;
+                Some(OutTarget::Fd(Arc::new(OwnedFd::from(f))))
+            }
+            ChardevSpec::Unix { path, server, wait } => {
+                let conn = Arc::new(UnixConn { path: path.clone(), server: *server, slot: Mutex::new(None), cond: Condvar::new(), stop: stop.clone() });
+                if *server {
+                    let listener = UnixListener::bind(path).map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
+                    if *wait {
+                        tracing::info!(path = %path.display(), "serial: waiting for a connection");
+                        let (s, _) = listener.accept().map_err(|source| ChardevError::Accept { path: path.clone(), source })?;
+                        conn.set(s);
+                    }
+                    listener.set_nonblocking(true).map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
+                    let c = conn.clone();
+                    spawn("accept", move || acceptor_loop(c, listener))?;
+                } else {
+                    let s = UnixStream::connect(path).map_err(|source| ChardevError::Connect { path: path.clone(), source })?;
+                    conn.set(s);
+                }
+                *lock(&dev.input) = Some(InSource::Unix(conn.clone()));
+                dev.conn = Some(conn.clone());
+                Some(OutTarget::Unix(conn))
+            }
+        };
+        if let Some(target) = target {
+            let q = Arc::new(OutQueue::default());
+            let (q2, stop2) = (q.clone(), stop.clone());
+            spawn("out", move || writer_loop(q2, target, stop2))?;
+            dev.out = Some(q);
+        }
+        Ok(dev)
+    }
+
+    /// The sink to give the UART.
+    pub fn sink(&self) -> Box<dyn SerialSink> {
+        match &self.out {
+            Some(q) => Box::new(QueueSink(q.clone())),
+            None => Box::new(NullSink),
+        }
+    }
+
+    /// Starts feeding the backend's input into `uart` (no-op for backends
+    /// without input). Installs the UART's rx notifier.
+    ///
+    /// # Errors
+    /// If called twice, or the thread cannot be started.
+    pub fn start_input(&self, uart: Arc<Mutex<Uart>>) -> Result<(), ChardevError> {
+        let Some(src) = lock(&self.input).take() else {
+            return match self.spec {
+                ChardevSpec::Pty | ChardevSpec::Stdio | ChardevSpec::Unix { .. } => Err(ChardevError::InputStarted),
+                _ => Ok(()),
+            };
+        };
+        let rx = Arc::new(RxSignal::default());
+        let rx2 = rx.clone();
+        lock(&uart).set_rx_notify(Arc::new(move || rx2.notify()));
+        let stop = self.stop.clone();
+        spawn("in", move || reader_loop(src, uart, rx, stop))
+    }
+
+    /// QEMU's `query-chardev` `filename` for this backend.
+    pub fn filename(&self) -> String {
+        match &self.spec {
+            ChardevSpec::Pty => format!("pty:{}", self.pty_path.as_deref().unwrap_or(Path::new("")).display()),
+            ChardevSpec::File(_) => "file".to_string(),
+            ChardevSpec::Stdio => "stdio".to_string(),
+            ChardevSpec::None | ChardevSpec::Null => "null".to_string(),
+            ChardevSpec::Unix { path, server, .. } => {
+                let connected = self.conn.as_ref().is_some_and(|c| c.connected());
+                format!(
+                    "{}unix:{}{}",
+                    if connected { "" } else { "disconnected:" },
+                    path.display(),
+                    if *server { ",server=on" } else { "" }
+                )
+            }
+        }
+    }
+
+    /// The pty slave's path (`/dev/pts/N`), for a `pty` backend.
+    pub fn pty_path(&self) -> Option<&Path> {
+        self.pty_path.as_deref()
+    }
+
+    /// Output bytes dropped so far because the backend did not keep up.
+    pub fn dropped_output(&self) -> u64 {
+        self.out.as_ref().map_or(0, |q| lock(&q.st).dropped)
+    }
+
+    /// Output bytes waiting in our buffer.
+    pub fn buffered_output(&self) -> usize {
+        self.out.as_ref().map_or(0, |q| lock(&q.st).buf.len())
+    }
+
+    /// Waits up to `timeout` until all buffered output has been handed to
+    /// the backend; returns whether it was.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(q) = &self.out else { return true };
+        // A timeout too large for the clock means "wait as long as it takes".
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = lock(&q.st);
+        while !st.buf.is_empty() || st.in_flight {
+            let left = deadline.map_or(TICK, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return false;
+            }
+            st = wait_timeout(&q.cond, st, left.min(TICK));
+        }
+        true
+    }
+}
+
+impl Drop for Chardev {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(q) = &self.out {
+            q.close();
+        }
+        if let Some(c) = &self.conn {
+            if let Some(s) = c.current() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            c.cond.notify_all();
+            if c.server {
+                if let ChardevSpec::Unix { path, .. } = &self.spec {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use xendm_devices::hv::FakeIrq;
+    use xendm_devices::BusDevice;
+
+    fn new_uart(dev: &Chardev) -> Arc<Mutex<Uart>> {
+        Arc::new(Mutex::new(Uart::new(Arc::new(FakeIrq::new()), dev.sink())))
+    }
+
+    fn guest_write(uart: &Arc<Mutex<Uart>>, data: &[u8]) {
+        let mut u = uart.lock().unwrap();
+        for &b in data {
+            u.write(0, &[b]);
+        }
+    }
+
+    /// Reads RBR while LSR.DR, like a polling guest, until `n` bytes or timeout.
+    fn guest_read(uart: &Arc<Mutex<Uart>>, n: usize, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            let mut u = uart.lock().unwrap();
+            let mut lsr = [0u8];
+            u.read(5, &mut lsr);
+            if lsr[0] & 1 != 0 {
+                let mut b = [0u8];
+                u.read(0, &mut b);
+                got.push(b[0]);
+            } else {
+                drop(u);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        got
+    }
+
+    fn read_exact_timeout(fd: &impl AsFd, n: usize, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < n && Instant::now() < deadline {
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            if rustix::event::poll(&mut fds, Some(&tick())).unwrap_or(0) == 0 {
+                continue;
+            }
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn parses_qemu_serial_specs() {
+        let p = |s: &str| s.parse::<ChardevSpec>();
+        assert_eq!(p("pty").unwrap(), ChardevSpec::Pty);
+        assert_eq!(p("null").unwrap(), ChardevSpec::Null);
+        assert_eq!(p("none").unwrap(), ChardevSpec::None);
+        assert_eq!(p("stdio").unwrap(), ChardevSpec::Stdio);
+        assert_eq!(p("file:/tmp/guest-serial-hvm1.log").unwrap(), ChardevSpec::File("/tmp/guest-serial-hvm1.log".into()));
+        assert_eq!(p("unix:/run/s").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: false, wait: false });
+        assert_eq!(p("unix:/run/s,server").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: true });
+        assert_eq!(p("unix:/run/s,server,nowait").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false });
+        assert_eq!(p("unix:/run/s,server=on,wait=off").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false });
+        for bad in ["file:", "unix:", "unix:/s,server=maybe", "unix:/s,telnet", "tcp:localhost:4444", "vc", "/dev/ttyS0", ""] {
+            let e = p(bad).unwrap_err();
+            assert!(e.to_string().contains("-serial"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn pty_output_reaches_the_slave_and_input_reaches_rbr() {
+        let dev = Chardev::open(&ChardevSpec::Pty).unwrap();
+        let path = dev.pty_path().unwrap().to_path_buf();
+        assert!(path.starts_with("/dev/pts/"), "{}", path.display());
+        assert_eq!(dev.filename(), format!("pty:{}", path.display()));
+        let uart = new_uart(&dev);
+        dev.start_input(uart.clone()).unwrap();
+        assert!(matches!(dev.start_input(uart.clone()), Err(ChardevError::InputStarted)));
+        let slave = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+
+        // Guest -> slave, raw (no \n -> \r\n translation).
+        guest_write(&uart, b"GUEST-RESULT: PASS\n");
+        assert_eq!(read_exact_timeout(&slave, 19, Duration::from_secs(5)), b"GUEST-RESULT: PASS\n");
+
+        // Slave -> guest, with FIFOs on: 1000 bytes through a 16-byte FIFO,
+        // no loss, in order.
+        {
+            let mut u = uart.lock().unwrap();
+            u.write(2, &[0x81]);
+        }
+        let msg: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        (&slave).write_all(&msg).unwrap();
+        let got = guest_read(&uart, msg.len(), Duration::from_secs(10));
+        assert_eq!(got.len(), msg.len());
+        assert_eq!(got, msg);
+        let mut lsr = [0u8];
+        uart.lock().unwrap().read(5, &mut lsr);
+        assert_eq!(lsr[0] & 0x02, 0, "no overrun");
+        assert_eq!(dev.dropped_output(), 0);
+    }
+
+    #[test]
+    fn absent_reader_never_blocks_and_memory_is_bounded() {
+        let dev = Chardev::open(&ChardevSpec::Pty).unwrap();
+        let uart = new_uart(&dev);
+        let start = Instant::now();
+        let line = [b'x'; 1024];
+        for _ in 0..1024 {
+            guest_write(&uart, &line); // 1 MiB, one THR write per byte
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "writes must not block");
+        assert!(dev.buffered_output() <= OUTPUT_BUFFER);
+        // The kernel's pty buffer takes some; the rest beyond our 64 KiB is dropped.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(dev.dropped_output() > 0);
+        assert!(dev.dropped_output() < 1024 * 1024);
+        // A reader that attaches late gets the newest bytes.
+        guest_write(&uart, b"THE-END");
+        let slave = std::fs::OpenOptions::new().read(true).open(dev.pty_path().unwrap()).unwrap();
+        let mut all = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all.ends_with(b"THE-END") && Instant::now() < deadline {
+            all.extend(read_exact_timeout(&slave, 1, Duration::from_millis(200)));
+        }
+        assert!(all.ends_with(b"THE-END"), "got {} bytes", all.len());
+    }
+
+    #[test]
+    fn file_backend_truncates_and_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, b"stale contents from an earlier run").unwrap();
+        let dev = Chardev::open(&format!("file:{}", path.display()).parse().unwrap()).unwrap();
+        assert_eq!(dev.filename(), "file");
+        let uart = new_uart(&dev);
+        dev.start_input(uart.clone()).unwrap();
+        guest_write(&uart, b"hello\r\n");
+        assert!(dev.flush(Duration::from_secs(5)));
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello\r\n");
+        let bad = Chardev::open(&ChardevSpec::File(dir.path().join("no/such/dir/x"))).err().unwrap();
+        assert!(bad.to_string().contains("no/such/dir/x"), "{bad}");
+    }
+
+    #[test]
+    fn null_backend() {
+        let dev = Chardev::open(&"null".parse().unwrap()).unwrap();
+        assert_eq!(dev.filename(), "null");
+        let uart = new_uart(&dev);
+        dev.start_input(uart.clone()).unwrap();
+        guest_write(&uart, b"discarded");
+        assert!(dev.flush(Duration::from_millis(10)));
+        assert_eq!(dev.dropped_output(), 0);
+    }
+
+    #[test]
+    fn unix_server_talks_to_a_client_and_survives_reconnects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.sock");
+        let spec: ChardevSpec = format!("unix:{},server,nowait", path.display()).parse().unwrap();
+        let dev = Chardev::open(&spec).unwrap();
+        assert_eq!(dev.filename(), format!("disconnected:unix:{},server=on", path.display()));
+        let uart = new_uart(&dev);
+        dev.start_input(uart.clone()).unwrap();
+        // Output before anyone connects is kept (bounded) for the first client.
+        guest_write(&uart, b"early ");
+        let client = UnixStream::connect(&path).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        guest_write(&uart, b"late");
+        let mut got = vec![0u8; 10];
+        (&client).read_exact(&mut got).unwrap();
+        assert_eq!(got, b"early late");
+        assert!(dev.filename().starts_with("unix:"));
+        (&client).write_all(b"input!").unwrap();
+        assert_eq!(guest_read(&uart, 6, Duration::from_secs(5)), b"input!");
+        // Peer goes away; a new one is accepted.
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let client2 = loop {
+            std::thread::sleep(Duration::from_millis(20));
+            if !dev.filename().starts_with("disconnected:") && Instant::now() < deadline {
+                continue;
+            }
+            break UnixStream::connect(&path).unwrap();
+        };
+        client2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (&client2).write_all(b"again").unwrap();
+        assert_eq!(guest_read(&uart, 5, Duration::from_secs(5)), b"again");
+        guest_write(&uart, b"bye");
+        let mut got = vec![0u8; 3];
+        (&client2).read_exact(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+        drop(dev);
+        assert!(!path.exists(), "the server socket is removed");
+    }
+
+    #[test]
+    fn unix_server_wait_blocks_until_a_client_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wait.sock");
+        let p2 = path.clone();
+        let client = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match UnixStream::connect(&p2) {
+                    Ok(s) => return s,
+                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    Err(e) => panic!("connect: {e}"),
+                }
+            }
+        });
+        let dev = Chardev::open(&format!("unix:{},server=on", path.display()).parse().unwrap()).unwrap();
+        assert_eq!(dev.filename(), format!("unix:{},server=on", path.display()));
+        let client = client.join().unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let uart = new_uart(&dev);
+        guest_write(&uart, b"ok");
+        let mut got = [0u8; 2];
+        (&client).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
+    }
+
+    #[test]
+    fn unix_client_connects_to_a_test_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let dev = Chardev::open(&format!("unix:{}", path.display()).parse().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(dev.filename(), format!("unix:{}", path.display()));
+        let uart = new_uart(&dev);
+        dev.start_input(uart.clone()).unwrap();
+        guest_write(&uart, b"to peer");
+        let mut got = [0u8; 7];
+        (&peer).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"to peer");
+        (&peer).write_all(b"from peer").unwrap();
+        assert_eq!(guest_read(&uart, 9, Duration::from_secs(5)), b"from peer");
+        // The peer leaves: output is dropped, nothing blocks or panics.
+        drop(peer);
+        drop(listener);
+        guest_write(&uart, &[b'z'; 5000]);
+        let e = Chardev::open(&format!("unix:{}", dir.path().join("absent.sock").display()).parse().unwrap()).err().unwrap();
+        assert!(e.to_string().contains("absent.sock"), "{e}");
+    }
+
+    #[test]
+    fn output_queue_drops_oldest_and_counts() {
+        let q = OutQueue::default();
+        q.push(&[1; 60 * 1024]);
+        q.push(&[2; 8 * 1024]);
+        let st = lock(&q.st);
+        assert_eq!(st.buf.len(), OUTPUT_BUFFER);
+        assert_eq!(st.dropped, 4 * 1024);
+        assert_eq!(st.buf.front(), Some(&1));
+        assert_eq!(st.buf.back(), Some(&2));
+        drop(st);
+        q.push(&vec![3; 100 * 1024]);
+        let st = lock(&q.st);
+        assert_eq!(st.buf.len(), OUTPUT_BUFFER);
+        assert!(st.buf.iter().all(|&b| b == 3));
+        assert_eq!(st.dropped, 4 * 1024 + OUTPUT_BUFFER as u64 + 36 * 1024);
+    }
+
+    #[test]
+    fn dropping_the_backend_stops_its_threads() {
+        let dev = Chardev::open(&ChardevSpec::Pty).unwrap();
+        let uart = new_uart(&dev);
+        dev.start_input(uart.clone()).unwrap();
+        let q = dev.out.clone().unwrap();
+        // Held by: this test, the Chardev, the writer thread, the UART's sink.
+        assert_eq!(Arc::strong_count(&q), 4);
+        // Held by: this test and the input thread.
+        assert_eq!(Arc::strong_count(&uart), 2);
+        drop(dev);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (Arc::strong_count(&q) > 2 || Arc::strong_count(&uart) > 1) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(Arc::strong_count(&q), 2, "writer thread exited");
+        assert_eq!(Arc::strong_count(&uart), 1, "input thread exited");
+    }
+}
