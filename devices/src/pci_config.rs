@@ -189,7 +189,7 @@ pub struct PciConfig {
 /// True if `[reg, reg + len)` overlaps `[start, start + count)`.
 pub fn overlaps(reg: u16, len: usize, start: u16, count: u16) -> bool {
     let a0 = u64::from(reg);
-    let a1 = a0 + len as u64;
+    let a1 = a0.saturating_add(u64::try_from(len).unwrap_or(u64::MAX));
     let b0 = u64::from(start);
     let b1 = b0 + u64::from(count);
     len > 0 && count > 0 && a0 < b1 && b0 < a1
@@ -199,7 +199,7 @@ pub fn overlaps(reg: u16, len: usize, start: u16, count: u16) -> bool {
 /// as (offset from `start`, byte) pairs, for devices that act per register byte.
 pub fn bytes_in(reg: u16, data: &[u8], start: u16, count: u16) -> impl Iterator<Item = (u16, u8)> + '_ {
     data.iter().enumerate().filter_map(move |(i, &b)| {
-        let r = u32::from(reg) + u32::try_from(i).ok()?;
+        let r = u32::from(reg).checked_add(u32::try_from(i).ok()?)?;
         let off = r.checked_sub(u32::from(start))?;
         if off < u32::from(count) {
             u16::try_from(off).ok().map(|o| (o, b))
@@ -245,7 +245,7 @@ impl PciConfig {
     /// If the index or size is invalid or the slot is taken.
     pub fn add_bar(&mut self, index: usize, kind: BarKind, size: u64) -> Result<(), PciConfigError> {
         let slots = if matches!(kind, BarKind::Mem64 { .. }) { 2 } else { 1 };
-        if index + slots > NUM_BARS {
+        if index.checked_add(slots).is_none_or(|end| end > NUM_BARS) {
             return Err(PciConfigError::BarIndex { index });
         }
         let min = if kind == BarKind::Io { 4 } else { 16 };
@@ -584,6 +584,7 @@ mod tests {
     fn bad_bars_are_refused_by_name() {
         let mut c = PciConfig::new(&id());
         assert_eq!(c.add_bar(6, BarKind::Io, 16), Err(PciConfigError::BarIndex { index: 6 }));
+        assert_eq!(c.add_bar(usize::MAX, BarKind::Io, 16), Err(PciConfigError::BarIndex { index: usize::MAX }));
         assert_eq!(c.add_bar(5, BarKind::Mem64 { prefetchable: false }, 16), Err(PciConfigError::BarIndex { index: 5 }));
         assert!(matches!(c.add_bar(0, BarKind::Io, 3), Err(PciConfigError::BarSize { .. })));
         assert!(matches!(c.add_bar(0, BarKind::Mem32 { prefetchable: false }, 0x30), Err(PciConfigError::BarSize { .. })));
@@ -637,6 +638,7 @@ mod tests {
         assert!(!overlaps(0x5c, 4, 0x60, 4));
         assert!(!overlaps(0x64, 4, 0x60, 4));
         assert!(!overlaps(0x60, 0, 0x60, 4));
+        assert!(overlaps(0x10, usize::MAX, 0x60, 4));
         let v: Vec<_> = bytes_in(0x5e, &[1, 2, 3, 4], 0x60, 4).collect();
         assert_eq!(v, vec![(0, 3), (1, 4)]);
         let v: Vec<_> = bytes_in(0x63, &[9, 8], 0x60, 4).collect();
