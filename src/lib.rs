@@ -11,5 +11,6 @@ pub mod engine;
 pub mod machine;
 pub mod trace;
 pub mod qmp;
+pub mod replay;
 pub mod xen;
 pub mod xenstore;
