@@ -363,15 +363,7 @@ impl Engine {
                 pos..pos + size
             };
             if req.is_read {
-                for k in 0..n {
-                    let a = Self::device_addr(target, req, done + k);
-                    let mut v = [0u8; 8];
-                    let Some(e) = v.get_mut(..size) else { return };
-                    self.device_read(target, a, e);
-                    if let Some(dst) = buf.get_mut(slot_of(k)) {
-                        dst.copy_from_slice(e);
-                    }
-                }
+                self.device_read_elements(target, req, done, n, size, buf);
                 if let Err(e) = self.mem.write(GuestAddress(lo), buf) {
                     // Fall back to element by element, in logical order, so
                     // every element that can land does, up to the first fault.
@@ -399,20 +391,66 @@ impl Engine {
                         ok_elems += 1;
                     }
                 }
-                for k in 0..ok_elems {
-                    let a = Self::device_addr(target, req, done + k);
-                    let mut v = [0u8; 8];
-                    let Some(e) = v.get_mut(..size) else { return };
-                    if let Some(src) = buf.get(slot_of(k)) {
-                        e.copy_from_slice(src);
-                    }
-                    self.device_write(target, a, e);
-                }
+                self.device_write_elements(target, req, done, ok_elems, size, buf);
                 if ok_elems < n {
                     return;
                 }
             }
             done += n;
+        }
+    }
+}
+
+impl Engine {
+    /// Reads elements `done..done+n` from the device into `buf`, which holds
+    /// them in memory order (reversed when `df`).
+    fn device_read_elements(&mut self, target: Target, req: &Ioreq, done: u64, n: u64, size: usize, buf: &mut [u8]) {
+        if target == Target::Pio {
+            // One port for every element: one lookup, one lock.
+            self.bus.read_repeated(xendm_devices::Space::Pio, req.addr, size, buf);
+            if req.df {
+                reverse_elements(buf, size);
+            }
+            return;
+        }
+        for k in 0..n {
+            let a = Self::device_addr(target, req, done + k);
+            let pos = if req.df { n - 1 - k } else { k } as usize * size;
+            if let Some(e) = buf.get_mut(pos..pos + size) {
+                self.device_read(target, a, e);
+            }
+        }
+    }
+
+    /// Writes the first `n` logical elements (from `done`) held in `buf` in
+    /// memory order to the device.
+    fn device_write_elements(&mut self, target: Target, req: &Ioreq, done: u64, n: u64, size: usize, buf: &mut [u8]) {
+        let total = n as usize * size;
+        if target == Target::Pio && !req.df {
+            if let Some(b) = buf.get(..total) {
+                self.bus.write_repeated(xendm_devices::Space::Pio, req.addr, size, b);
+            }
+            return;
+        }
+        let count = buf.len() / size;
+        for k in 0..n {
+            let a = Self::device_addr(target, req, done + k);
+            let pos = if req.df { count - 1 - k as usize } else { k as usize } * size;
+            let mut v = [0u8; 8];
+            let (Some(e), Some(src)) = (v.get_mut(..size), buf.get(pos..pos + size)) else { return };
+            e.copy_from_slice(src);
+            self.device_write(target, a, e);
+        }
+    }
+}
+
+/// Reverses the order of `size`-byte elements in `buf`.
+fn reverse_elements(buf: &mut [u8], size: usize) {
+    let n = buf.len() / size;
+    for i in 0..n / 2 {
+        let j = n - 1 - i;
+        for b in 0..size {
+            buf.swap(i * size + b, j * size + b);
         }
     }
 }

@@ -308,13 +308,13 @@ impl Bus {
         self.cf8
     }
 
-    fn lookup(&self, space: Space, addr: u64, size: usize) -> Option<(u64, Mapping)> {
+    fn lookup(&self, space: Space, addr: u64, size: usize) -> Option<(u64, Target)> {
         let size = u64::try_from(size).ok()?;
         let last = addr.checked_add(size.checked_sub(1)?)?;
         let (&start, m) = self.map_ref(space).range(..=addr).next_back()?;
         let end = start.checked_add(m.len - 1)?;
         if last <= end {
-            Some((addr - start, m.clone()))
+            Some((addr - start, m.target.clone()))
         } else {
             None
         }
@@ -329,7 +329,7 @@ impl Bus {
     /// A read of `data.len()` bytes at `addr` in `space`.
     pub fn read(&mut self, space: Space, addr: u64, data: &mut [u8]) {
         match self.lookup(space, addr, data.len()) {
-            Some((off, m)) => self.dispatch_read(space, off, m, data),
+            Some((off, t)) => self.dispatch_read(space, off, t, data),
             None => {
                 data.fill(0xff);
                 self.unclaimed(space, addr, data.len(), false);
@@ -340,8 +340,56 @@ impl Bus {
     /// A write of `data` at `addr` in `space`.
     pub fn write(&mut self, space: Space, addr: u64, data: &[u8]) {
         match self.lookup(space, addr, data.len()) {
-            Some((off, m)) => self.dispatch_write(space, off, m, data),
+            Some((off, t)) => self.dispatch_write(space, off, t, data),
             None => self.unclaimed(space, addr, data.len(), true),
+        }
+    }
+
+    /// `data.len() / size` reads of `size` bytes at the same address (a `rep
+    /// ins` from one port), element `i` into `data[i*size..]`. The device is
+    /// looked up and locked once, which is what makes string I/O cheap.
+    pub fn read_repeated(&mut self, space: Space, addr: u64, size: usize, data: &mut [u8]) {
+        if size == 0 {
+            return;
+        }
+        match self.lookup(space, addr, size) {
+            Some((off, Target::Device { dev, dev_base })) => {
+                let mut d = lock(&*dev);
+                for e in data.chunks_mut(size) {
+                    d.read(dev_base.wrapping_add(off), e);
+                }
+            }
+            Some((off, target)) => {
+                for e in data.chunks_mut(size) {
+                    self.dispatch_read(space, off, target.clone(), e);
+                }
+            }
+            None => {
+                data.fill(0xff);
+                self.unclaimed(space, addr, size, false);
+            }
+        }
+    }
+
+    /// `data.len() / size` writes of `size` bytes at the same address (a `rep
+    /// outs` to one port), in order.
+    pub fn write_repeated(&mut self, space: Space, addr: u64, size: usize, data: &[u8]) {
+        if size == 0 {
+            return;
+        }
+        match self.lookup(space, addr, size) {
+            Some((off, Target::Device { dev, dev_base })) => {
+                let mut d = lock(&*dev);
+                for e in data.chunks(size) {
+                    d.write(dev_base.wrapping_add(off), e);
+                }
+            }
+            Some((off, target)) => {
+                for e in data.chunks(size) {
+                    self.dispatch_write(space, off, target.clone(), e);
+                }
+            }
+            None => self.unclaimed(space, addr, size, true),
         }
     }
 
@@ -362,8 +410,8 @@ impl Bus {
         self.write(Space::Mmio, addr, data);
     }
 
-    fn dispatch_read(&mut self, space: Space, off: u64, m: Mapping, data: &mut [u8]) {
-        match m.target {
+    fn dispatch_read(&mut self, space: Space, off: u64, target: Target, data: &mut [u8]) {
+        match target {
             Target::Device { dev, dev_base } => lock(&*dev).read(dev_base.wrapping_add(off), data),
             Target::PciRegion { sbdf, id } => match self.pci.get(&sbdf) {
                 Some(slot) => lock(&*slot.dev).region_read(id, off, data),
@@ -376,8 +424,8 @@ impl Bus {
         }
     }
 
-    fn dispatch_write(&mut self, space: Space, off: u64, m: Mapping, data: &[u8]) {
-        match m.target {
+    fn dispatch_write(&mut self, space: Space, off: u64, target: Target, data: &[u8]) {
+        match target {
             Target::Device { dev, dev_base } => lock(&*dev).write(dev_base.wrapping_add(off), data),
             Target::PciRegion { sbdf, id } => {
                 if let Some(slot) = self.pci.get(&sbdf) {
@@ -600,6 +648,21 @@ mod tests {
         fn region_write(&mut self, _region: u8, offset: u64, data: &[u8]) {
             self.io[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         }
+    }
+
+    #[test]
+    fn repeated_accesses_hit_the_same_offset() {
+        let mut bus = Bus::new();
+        let d = regs();
+        bus.register_pio(0x510, 2, "a", d.clone(), 0).unwrap();
+        bus.write_repeated(Space::Pio, 0x511, 1, &[1, 2, 3]);
+        assert_eq!(d.lock().unwrap().0[1], 3, "last write wins at one port");
+        let mut out = [0u8; 4];
+        bus.read_repeated(Space::Pio, 0x510, 2, &mut out);
+        assert_eq!(out, [0, 3, 0, 3]);
+        bus.read_repeated(Space::Pio, 0x511, 2, &mut out); // straddles: unclaimed
+        assert_eq!(out, [0xff; 4]);
+        bus.read_repeated(Space::Pio, 0x511, 0, &mut out); // no-op, no panic
     }
 
     #[test]
