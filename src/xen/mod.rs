@@ -1,0 +1,58 @@
+//! The Xen backend: everything that talks to the hypervisor.
+//!
+//! * [`sys`] - safe wrappers over `libxendevicemodel`, `libxenevtchn`,
+//!   `libxenforeignmemory` and `xentoolcore_restrict_all` (the only FFI of
+//!   the project);
+//! * [`mapcache`] - guest memory ([`xendm_devices::GuestMemory`]) over lazily
+//!   mapped 1 MiB buckets;
+//! * [`hypervisor`] - [`xendm_devices::Hypervisor`] (IRQs, MSI, shutdown)
+//!   over dm_ops;
+//! * [`server`] - the ioreq server and its serving loop (Xen's
+//!   `public/hvm/ioreq.h` protocol) around the [`crate::engine::Engine`].
+//!
+//! Facts come from Xen 4.17's public headers and libraries and from what
+//! QEMU's Xen support does (see the fact sheets); nothing here is specific to
+//! one device. Everything below the FFI is written against traits
+//! ([`mapcache::ForeignMapper`], [`server::Transport`],
+//! [`server::IoreqHandler`]) so that it is tested without Xen. The start-up
+//! order is shown on [`server::IoreqServer`].
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+pub mod hypervisor;
+pub mod mapcache;
+pub mod server;
+pub mod sys;
+
+pub use hypervisor::XenHypervisor;
+pub use mapcache::{ForeignMapper, MapCache, MapCacheHooks};
+pub use server::{IoreqServer, ServerControl, StopHandle};
+pub use sys::{restrict_all, DeviceModel, DomId, EventChannels, ForeignMemory};
+
+/// A failed call into Xen's libraries (or the system calls around them).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XenError {
+    /// `call` failed with `errno`.
+    #[error("{call} failed: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Call {
+        /// The C function (or system call) that failed.
+        call: &'static str,
+        /// Its `errno`.
+        errno: i32,
+    },
+}
+
+impl XenError {
+    /// The `errno` of the failed call.
+    pub const fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Call { errno, .. } => Some(*errno),
+        }
+    }
+
+    /// The name of the failed call.
+    pub const fn call(&self) -> &'static str {
+        match self {
+            Self::Call { call, .. } => call,
+        }
+    }
+}
