@@ -83,7 +83,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use xendm_devices::bus::RangeChange;
 use xendm_devices::ratelimit::RateLimit;
-use xendm_devices::{Bus, Space};
+use xendm_devices::{Bus, Sbdf, Space};
 
 use super::sys::{
     BufIoreq, DeviceModel, EventChannels, ForeignMemory, IoreqServerId, ResourceMapping, IOREQ_SERVER_FRAME_BUFIOREQ,
@@ -550,6 +550,25 @@ impl ServerControl {
     }
 }
 
+/// One thing the server claims from Xen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// `map_io_range_to_ioreq_server`, `[start, end]` inclusive.
+    Range { space: Space, start: u64, end: u64 },
+    /// `map_pcidev_to_ioreq_server`.
+    Pci(Sbdf),
+}
+
+/// What [`IoreqServer::register`] claims for `bus`: its port ranges, then its
+/// MMIO ranges (both inclusive, adjacent ones merged by the bus, which keeps
+/// us below Xen's 256 ranges per type), then every PCI function, which Xen
+/// needs to route config-space accesses (0xCFC with CF8 enabled) to us at all.
+pub fn claims(bus: &Bus) -> Vec<Claim> {
+    let pio = bus.pio_ranges().into_iter().map(|(start, end)| Claim::Range { space: Space::Pio, start, end });
+    let mmio = bus.mmio_ranges().into_iter().map(|(start, end)| Claim::Range { space: Space::Mmio, start, end });
+    pio.chain(mmio).chain(bus.pci_functions().into_iter().map(Claim::Pci)).collect()
+}
+
 /// A live ioreq server for one domain: created, pages mapped, ports bound.
 ///
 /// Dropping it (or [`IoreqServer::shutdown`]) destroys the server in Xen,
@@ -659,21 +678,19 @@ impl IoreqServer {
         self.control.id
     }
 
-    /// Claims every port range, MMIO range and PCI function of `bus`.
+    /// Claims every port range, MMIO range and PCI function of `bus`
+    /// (see [`claims`]).
     ///
     /// # Errors
     /// The first refused claim (e.g. `EEXIST`: another server holds it).
     pub fn register(&self, bus: &Bus) -> Result<(), XenError> {
         let dm = &self.control.dm;
         let id = self.control.id;
-        for (start, end) in bus.pio_ranges() {
-            dm.map_io_range(id, Space::Pio, start, end)?;
-        }
-        for (start, end) in bus.mmio_ranges() {
-            dm.map_io_range(id, Space::Mmio, start, end)?;
-        }
-        for sbdf in bus.pci_functions() {
-            dm.map_pcidev(id, sbdf)?;
+        for claim in claims(bus) {
+            match claim {
+                Claim::Range { space, start, end } => dm.map_io_range(id, space, start, end)?,
+                Claim::Pci(sbdf) => dm.map_pcidev(id, sbdf)?,
+            }
         }
         Ok(())
     }
@@ -746,7 +763,7 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
-    use xendm_devices::bus::{BusDevice, PciFunction, PciRegion, Sbdf};
+    use xendm_devices::bus::{BusDevice, PciFunction, PciRegion};
     use xendm_devices::mem::TestMemory;
 
     /// A 4096-byte page in ordinary memory, 8-aligned, interior-mutable.
@@ -1166,6 +1183,26 @@ mod tests {
         r.ports(&[100]);
         assert_eq!(r.t.applied, vec![RangeChange::Map { space: Space::Pio, start: 0xc000, end: 0xc00f }]);
         assert_eq!(r.t.notified, vec![100]);
+    }
+
+    #[test]
+    fn claims_cover_ports_mmio_and_every_pci_function() {
+        let mut r = rig(1);
+        let bus = r.engine.bus_mut();
+        bus.enable_pci_host_ports().unwrap();
+        bus.register_pci(Sbdf::new(0, 0), "host", Arc::new(Mutex::new(BarFn { bar: 0 }))).unwrap();
+        bus.register_pci(Sbdf::new(1, 3), "pm", Arc::new(Mutex::new(BarFn { bar: 0xb000 }))).unwrap();
+        assert_eq!(
+            claims(bus),
+            vec![
+                Claim::Range { space: Space::Pio, start: 0x510, end: 0x51f },
+                Claim::Range { space: Space::Pio, start: 0xcf8, end: 0xcff },
+                Claim::Range { space: Space::Pio, start: 0xb000, end: 0xb00f },
+                Claim::Range { space: Space::Mmio, start: 0xa0000, end: 0xa0fff },
+                Claim::Pci(Sbdf::new(0, 0)),
+                Claim::Pci(Sbdf::new(1, 3)),
+            ]
+        );
     }
 
     #[test]

@@ -422,16 +422,16 @@ impl EventChannels {
 
     /// `xenevtchn_pending`: the next pending local port (the kernel has
     /// masked it), or `None` when the descriptor is non-blocking and nothing
-    /// is pending.
+    /// is pending (or a signal interrupted the read; poll again).
     ///
     /// # Errors
-    /// The C call's errno, except `EAGAIN`.
+    /// The C call's errno, except `EAGAIN` and `EINTR`.
     pub fn pending(&self) -> Result<Option<u32>, XenError> {
         // SAFETY: the handle is open.
         let rc = unsafe { ffi::xenevtchn_pending(self.h()) };
         if rc < 0 {
             let e = errno();
-            if e == libc::EAGAIN || e == libc::EWOULDBLOCK {
+            if e == libc::EAGAIN || e == libc::EWOULDBLOCK || e == libc::EINTR {
                 return Ok(None);
             }
             return Err(XenError::Call { call: "xenevtchn_pending", errno: e });
