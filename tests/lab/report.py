@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Turns the lab's per-scenario results into target/lab/report.json and a table.
+
+Input: <out>/results/<scenario>/result.env (key=value lines written by dom0's
+/init), error.txt and steps.txt. A requested scenario without results (dom0
+died, outer QEMU timed out) is reported as failed with the boot error.
+Exit status: 0 if every requested scenario passed, ignoring the scenarios
+listed in --expect-fail (their failure is still printed, prominently).
+"""
+import argparse
+import json
+import os
+import sys
+
+NUMERIC = ("create_to_marker_s", "create_return_s", "guest_uptime_s",
+           "reboot_to_marker_s", "shutdown_s", "destroy_s")
+INTEGER = ("dm_vmrss_kib", "dm_vmhwm_kib", "dm_threads")
+COLUMNS = [("scenario", "scenario"), ("pass", "result"), ("create_return_s", "create->return s"),
+           ("create_to_marker_s", "create->PASS s"), ("guest_uptime_s", "guest uptime s"),
+           ("dm_vmrss_kib", "DM VmRSS KiB"), ("dm_vmhwm_kib", "DM VmHWM KiB"),
+           ("dm_threads", "DM threads")]
+
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def load(out, scenario, boot_error):
+    rec = {"scenario": scenario, "pass": False}
+    for k in NUMERIC + INTEGER:
+        rec[k] = None
+    rec["error"] = None
+    d = os.path.join(out, "results", scenario)
+    env = read_text(os.path.join(d, "result.env"))
+    if env is None:
+        rec["error"] = "no result from dom0" + (f" ({boot_error})" if boot_error else "") \
+            + "; see target/lab/console.log"
+        return rec
+    for line in env.splitlines():
+        key, sep, val = line.partition("=")
+        if not sep:
+            continue
+        if key == "pass":
+            rec["pass"] = val == "true"
+        elif key in NUMERIC:
+            try:
+                rec[key] = float(val)
+            except ValueError:
+                pass
+        elif key in INTEGER:
+            try:
+                rec[key] = int(val)
+            except ValueError:
+                pass
+    rec["error"] = read_text(os.path.join(d, "error.txt")) or None
+    steps = read_text(os.path.join(d, "steps.txt"))
+    if steps:
+        rec["steps"] = steps.splitlines()
+    if not rec["pass"] and not rec["error"]:
+        rec["error"] = "scenario did not finish" + (f" ({boot_error})" if boot_error else "")
+    return rec
+
+
+def tail(path, n):
+    text = read_text(path)
+    if not text:
+        return []
+    return text.splitlines()[-n:]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--expect-fail", default="")
+    ap.add_argument("--boot-error", default="")
+    ap.add_argument("--boot-secs", default="0")
+    ap.add_argument("scenarios", nargs="+")
+    a = ap.parse_args()
+    expect_fail = {s for s in a.expect_fail.split(",") if s}
+    recs = [load(a.out, s, a.boot_error) for s in a.scenarios]
+    for r in recs:
+        r["expected_fail"] = r["scenario"] in expect_fail
+    with open(os.path.join(a.out, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(recs, f, indent=2)
+        f.write("\n")
+
+    def cell(r, k):
+        v = r.get(k)
+        if k == "pass":
+            if v:
+                return "PASS" + (" (XPASS)" if r["expected_fail"] else "")
+            return "FAIL (expected)" if r["expected_fail"] else "FAIL"
+        return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+    rows = [[h for _, h in COLUMNS]] + [[cell(r, k) for k, _ in COLUMNS] for r in recs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    print()
+    print(f"Xen lab report (outer QEMU {a.boot_secs} s) -> {os.path.join(a.out, 'report.json')}")
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for r in recs:
+        for s in r.get("steps", []):
+            print(f"  {r['scenario']}: {s}")
+    bad = 0
+    for r in recs:
+        if r["pass"]:
+            if r["expected_fail"]:
+                print(f"\nNOTE: {r['scenario']} PASSED although LAB_EXPECT_FAIL lists it: "
+                      "remove it from LAB_EXPECT_FAIL (tests/run-all).")
+            continue
+        tag = "EXPECTED FAILURE (LAB_EXPECT_FAIL, not counted)" if r["expected_fail"] else "FAILED"
+        print(f"\n*** {r['scenario']}: {tag}\n    {r['error']}")
+        d = os.path.join(a.out, "results", r["scenario"])
+        for name, n in (("xl-create.log", 8), ("guest-serial.log", 8), ("console-1.log", 8),
+                        ("console-2.log", 8)):
+            lines = tail(os.path.join(d, name), n)
+            if lines:
+                print(f"    --- last {len(lines)} lines of results/{r['scenario']}/{name}")
+                for line in lines:
+                    print(f"    | {line.rstrip()}"[:300])
+        logs = os.path.join(d, "logs")
+        if os.path.isdir(logs):
+            for name in sorted(os.listdir(logs)):
+                lines = tail(os.path.join(logs, name), 6)
+                if lines:
+                    print(f"    --- last {len(lines)} lines of /var/log/xen/{name}")
+                    for line in lines:
+                        print(f"    | {line.rstrip()}"[:300])
+        if not r["expected_fail"]:
+            bad += 1
+    if bad:
+        lines = tail(os.path.join(a.out, "results", "xl-dmesg.txt"), 15)
+        if lines:
+            print("\n    --- last lines of xl dmesg")
+            for line in lines:
+                print(f"    | {line.rstrip()}"[:300])
+    counted = [r for r in recs if not r["expected_fail"]]
+    if len(recs) > len(counted):
+        print(f"\nlab: {len(recs) - len(counted)} scenario(s) in LAB_EXPECT_FAIL not counted below")
+    print(f"lab: {sum(r['pass'] for r in counted)} passed, {bad} failed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
