@@ -13,17 +13,21 @@
 //! 3. `get_ioreq_server_info` with NULL gfn pointers, for the remote
 //!    buffered port;
 //! 4. `set_ioreq_server_state(enabled)`. Xen writes each vCPU's `vp_eport`
-//!    into the synchronous page only while the server is enabled
+//!    into the synchronous page only when the server is enabled
 //!    (`ioreq_server_enable` in `xen/common/ioreq.c`), so the server must be
-//!    enabled before the ports can be bound; QEMU does the same. Nothing is
-//!    claimed yet, so nothing is forwarded: the domain is still paused by the
-//!    toolstack anyway. [`IoreqServer::set_enabled`] is idempotent.
+//!    enabled before the ports can be bound; QEMU enables it here too.
+//!    Nothing is claimed yet, so nothing but broadcasts could be forwarded,
+//!    and the toolstack keeps the domain paused while the device model starts.
 //! 5. bind `vp_eport` of every vCPU (`xendevicemodel_nr_vcpus`, else the
 //!    `-smp maxcpus` the caller gives; at most 128, one page of slots) and the
-//!    buffered port on one event-channel descriptor.
+//!    buffered port on one event-channel descriptor;
+//! 6. disable the server again, so that the caller decides when forwarding
+//!    starts (`-S`: only at QMP `cont`). Xen leaves the `vp_eport` values in
+//!    place and rewrites the same ones on the next enable.
 //!
 //! Then [`IoreqServer::register`] claims the bus's port ranges, MMIO ranges
-//! and PCI functions, and [`IoreqServer::run`] serves until stopped.
+//! and PCI functions, [`IoreqServer::set_enabled`] starts forwarding, and
+//! [`IoreqServer::run`] serves until stopped.
 //!
 //! ## The synchronous protocol, per vCPU slot
 //! Xen fills the slot, then (after a barrier) sets `state = READY` and
@@ -569,6 +573,156 @@ pub fn claims(bus: &Bus) -> Vec<Claim> {
     pio.chain(mmio).chain(bus.pci_functions().into_iter().map(Claim::Pci)).collect()
 }
 
+/// The calls [`IoreqServer::create`] makes, as a trait so that their order
+/// (which Xen dictates) is tested without Xen.
+///
+/// # Safety
+/// [`SetupOps::frames`] must return pointers to the buffered page and the
+/// synchronous page of `pages` that satisfy [`SyncPage::new`]'s contract for
+/// as long as `pages` is alive.
+pub unsafe trait SetupOps {
+    /// Keeps the two mapped pages alive.
+    type Pages;
+    /// `create_ioreq_server(BUFIOREQ_ATOMIC)`.
+    ///
+    /// # Errors
+    /// The call's failure.
+    fn create_server(&self) -> Result<IoreqServerId, XenError>;
+    /// Maps frames 0 (buffered) and 1 (synchronous) of the server.
+    ///
+    /// # Errors
+    /// The call's failure.
+    fn map_pages(&self, id: IoreqServerId) -> Result<Self::Pages, XenError>;
+    /// (buffered page, synchronous page) of a mapping.
+    fn frames(pages: &Self::Pages) -> Option<(NonNull<u8>, NonNull<u8>)>;
+    /// `get_ioreq_server_info`: the remote buffered port.
+    ///
+    /// # Errors
+    /// The call's failure.
+    fn bufioreq_port(&self, id: IoreqServerId) -> Result<u32, XenError>;
+    /// `set_ioreq_server_state`.
+    ///
+    /// # Errors
+    /// The call's failure.
+    fn set_state(&self, id: IoreqServerId, enabled: bool) -> Result<(), XenError>;
+    /// `nr_vcpus`.
+    ///
+    /// # Errors
+    /// The call's failure (older Xen).
+    fn nr_vcpus(&self) -> Result<u32, XenError>;
+    /// `bind_interdomain`: remote port to local port.
+    ///
+    /// # Errors
+    /// The call's failure.
+    fn bind(&self, remote: u32) -> Result<u32, XenError>;
+    /// `destroy_ioreq_server`, after a failed set-up.
+    ///
+    /// # Errors
+    /// The call's failure.
+    fn destroy(&self, id: IoreqServerId) -> Result<(), XenError>;
+}
+
+/// A server set up by [`setup`].
+pub struct SetupDone<P> {
+    pub id: IoreqServerId,
+    pub vcpus: u32,
+    /// Local ports: one per vCPU, then the buffered port.
+    pub bound: Vec<u32>,
+    pub core: ServerCore,
+    pub pages: P,
+}
+
+/// Runs the start-up sequence of the module docs through `ops`; destroys the
+/// server if a later step fails.
+///
+/// # Errors
+/// The first failing call.
+pub fn setup<X: SetupOps>(ops: &X, max_cpus: u32) -> Result<SetupDone<X::Pages>, XenError> {
+    let id = ops.create_server()?;
+    match setup_created(ops, id, max_cpus) {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            if let Err(d) = ops.destroy(id) {
+                tracing::warn!(error = %d, "destroying the half-created ioreq server failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn setup_created<X: SetupOps>(ops: &X, id: IoreqServerId, max_cpus: u32) -> Result<SetupDone<X::Pages>, XenError> {
+    let pages = ops.map_pages(id)?;
+    let Some((buf_base, sync_base)) = X::frames(&pages) else {
+        return Err(XenError::Call { call: "xenforeignmemory_map_resource", errno: libc::EFAULT });
+    };
+    let remote_buf_port = ops.bufioreq_port(id)?;
+    // Xen fills in vp_eport only for an enabled server.
+    ops.set_state(id, true)?;
+    let vcpus = match ops.nr_vcpus() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::info!(error = %e, max_cpus, "vCPU count not available from Xen; using maxcpus");
+            max_cpus
+        }
+    }
+    .clamp(1, MAX_VCPUS);
+    // SAFETY: the SetupOps contract: valid pages for as long as `pages`
+    // lives, and the caller keeps `pages` alive longer than the core.
+    let sync = unsafe { SyncPage::new(sync_base) };
+    // SAFETY: as above, for the buffered page.
+    let ring = unsafe { BufferedPage::new(buf_base) };
+    let mut vcpu_ports = Vec::new();
+    for v in 0..vcpus {
+        let remote = sync.vp_eport(v).unwrap_or(0);
+        vcpu_ports.push(ops.bind(remote)?);
+    }
+    let buf_port = ops.bind(remote_buf_port)?;
+    ops.set_state(id, false)?;
+    let core = ServerCore::new(sync, Some(ring), &vcpu_ports, Some(buf_port));
+    let mut bound = vcpu_ports;
+    bound.push(buf_port);
+    Ok(SetupDone { id, vcpus, bound, core, pages })
+}
+
+/// [`SetupOps`] over the real handles.
+struct XenSetup<'a> {
+    dm: &'a DeviceModel,
+    fmem: &'a Arc<ForeignMemory>,
+    evtchn: &'a EventChannels,
+}
+
+// SAFETY: `frames` returns frames 0 and 1 of a live 2-frame resource mapping:
+// page aligned, 4096 bytes each, valid until the ResourceMapping is dropped;
+// Xen accesses them atomically.
+unsafe impl SetupOps for XenSetup<'_> {
+    type Pages = ResourceMapping;
+
+    fn create_server(&self) -> Result<IoreqServerId, XenError> {
+        self.dm.create_ioreq_server(BufIoreq::Atomic)
+    }
+    fn map_pages(&self, id: IoreqServerId) -> Result<ResourceMapping, XenError> {
+        self.fmem.map_resource(XENMEM_RESOURCE_IOREQ_SERVER, u32::from(id.0), IOREQ_SERVER_FRAME_BUFIOREQ, 2)
+    }
+    fn frames(pages: &ResourceMapping) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        Some((pages.frame(0)?, pages.frame(usize::try_from(IOREQ_SERVER_FRAME_IOREQ).ok()?)?))
+    }
+    fn bufioreq_port(&self, id: IoreqServerId) -> Result<u32, XenError> {
+        self.dm.ioreq_server_bufioreq_port(id)
+    }
+    fn set_state(&self, id: IoreqServerId, enabled: bool) -> Result<(), XenError> {
+        self.dm.set_ioreq_server_state(id, enabled)
+    }
+    fn nr_vcpus(&self) -> Result<u32, XenError> {
+        self.dm.nr_vcpus()
+    }
+    fn bind(&self, remote: u32) -> Result<u32, XenError> {
+        self.evtchn.bind_interdomain(remote)
+    }
+    fn destroy(&self, id: IoreqServerId) -> Result<(), XenError> {
+        self.dm.destroy_ioreq_server(id)
+    }
+}
+
 /// A live ioreq server for one domain: created, pages mapped, ports bound.
 ///
 /// Dropping it (or [`IoreqServer::shutdown`]) destroys the server in Xen,
@@ -615,61 +769,24 @@ pub struct IoreqServer {
 impl IoreqServer {
     /// Creates the server and binds its ports; see the module docs for the
     /// exact order. `max_cpus` is used when Xen cannot report the vCPU count.
-    /// On failure the server is destroyed again.
+    /// The server is returned **disabled**: call [`Self::set_enabled`] once
+    /// the ranges are claimed. On failure the server is destroyed again (and
+    /// dropping `evtchn` unbinds whatever was bound).
     ///
     /// # Errors
     /// The first failing call.
     pub fn create(dm: Arc<DeviceModel>, fmem: Arc<ForeignMemory>, evtchn: EventChannels, max_cpus: u32) -> Result<Self, XenError> {
-        let id = dm.create_ioreq_server(BufIoreq::Atomic)?;
-        match Self::finish(&dm, &fmem, evtchn, id, max_cpus) {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                if let Err(d) = dm.destroy_ioreq_server(id) {
-                    tracing::warn!(error = %d, "destroying the half-created ioreq server failed");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn finish(dm: &Arc<DeviceModel>, fmem: &Arc<ForeignMemory>, evtchn: EventChannels, id: IoreqServerId, max_cpus: u32) -> Result<Self, XenError> {
-        let pages = fmem.map_resource(XENMEM_RESOURCE_IOREQ_SERVER, u32::from(id.0), IOREQ_SERVER_FRAME_BUFIOREQ, 2)?;
-        let (Some(buf_base), Some(sync_base)) = (pages.frame(0), pages.frame(IOREQ_SERVER_FRAME_IOREQ as usize)) else {
-            return Err(XenError::Call { call: "xenforeignmemory_map_resource", errno: libc::EFAULT });
-        };
-        let remote_buf_port = dm.ioreq_server_bufioreq_port(id)?;
-        dm.set_ioreq_server_state(id, true)?;
-        let nr = match dm.nr_vcpus() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::info!(error = %e, max_cpus, "vCPU count not available from Xen; using maxcpus");
-                max_cpus
-            }
-        };
-        let nr = nr.clamp(1, MAX_VCPUS);
         evtchn.set_nonblocking()?;
-        // SAFETY: frame 1 of the live 2-frame resource mapping: page aligned,
-        // 4096 bytes, alive as long as `pages`, which the server keeps and
-        // drops after `core`; Xen accesses it with atomic/volatile semantics.
-        let sync = unsafe { SyncPage::new(sync_base) };
-        // SAFETY: as above, for frame 0.
-        let ring = unsafe { BufferedPage::new(buf_base) };
-        let mut vcpu_ports = Vec::new();
-        for v in 0..nr {
-            let remote = sync.vp_eport(v).unwrap_or(0);
-            vcpu_ports.push(evtchn.bind_interdomain(remote)?);
-        }
-        let buf_port = evtchn.bind_interdomain(remote_buf_port)?;
-        tracing::info!(server = id.0, vcpus = nr, buffered_port = buf_port, "ioreq server created");
-        let mut bound = vcpu_ports.clone();
-        bound.push(buf_port);
+        let ops = XenSetup { dm: &dm, fmem: &fmem, evtchn: &evtchn };
+        let done = setup(&ops, max_cpus)?;
+        tracing::info!(server = done.id.0, vcpus = done.vcpus, ports = ?done.bound, "ioreq server created");
         Ok(Self {
-            core: ServerCore::new(sync, Some(ring), &vcpu_ports, Some(buf_port)),
-            transport: XenTransport { evtchn, dm: dm.clone(), id },
-            control: ServerControl { dm: dm.clone(), id },
-            bound,
+            core: done.core,
+            transport: XenTransport { evtchn, dm: dm.clone(), id: done.id },
+            control: ServerControl { dm, id: done.id },
+            bound: done.bound,
             destroyed: false,
-            _pages: pages,
+            _pages: done.pages,
         })
     }
 
@@ -1203,6 +1320,115 @@ mod tests {
                 Claim::Pci(Sbdf::new(1, 3)),
             ]
         );
+    }
+
+    /// Xen for `setup`: records the calls, writes vp_eport 50+i into the
+    /// slots only when the server is enabled (as Xen does), can fail a call.
+    struct FakeSetup {
+        xen: Arc<FakeXen>,
+        log: Mutex<Vec<String>>,
+        vcpus: Option<u32>,
+        fail: Option<&'static str>,
+    }
+
+    impl FakeSetup {
+        fn new(vcpus: Option<u32>, fail: Option<&'static str>) -> Self {
+            Self { xen: FakeXen::new(), log: Mutex::new(Vec::new()), vcpus, fail }
+        }
+        fn call(&self, entry: String, name: &'static str) -> Result<(), XenError> {
+            self.log.lock().unwrap().push(entry);
+            if self.fail == Some(name) {
+                return Err(XenError::Call { call: name, errno: libc::EPERM });
+            }
+            Ok(())
+        }
+    }
+
+    // SAFETY: the pages live in `xen` (an Arc the Pages value holds).
+    unsafe impl SetupOps for FakeSetup {
+        type Pages = Arc<FakeXen>;
+        fn create_server(&self) -> Result<IoreqServerId, XenError> {
+            self.call("create".into(), "create").map(|()| IoreqServerId(3))
+        }
+        fn map_pages(&self, id: IoreqServerId) -> Result<Arc<FakeXen>, XenError> {
+            self.call(format!("map {}", id.0), "map").map(|()| self.xen.clone())
+        }
+        fn frames(pages: &Arc<FakeXen>) -> Option<(NonNull<u8>, NonNull<u8>)> {
+            Some((pages.buf.ptr(), pages.sync.ptr()))
+        }
+        fn bufioreq_port(&self, id: IoreqServerId) -> Result<u32, XenError> {
+            self.call(format!("info {}", id.0), "info").map(|()| 77)
+        }
+        fn set_state(&self, id: IoreqServerId, enabled: bool) -> Result<(), XenError> {
+            self.call(format!("state {} {enabled}", id.0), "state")?;
+            if enabled {
+                for v in 0..MAX_VCPUS {
+                    let p = self.xen.sync.ptr().as_ptr();
+                    // SAFETY: slot v's vp_eport field inside our page.
+                    unsafe { std::ptr::write_volatile(p.add(v as usize * 32 + 24).cast::<u32>(), 50 + v) };
+                }
+            }
+            Ok(())
+        }
+        fn nr_vcpus(&self) -> Result<u32, XenError> {
+            self.log.lock().unwrap().push("nr_vcpus".into());
+            self.vcpus.ok_or(XenError::Call { call: "xendevicemodel_nr_vcpus", errno: libc::ENOSYS })
+        }
+        fn bind(&self, remote: u32) -> Result<u32, XenError> {
+            self.call(format!("bind {remote}"), "bind").map(|()| remote + 1000)
+        }
+        fn destroy(&self, id: IoreqServerId) -> Result<(), XenError> {
+            self.call(format!("destroy {}", id.0), "destroy")
+        }
+    }
+
+    #[test]
+    fn setup_enables_before_binding_and_disables_after() {
+        let ops = FakeSetup::new(Some(2), None);
+        let mut done = setup(&ops, 8).unwrap();
+        assert_eq!(
+            *ops.log.lock().unwrap(),
+            ["create", "map 3", "info 3", "state 3 true", "nr_vcpus", "bind 50", "bind 51", "bind 77", "state 3 false"]
+        );
+        assert_eq!(done.vcpus, 2);
+        assert_eq!(done.bound, vec![1050, 1051, 1077]);
+        // The core maps local ports to vCPUs and the buffered port to the ring.
+        let mut engine = rig(1).engine;
+        let mut t = FakeTransport::default();
+        ops.xen.post(1, &pio(0x511, 1, true, 0), 51);
+        done.core.handle_ports(&[1051], &mut engine, &mut t);
+        assert_eq!(ops.xen.slot(1).data, 0x41);
+        assert_eq!(t.notified, vec![1051]);
+    }
+
+    #[test]
+    fn setup_falls_back_to_maxcpus() {
+        let ops = FakeSetup::new(None, None);
+        let done = setup(&ops, 3).unwrap();
+        assert_eq!(done.bound, vec![1050, 1051, 1052, 1077]);
+        let ops = FakeSetup::new(Some(500), None);
+        assert_eq!(setup(&ops, 1).unwrap().vcpus, MAX_VCPUS, "one page holds 128 slots");
+    }
+
+    #[test]
+    fn a_failed_setup_destroys_the_server() {
+        let ops = FakeSetup::new(Some(1), Some("bind"));
+        let e = setup(&ops, 1).err().unwrap();
+        assert_eq!(e.call(), "bind");
+        assert_eq!(ops.log.lock().unwrap().last().unwrap(), "destroy 3");
+        let ops = FakeSetup::new(Some(1), Some("create"));
+        assert!(setup(&ops, 1).is_err());
+        assert_eq!(*ops.log.lock().unwrap(), ["create"], "nothing to destroy");
+    }
+
+    #[test]
+    fn the_server_can_move_to_its_thread() {
+        fn send<T: Send>() {}
+        send::<IoreqServer>();
+        send::<Engine>();
+        fn sync<T: Send + Sync>() {}
+        sync::<ServerControl>();
+        sync::<crate::xen::MapCache<crate::xen::ForeignMemory>>();
     }
 
     #[test]
