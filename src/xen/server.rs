@@ -4,7 +4,7 @@
 //! `public/hvm/dm_op.h` (Xen 4.17), with the producer side as in Xen's
 //! `xen/common/ioreq.c` (`ioreq_send`, `ioreq_send_buffered`) and the
 //! consumer order QEMU uses (`hw/xen/xen-hvm-common.c`, `cpu_get_ioreq`,
-//! `handle_buffered_iopage`); facts only, see `docs` fact sheets.
+//! `handle_buffered_iopage`), read for facts only.
 //!
 //! ## Start-up ([`IoreqServer::create`])
 //! 1. `create_ioreq_server(BUFIOREQ_ATOMIC)`;
@@ -76,6 +76,18 @@
 //! handles at most `engine::MAX_BUFFERED_PER_DRAIN` buffered requests, and
 //! the engine bounds each request (see `engine`). Unknown ports are logged at
 //! a limited rate and ignored.
+//!
+//! ## Where we differ from QEMU
+//! * An event on an unknown port is logged and ignored; QEMU treats it as
+//!   fatal.
+//! * A slot that leaves INPROCESS while we handle it is logged and left
+//!   unanswered; QEMU destroys the domain.
+//! * The buffered port is unmasked on every event instead of being kept
+//!   masked while the 100 ms timer runs (QEMU's way of rate-limiting VGA
+//!   write storms); the timer is kept as a safety net.
+//! * Only the `acquire_resource` path is implemented: on kernels without
+//!   `IOCTL_PRIVCMD_MMAP_RESOURCE` (Linux < 4.18) creation fails with
+//!   `EOPNOTSUPP` instead of falling back to gfn mapping.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
