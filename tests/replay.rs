@@ -61,10 +61,13 @@ fn cfg(sbdf: Sbdf, reg: u64, size: u32, is_read: bool, data: u64) -> Ioreq {
     Ioreq { addr: (u64::from(sbdf.to_u32()) << 32) | reg, kind: IOREQ_TYPE_PCI_CONFIG, ..pio(0, size, is_read, data) }
 }
 
+/// Guest memory to fill before a request: `(address, bytes)`.
+type Prep = Vec<(u64, Vec<u8>)>;
+
 /// The scripted session: what firmware and a guest would do, plus hostile
 /// requests. `(buffered, request, memory to prepare before it)`.
-fn script() -> Vec<(bool, Ioreq, Vec<(u64, Vec<u8>)>)> {
-    let mut s: Vec<(bool, Ioreq, Vec<(u64, Vec<u8>)>)> = Vec::new();
+fn script() -> Vec<(bool, Ioreq, Prep)> {
+    let mut s: Vec<(bool, Ioreq, Prep)> = Vec::new();
     let mut add = |r: Ioreq| s.push((false, r, vec![]));
     // PCI enumeration (PCI_CONFIG ioreqs), as hvmloader does it.
     for (d, f) in [(0, 0), (1, 0), (1, 3), (2, 0), (5, 0)] {
@@ -136,7 +139,7 @@ fn script() -> Vec<(bool, Ioreq, Vec<(u64, Vec<u8>)>)> {
     s.push((false, pio(0x518, 4, false, u64::from(0x2000u32.swap_bytes())), vec![(0x2000, desc(0x18, 1024, 0x1_0000))]));
     // DMA with a descriptor in the VGA hole: error bit, no panic.
     s.push((false, pio(0x518, 4, false, u64::from(0xa0000u32.swap_bytes())), vec![]));
-    let mut add = |r: Ioreq, mem: Vec<(u64, Vec<u8>)>| s.push((false, r, mem));
+    let mut add = |r: Ioreq, mem: Prep| s.push((false, r, mem));
     // rep outsb to the UART, both directions.
     add(Ioreq { count: 4, data_is_ptr: true, ..pio(0x3f8, 1, false, 0x4000) }, vec![(0x4000, b"rep\n".to_vec())]);
     add(Ioreq { count: 4, data_is_ptr: true, df: true, ..pio(0x3f8, 1, false, 0x4003) }, vec![]);
