@@ -48,9 +48,19 @@ fn write_boot_files() -> (PathBuf, PathBuf) {
     let initrd: Vec<u8> = (0..3000u32).map(|i| (i * 13 + 1) as u8).collect();
     let kp = dir.join("mini-bzImage");
     let ip = dir.join("mini-initrd");
-    std::fs::write(&kp, &k).unwrap();
-    std::fs::write(&ip, &initrd).unwrap();
+    write_if_changed(&kp, &k);
+    write_if_changed(&ip, &initrd);
     (kp, ip)
+}
+
+/// Tests run in parallel and hash these files: never leave one half-written.
+fn write_if_changed(path: &Path, data: &[u8]) {
+    if std::fs::read(path).ok().as_deref() == Some(data) {
+        return;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn pio(addr: u64, size: u32, is_read: bool, data: u64) -> Ioreq {
