@@ -10,6 +10,7 @@ pub mod cli;
 pub mod engine;
 pub mod machine;
 pub mod trace;
+pub mod privileges;
 pub mod qmp;
 pub mod replay;
 pub mod xen;

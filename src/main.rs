@@ -367,11 +367,17 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
         })
         .context("starting the ioreq thread")?;
 
-    let xs = match xendm::xenstore::XenStore::open() {
-        Ok(xs) => Some(Arc::new(xs)),
-        Err(e) => {
-            warn!("xenstore unavailable ({e}); libxl will not see the device model start");
-            None
+    // With -xen-domid-restrict QEMU loses xenstore (xentoolcore closes it) and
+    // libxl learns of the start through QMP query-status instead (-S).
+    let xs = if cfg.domid_restrict {
+        None
+    } else {
+        match xendm::xenstore::XenStore::open() {
+            Ok(xs) => Some(Arc::new(xs)),
+            Err(e) => {
+                warn!("xenstore unavailable ({e}); libxl will not see the device model start");
+                None
+            }
         }
     };
     if let Some(xs) = &xs {
@@ -382,6 +388,8 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
             }
         }));
     }
+
+    drop_privileges(&cfg, domid16)?;
 
     let result = rt.block_on(async {
         for l in listeners {
@@ -421,6 +429,25 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     }
     info!("xendm exiting");
     result
+}
+
+/// `-xen-domid-restrict`, `-chroot`, `-runas`, in QEMU's order, once every
+/// file is read, every Xen handle open and every socket bound.
+fn drop_privileges(cfg: &Config, domid: u16) -> Result<()> {
+    let runas = cfg.runas.as_deref().map(xendm::privileges::resolve_runas).transpose()?;
+    if cfg.domid_restrict {
+        xendm::xen::sys::restrict_all(domid).context("restricting the Xen handles to the guest")?;
+        info!(domid, "Xen handles restricted to the guest");
+    }
+    if let Some(dir) = &cfg.chroot {
+        xendm::privileges::chroot(dir)?;
+        info!(dir = %dir.display(), "chroot done");
+    }
+    if let Some(r) = &runas {
+        xendm::privileges::become_user(r)?;
+        info!(uid = r.uid, gid = r.gid, "running as an unprivileged user");
+    }
+    Ok(())
 }
 
 /// Engine hooks bound once the mapcache exists.
