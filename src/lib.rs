@@ -11,6 +11,7 @@ pub mod engine;
 pub mod machine;
 pub mod trace;
 pub mod privileges;
+pub mod pvbackends;
 pub mod qmp;
 pub mod replay;
 pub mod xen;

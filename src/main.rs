@@ -402,6 +402,9 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
                 xendm::xenstore::announce_running(xs, domid).context("announcing running in xenstore")?;
             }
         }
+        if let Some(xs) = &xs {
+            tokio::spawn(xendm::pvbackends::close_vkbd_forever(xs.clone(), domid));
+        }
         info!(domid, vcpus = m.vcpus, "device model running");
         wait_for_end(&quit).await;
         anyhow::Ok(())
