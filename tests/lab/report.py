@@ -117,8 +117,13 @@ def main():
         tag = "EXPECTED FAILURE (LAB_EXPECT_FAIL, not counted)" if r["expected_fail"] else "FAILED"
         print(f"\n*** {r['scenario']}: {tag}\n    {r['error']}")
         d = os.path.join(a.out, "results", r["scenario"])
-        for name, n in (("xl-create.log", 8), ("guest-serial.log", 8), ("console-1.log", 8),
-                        ("console-2.log", 8)):
+        xl_lines = [ln for ln in tail(os.path.join(d, "xl-create.log"), 100000)
+                    if "libxl: error" in ln or "libxl: warning" in ln]
+        if xl_lines:
+            print("    --- libxl errors in results/%s/xl-create.log" % r["scenario"])
+            for line in xl_lines[:8]:
+                print(f"    | {line.rstrip()}"[:300])
+        for name, n in (("guest-serial.log", 8), ("console-1.log", 8), ("console-2.log", 8)):
             lines = tail(os.path.join(d, name), n)
             if lines:
                 print(f"    --- last {len(lines)} lines of results/{r['scenario']}/{name}")
@@ -127,6 +132,8 @@ def main():
         logs = os.path.join(d, "logs")
         if os.path.isdir(logs):
             for name in sorted(os.listdir(logs)):
+                if name.startswith("dm-argv-"):
+                    continue  # argv/env/fds: in the results, not useful as a tail
                 lines = tail(os.path.join(logs, name), 6)
                 if lines:
                     print(f"    --- last {len(lines)} lines of /var/log/xen/{name}")
