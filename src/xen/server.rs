@@ -462,6 +462,7 @@ impl ServerCore {
         let Some(raw) = self.sync.read(vcpu) else { return };
         let req = Ioreq::from_raw(&raw);
         let data = h.handle(vcpu, &req);
+        tracing::trace!(vcpu, ?req, resp = format_args!("{data:#x}"), "ioreq");
         self.apply_changes(h, t);
         let now = self.sync.state(vcpu);
         if now != Some(STATE_IOREQ_INPROCESS) {
