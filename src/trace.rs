@@ -106,7 +106,7 @@ pub enum TraceError {
     #[error("trace {path} line {line}: {reason}")]
     Format { path: PathBuf, line: usize, reason: String },
     #[error("trace {path}: format version {found}, this xendm reads version {TRACE_VERSION}")]
-    Version { path: PathBuf, found: u32 },
+    Version { path: PathBuf, found: u64 },
     #[error("replay cannot build the recorded machine: {0}")]
     Machine(String),
     #[error("replay diverged at record {index} ({field}):\n  expected: {expected}\n  actual:   {actual}")]
@@ -412,7 +412,7 @@ impl TraceReader {
         let v: serde_json::Value = serde_json::from_str(&first).map_err(|e| fmt(1, e.to_string()))?;
         let found = v.get("xendm_trace").and_then(serde_json::Value::as_u64).ok_or_else(|| fmt(1, "not an xendm trace header".into()))?;
         if found != u64::from(TRACE_VERSION) {
-            return Err(TraceError::Version { path: path.to_path_buf(), found: found as u32 });
+            return Err(TraceError::Version { path: path.to_path_buf(), found });
         }
         let header: Header = serde_json::from_value(v).map_err(|e| fmt(1, e.to_string()))?;
         Ok(Self { path: path.to_path_buf(), reader, line: 1, done: false, header })
@@ -710,6 +710,11 @@ mod tests {
         writeln!(gz, "{{\"xendm_trace\":99,\"argv\":[],\"producer\":\"x\"}}").unwrap();
         gz.finish().unwrap();
         assert!(matches!(TraceReader::open(&p), Err(TraceError::Version { found: 99, .. })));
+        // A version beyond u32 is reported as written, not truncated (to 1 here).
+        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&p).unwrap(), flate2::Compression::fast());
+        writeln!(gz, "{{\"xendm_trace\":4294967297,\"argv\":[],\"producer\":\"x\"}}").unwrap();
+        gz.finish().unwrap();
+        assert!(matches!(TraceReader::open(&p), Err(TraceError::Version { found: 4_294_967_297, .. })));
         std::fs::write(&p, b"not gzip").unwrap();
         assert!(TraceReader::open(&p).is_err());
     }
