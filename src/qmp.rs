@@ -27,6 +27,11 @@
 //!   and the connection is closed;
 //! * after a malformed JSON text we skip to the next newline (libxl ends
 //!   every request with CRLF) instead of replaying QEMU's lexer recovery.
+//! * input is parsed when a top-level value may have ended (bracket nesting
+//!   and strings are tracked as bytes arrive) or the pending input doubled,
+//!   so a request trickled in byte by byte costs linear work; a syntax error
+//!   inside a request still open across reads is therefore reported at the
+//!   latest when the request closes or its bytes double, not at once.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -334,6 +339,59 @@ struct Session {
     buf: Vec<u8>,
     /// After a syntax error: drop input up to and including the next `\n`.
     skip_line: bool,
+    /// Nesting of the unparsed input, to know when to parse it.
+    scan: Scan,
+    /// Length of the unparsed input at the last parse attempt.
+    last_try: usize,
+    /// Bytes of input re-read by failed (incomplete) parses or moved by
+    /// draining consumed input; stays proportional to the input.
+    rework: u64,
+}
+
+/// Tracks JSON nesting over the unparsed input, incrementally, to tell
+/// whether a top-level value may have ended (a closing bracket back at depth
+/// 0, a closing quote or any other byte of a scalar at depth 0). Brackets
+/// inside strings and escaped quotes are skipped. It only decides *when* to
+/// parse; serde_json still does the parsing.
+#[derive(Debug, Default)]
+struct Scan {
+    scanned: usize,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scan {
+    /// Scans `buf` past what was scanned before; whether a top-level value
+    /// may end in the new bytes.
+    fn advance(&mut self, buf: &[u8]) -> bool {
+        let mut may_end = false;
+        for &b in buf.get(self.scanned..).unwrap_or_default() {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                    may_end |= self.depth == 0;
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth = self.depth.saturating_add(1),
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    may_end |= self.depth == 0;
+                }
+                b' ' | b'\t' | b'\r' | b'\n' => {}
+                _ => may_end |= self.depth == 0,
+            }
+        }
+        self.scanned = buf.len();
+        may_end
+    }
 }
 
 /// One reply before encoding.
@@ -359,6 +417,9 @@ impl Session {
             negotiated: false,
             buf: Vec::new(),
             skip_line: false,
+            scan: Scan::default(),
+            last_try: 0,
+            rework: 0,
         }
     }
 
@@ -374,17 +435,26 @@ impl Session {
             }
         }
         self.buf.extend_from_slice(data);
+        // An incomplete value left by an earlier read is parsed again only
+        // if it may be complete now, or has doubled since the last try (so
+        // a syntax error inside it is still found), never once per read.
+        let may_end = self.scan.advance(&self.buf);
+        if !may_end && self.buf.len() < self.last_try.saturating_mul(2) {
+            return self.check_size(out);
+        }
+        // Values are consumed by moving `start`; the buffer is drained once.
+        let mut start = 0usize;
         loop {
-            let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            let rest = self.buf.get(start..).unwrap_or_default();
+            let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<Value>();
             match stream.next() {
                 None => {
                     // Only whitespace left.
-                    self.buf.clear();
+                    start = self.buf.len();
                     break;
                 }
                 Some(Ok(value)) => {
-                    let used = stream.byte_offset();
-                    self.buf.drain(..used.min(self.buf.len()));
+                    start = start.saturating_add(stream.byte_offset()).min(self.buf.len());
                     self.execute(value, ctl, &mut out)?;
                 }
                 Some(Err(e)) if e.is_eof() => break,
@@ -393,17 +463,13 @@ impl Session {
                         &generic(format!("JSON parse error, {e}")),
                         None,
                     )?);
-                    let at = error_offset(&self.buf, e.line(), e.column());
-                    match self
-                        .buf
-                        .get(at..)
-                        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
-                    {
+                    let at = error_offset(rest, e.line(), e.column());
+                    match rest.get(at..).and_then(|r| r.iter().position(|&b| b == b'\n')) {
                         Some(nl) => {
-                            self.buf.drain(..(at + nl + 1).min(self.buf.len()));
+                            start = start.saturating_add(at + nl + 1).min(self.buf.len());
                         }
                         None => {
-                            self.buf.clear();
+                            start = self.buf.len();
                             self.skip_line = true;
                             break;
                         }
@@ -411,6 +477,18 @@ impl Session {
                 }
             }
         }
+        self.buf.drain(..start);
+        self.rework += self.buf.len() as u64;
+        // What is left is the start of one incomplete value: rescan it
+        // (no more work than the parse that just stopped at its end).
+        self.scan = Scan::default();
+        self.scan.advance(&self.buf);
+        self.last_try = self.buf.len();
+        self.check_size(out)
+    }
+
+    /// Refuses input that grew beyond [`MAX_INPUT`] and closes the connection.
+    fn check_size(&mut self, mut out: Output) -> Result<Output, QmpError> {
         if self.buf.len() > MAX_INPUT {
             tracing::warn!(
                 len = self.buf.len(),
@@ -421,6 +499,8 @@ impl Session {
                 None,
             )?);
             self.buf.clear();
+            self.scan = Scan::default();
+            self.last_try = 0;
             out.close = true;
         }
         Ok(out)
@@ -863,6 +943,59 @@ mod tests {
     use std::os::fd::{AsRawFd, IntoRawFd};
     use std::sync::Mutex;
     use tokio::net::UnixStream;
+
+    struct IdleVm;
+    impl VmControl for IdleVm {
+        fn status(&self) -> RunState {
+            RunState::Running
+        }
+        fn cont(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn stop(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn chardevs(&self) -> Vec<ChardevInfo> {
+            Vec::new()
+        }
+        fn vcpus(&self) -> u32 {
+            1
+        }
+        fn quit(&self) {}
+    }
+
+    #[test]
+    fn many_values_in_one_read_cost_linear_work() {
+        let mut s = Session::new();
+        let input = "1 ".repeat(20_000);
+        let out = s.feed(input.as_bytes(), &IdleVm).unwrap();
+        assert_eq!(out.replies.len(), 20_000, "one error per non-object");
+        assert!(s.rework <= 4 * input.len() as u64, "{} bytes of rework for {} of input", s.rework, input.len());
+    }
+
+    #[test]
+    fn a_request_dribbled_byte_by_byte_costs_linear_work() {
+        let mut s = Session::new();
+        s.feed(b"{\"execute\":\"qmp_capabilities\"}\r\n", &IdleVm).unwrap();
+        let body = "a".repeat(20_000);
+        let req = format!("{{\"execute\":\"cont\",\"arguments\":{{\"s\":[\"{body}\\\"]}}\"], \"x\": [[]]}}, \"id\": 9}}\r\n");
+        let mut replies = Vec::new();
+        for b in req.as_bytes() {
+            replies.extend(s.feed(&[*b], &IdleVm).unwrap().replies);
+        }
+        assert_eq!(replies.len(), 1, "exactly one reply, once the request is complete");
+        let r: Value = serde_json::from_slice(replies.first().unwrap()).unwrap();
+        assert_eq!(r["id"], 9, "{r}");
+        assert!(s.rework <= 6 * req.len() as u64, "{} bytes of rework for {} of input", s.rework, req.len());
+        // A request split in two, the second part too small to double the
+        // buffer, is still answered as soon as it is complete.
+        assert!(s.feed(b"{\"execute\":\"query-status\",\"id\":10", &IdleVm).unwrap().replies.is_empty());
+        let out = s.feed(b"}", &IdleVm).unwrap();
+        assert_eq!(out.replies.len(), 1);
+        // Malformed input in one read is still reported at once.
+        let out = s.feed(b"{\"execute\": oops\r\n", &IdleVm).unwrap();
+        assert_eq!(out.replies.len(), 1);
+    }
 
     /// A VM double that records what QMP asked of it.
     struct FakeVm {
