@@ -26,7 +26,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, BusError, PciFunction, PciRegion, Sbdf};
 use crate::pci_config::{PciConfig, PciIdentity, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR};
@@ -100,22 +99,15 @@ impl PciFunction for I440fx {
     fn region_write(&mut self, _region: u8, _offset: u64, _data: &[u8]) {}
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    config: String,
-}
-
 const NAME: &str = "i440fx";
 
 impl Snapshot for I440fx {
     fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(State { config: self.cfg.to_hex() }).unwrap_or(serde_json::Value::Null)
+        self.cfg.snapshot_value()
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s = State::deserialize(state).map_err(|e| SnapshotError::malformed(NAME, e))?;
-        self.cfg.restore_hex(&s.config).map_err(|e| SnapshotError::malformed(NAME, e))
+        self.cfg.restore_value(NAME, state)
     }
 }
 

@@ -31,6 +31,7 @@
 //! as QEMU's `get_pci_config_device` does with its `cmask`.
 
 use crate::bus::{PciRegion, Space};
+use crate::snapshot::SnapshotError;
 
 /// Vendor ID (u16).
 pub const VENDOR_ID: u16 = 0x00;
@@ -441,6 +442,27 @@ impl PciConfig {
             }
         }
         s
+    }
+
+    /// The saved state of a function whose only state is this image:
+    /// `{"config": "<512 hex digits>"}`.
+    pub fn snapshot_value(&self) -> serde_json::Value {
+        serde_json::json!({ "config": self.to_hex() })
+    }
+
+    /// Restores a state written by [`Self::snapshot_value`] for `device`.
+    ///
+    /// # Errors
+    /// If `state` has another shape, or its image is refused by
+    /// [`Self::restore_hex`].
+    pub fn restore_value(&mut self, device: &'static str, state: &serde_json::Value) -> Result<(), SnapshotError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct State {
+            config: String,
+        }
+        let s = <State as serde::Deserialize>::deserialize(state).map_err(|e| SnapshotError::malformed(device, e))?;
+        self.restore_hex(&s.config).map_err(|e| SnapshotError::malformed(device, e))
     }
 
     /// Replaces the image with one saved by [`Self::to_hex`].

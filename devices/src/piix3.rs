@@ -159,24 +159,17 @@ impl PciFunction for Piix3 {
     fn region_write(&mut self, _region: u8, _offset: u64, _data: &[u8]) {}
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    config: String,
-}
-
 const NAME: &str = "piix3";
 
 impl Snapshot for Piix3 {
     fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(State { config: self.cfg.to_hex() }).unwrap_or(serde_json::Value::Null)
+        self.cfg.snapshot_value()
     }
 
     /// Restores the image. Link routes live in Xen and travel with the
     /// domain's own state, so they are not re-sent.
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s = State::deserialize(state).map_err(|e| SnapshotError::malformed(NAME, e))?;
-        self.cfg.restore_hex(&s.config).map_err(|e| SnapshotError::malformed(NAME, e))
+        self.cfg.restore_value(NAME, state)
     }
 }
 
