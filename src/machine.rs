@@ -273,34 +273,13 @@ pub fn boot_file_paths(config: &Config) -> Vec<PathBuf> {
     }
     if let Some(spec) = &config.initrd_spec {
         // A multiboot module list names several files; each is "path args".
-        for part in split_initrd_spec(spec) {
+        for part in xendm_fw_cfg::multiboot::split_modules(spec) {
             if let Some(p) = part.split(' ').next().filter(|p| !p.is_empty()) {
                 v.push(PathBuf::from(p));
             }
         }
     }
     v
-}
-
-/// Splits a `-initrd` value on single commas (`,,` is a literal comma).
-fn split_initrd_spec(spec: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut chars = spec.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                if let Some(last) = out.last_mut() {
-                    last.push(',');
-                }
-            } else {
-                out.push(String::new());
-            }
-        } else if let Some(last) = out.last_mut() {
-            last.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -417,8 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn initrd_spec_splitting() {
-        assert_eq!(split_initrd_spec("a args,b,,c"), vec!["a args", "b,c"]);
+    fn boot_file_paths_follow_the_module_list() {
         let c = config(&["-xen-domid", "1", "-kernel", "/k", "-initrd", "/m1 x y,/m2"]);
         assert_eq!(boot_file_paths(&c), vec![PathBuf::from("/k"), PathBuf::from("/m1"), PathBuf::from("/m2")]);
     }

@@ -350,7 +350,7 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
         server.set_enabled(true).context("enabling the ioreq server")?;
     }
     let stop = Arc::new(StopHandle::new().context("creating the stop handle")?);
-    let engine = std::mem::replace(&mut m.engine, xendm::engine::Engine::new(xendm_devices::Bus::new(), Arc::new(LateMemory::default()), Box::new(xendm::engine::NoHooks)));
+    let engine = m.engine; // the ioreq thread owns it from here on
     let stop2 = stop.clone();
     let ioreq_thread = std::thread::Builder::new()
         .name("ioreq".into())
