@@ -9,12 +9,14 @@
 //! Plain `std::time` harness (no dependency): each case runs for ~1 s after a
 //! warm-up and prints the mean time per request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // test code
+
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use xendm::abi::{Ioreq, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO};
-use xendm::engine::{Engine, NoHooks};
+use xendm::ioreq::abi::{Ioreq, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO};
+use xendm::ioreq::engine::{Engine, NoHooks};
 use xendm_devices::bus::{BusDevice, PciFunction, PciRegion, Sbdf};
 use xendm_devices::mem::TestMemory;
 use xendm_devices::Bus;
@@ -74,7 +76,16 @@ fn main() {
     bus.register_pio(0x511, 1, "data", Arc::new(Mutex::new(Data(0))), 0).expect("register");
     bus.register_pci(Sbdf::new(0, 0), "cfg", Arc::new(Mutex::new(Cfg))).expect("register");
     let mut e = Engine::new(bus, mem, Box::new(NoHooks));
-    let base = Ioreq { addr: 0x511, data: 0, count: 1, size: 1, data_is_ptr: false, is_read: true, df: false, kind: IOREQ_TYPE_PIO };
+    let base = Ioreq {
+        addr: 0x511,
+        data: 0,
+        count: 1,
+        size: 1,
+        data_is_ptr: false,
+        is_read: true,
+        df: false,
+        kind: IOREQ_TYPE_PIO,
+    };
     let rep = Ioreq { data: 0x100_0000, count: 4059, data_is_ptr: true, ..base };
     bench("rep insb 4059 B", 4059, || {
         black_box(e.handle(0, black_box(&rep)));

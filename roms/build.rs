@@ -83,10 +83,8 @@ fn finish_rom(name: &str, mut raw: Vec<u8>) -> Vec<u8> {
 
     // PnP expansion header: offset at 0x1A, "$PnP", length in 16-byte units
     // at +5, checksum at +9 over the whole header.
-    let pnp = raw
-        .get(0x1a..0x1c)
-        .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
-        .unwrap_or(0);
+    let pnp =
+        raw.get(0x1a..0x1c).and_then(|b| <[u8; 2]>::try_from(b).ok()).map_or(0, |b| usize::from(u16::from_le_bytes(b)));
     if raw.get(pnp..pnp + 4) != Some(b"$PnP".as_slice()) {
         fail(&format!("{name}: no $PnP header at offset {pnp:#x}"));
     }
@@ -102,7 +100,7 @@ fn finish_rom(name: &str, mut raw: Vec<u8>) -> Vec<u8> {
         *b = 0u8.wrapping_sub(pnp_sum);
     }
 
-    let sum = byte_sum(&raw[..size - 1]);
+    let sum = raw.get(..size.saturating_sub(1)).map(byte_sum).unwrap_or(0);
     if let Some(b) = raw.last_mut() {
         *b = 0u8.wrapping_sub(sum);
     }
@@ -144,26 +142,16 @@ fn main() {
             &format!("assembling {name}"),
         );
         run(
-            Command::new(&ld)
-                .args(["-m", "elf_i386", "-nostdlib", "-T"])
-                .arg(&script)
-                .arg("-o")
-                .arg(&elf)
-                .arg(&obj),
+            Command::new(&ld).args(["-m", "elf_i386", "-nostdlib", "-T"]).arg(&script).arg("-o").arg(&elf).arg(&obj),
             &format!("linking {name}"),
         );
         run(
-            Command::new(&objcopy)
-                .args(["-O", "binary", "-j", ".text"])
-                .arg(&elf)
-                .arg(&raw),
+            Command::new(&objcopy).args(["-O", "binary", "-j", ".text"]).arg(&elf).arg(&raw),
             &format!("extracting {name}"),
         );
-        let bytes = fs::read(&raw)
-            .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", raw.display())));
+        let bytes = fs::read(&raw).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", raw.display())));
         let rom = finish_rom(name, bytes);
         let bin = out_dir.join(format!("{name}.bin"));
-        fs::write(&bin, &rom)
-            .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", bin.display())));
+        fs::write(&bin, &rom).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", bin.display())));
     }
 }

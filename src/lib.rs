@@ -1,18 +1,23 @@
 //! xendm: a QEMU-compatible device model for Xen HVM guests.
 //!
-//! Layers (see `docs/architecture.md`): [`abi`] is Xen's ioreq ABI, [`engine`]
-//! serves one request against the device bus and guest memory, [`trace`]
-//! records and replays what the engine did.
+//! The layers, top to bottom (see `docs/architecture.md` for the rules
+//! between them):
+//!
+//! * [`app`] - the process: start-up steps, run state, privileges;
+//! * [`cli`] - libxl's qemu-xen argv into a typed configuration;
+//! * [`machine`] - which devices sit where (the `xenfv` PC), built from the
+//!   configuration; replay of recorded traces against a rebuilt machine;
+//! * [`control`] - the host-facing services: QMP for libxl, serial backends;
+//! * [`trace`] - the ioreq trace format, its recorder, reader and replayer;
+//! * [`ioreq`] - Xen's ioreq ABI and the pure engine that serves one request
+//!   against the device bus and guest memory;
+//! * [`xen`] - everything that talks to Xen: the only FFI, the hypervisor,
+//!   the mapcache, the ioreq server, the xenstore client, PV backends.
 
-pub mod abi;
-pub mod chardev;
+pub mod app;
 pub mod cli;
-pub mod engine;
+pub mod control;
+pub mod ioreq;
 pub mod machine;
 pub mod trace;
-pub mod privileges;
-pub mod pvbackends;
-pub mod qmp;
-pub mod replay;
 pub mod xen;
-pub mod xenstore;

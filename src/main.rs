@@ -20,18 +20,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use xendm_devices::sync::lock;
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
-use xendm::chardev::{Chardev, ChardevSpec};
 use xendm::cli::{self, Command, Config, MachineKind, QmpSocket, SerialSpec};
+use xendm::control::chardev::{Chardev, ChardevSpec};
+use xendm::control::qmp::{self, ChardevInfo, QmpSocketSpec, RunState, VmControl};
 use xendm::machine::{self, Inputs, LateHypervisor, LateMemory};
-use xendm::qmp::{self, ChardevInfo, QmpSocketSpec, RunState, VmControl};
 use xendm::trace::{FileSink, Header, Recorder, RecordingHypervisor, RecordingMemory, Tap, TRACE_VERSION};
 use xendm::xen::hypervisor::XenHypervisor;
+use xendm::xen::ioreq_server::{IoreqServer, ServerControl, StopHandle};
 use xendm::xen::mapcache::{MapCache, MapCacheHooks};
-use xendm::xen::server::{IoreqServer, ServerControl, StopHandle};
 use xendm::xen::sys::{DeviceModel, EventChannels, ForeignMemory};
 use xendm_devices::{GuestMemory, Hypervisor};
 
@@ -128,7 +129,7 @@ const PAUSED: u8 = 2;
 
 impl Control {
     fn set_enabled(&self, on: bool) -> Result<(), String> {
-        match &*self.server.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        match &*lock(&self.server) {
             Some(s) => s.set_enabled(on).map_err(|e| e.to_string()),
             None => Ok(()),
         }
@@ -150,7 +151,7 @@ impl VmControl for Control {
         self.set_enabled(true)?;
         self.state.store(RUNNING, Ordering::SeqCst);
         info!("guest continued (QMP cont)");
-        if let Some(f) = &*self.xenstore_announce.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        if let Some(f) = &*lock(&self.xenstore_announce) {
             f();
         }
         Ok(())
@@ -231,14 +232,15 @@ fn run_probe(cfg: &Config) -> Result<()> {
 
 async fn wait_for_end(quit: &Notify) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut hup, mut term, mut int) = match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        _ => {
-            warn!("cannot install signal handlers; waiting for QMP quit only");
-            quit.notified().await;
-            return;
-        }
-    };
+    let (mut hup, mut term, mut int) =
+        match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => {
+                warn!("cannot install signal handlers; waiting for QMP quit only");
+                quit.notified().await;
+                return;
+            }
+        };
     tokio::select! {
         _ = hup.recv() => info!("terminating on SIGHUP"),
         _ = term.recv() => info!("terminating on SIGTERM"),
@@ -248,7 +250,11 @@ async fn wait_for_end(quit: &Notify) {
 }
 
 fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
-    info!(version = env!("CARGO_PKG_VERSION"), "xendm starting: {}", argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "xendm starting: {}",
+        argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    );
     if !cfg.ignored.is_empty() {
         info!("options accepted and ignored: {}", cfg.ignored.join(" "));
     }
@@ -282,7 +288,12 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     let late_hooks = Arc::new(LateHooks::default());
     let mut m = machine::build(
         &cfg,
-        Inputs { hv, mem, hooks: Box::new(SharedHooks(late_hooks.clone())), serial_sinks: chardevs.iter().map(Chardev::sink).collect() },
+        Inputs {
+            hv,
+            mem,
+            hooks: Box::new(SharedHooks(late_hooks.clone())),
+            serial_sinks: chardevs.iter().map(Chardev::sink).collect(),
+        },
     )?;
     if let Some(plan) = &m.boot {
         info!(protocol = ?plan.protocol, rom = plan.rom_name, "kernel loaded into fw_cfg");
@@ -298,7 +309,8 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
             files,
             producer: format!("xendm {}", env!("CARGO_PKG_VERSION")),
         };
-        let sink = FileSink::create(path, &header).with_context(|| format!("creating the ioreq trace {}", path.display()))?;
+        let sink =
+            FileSink::create(path, &header).with_context(|| format!("creating the ioreq trace {}", path.display()))?;
         m.engine.set_recorder(Recorder::new(tap.clone(), Box::new(sink)));
         info!(path = %path.display(), "recording ioreqs");
     }
@@ -372,7 +384,7 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     let xs = if cfg.domid_restrict {
         None
     } else {
-        match xendm::xenstore::XenStore::open() {
+        match xendm::xen::xenstore::XenStore::open() {
             Ok(xs) => Some(Arc::new(xs)),
             Err(e) => {
                 warn!("xenstore unavailable ({e}); libxl will not see the device model start");
@@ -382,8 +394,8 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     };
     if let Some(xs) = &xs {
         let xs2 = xs.clone();
-        *ctl.xenstore_announce.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(move || {
-            if let Err(e) = xendm::xenstore::announce_running(&xs2, domid) {
+        *lock(&ctl.xenstore_announce) = Some(Box::new(move || {
+            if let Err(e) = xendm::xen::xenstore::announce_running(&xs2, domid) {
                 warn!("writing device-model state: {e}");
             }
         }));
@@ -399,11 +411,11 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
         }
         if !cfg.start_paused {
             if let Some(xs) = &xs {
-                xendm::xenstore::announce_running(xs, domid).context("announcing running in xenstore")?;
+                xendm::xen::xenstore::announce_running(xs, domid).context("announcing running in xenstore")?;
             }
         }
         if let Some(xs) = &xs {
-            tokio::spawn(xendm::pvbackends::close_vkbd_forever(xs.clone(), domid));
+            tokio::spawn(xendm::xen::pvbackends::close_vkbd_forever(xs.clone(), domid));
         }
         info!(domid, vcpus = m.vcpus, "device model running");
         wait_for_end(&quit).await;
@@ -437,17 +449,17 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
 /// `-xen-domid-restrict`, `-chroot`, `-runas`, in QEMU's order, once every
 /// file is read, every Xen handle open and every socket bound.
 fn drop_privileges(cfg: &Config, domid: u16) -> Result<()> {
-    let runas = cfg.runas.as_deref().map(xendm::privileges::resolve_runas).transpose()?;
+    let runas = cfg.runas.as_deref().map(xendm::app::privileges::resolve_runas).transpose()?;
     if cfg.domid_restrict {
         xendm::xen::sys::restrict_all(domid).context("restricting the Xen handles to the guest")?;
         info!(domid, "Xen handles restricted to the guest");
     }
     if let Some(dir) = &cfg.chroot {
-        xendm::privileges::chroot(dir)?;
+        xendm::app::privileges::chroot(dir)?;
         info!(dir = %dir.display(), "chroot done");
     }
     if let Some(r) = &runas {
-        xendm::privileges::become_user(r)?;
+        xendm::app::privileges::become_user(r)?;
         info!(uid = r.uid, gid = r.gid, "running as an unprivileged user");
     }
     Ok(())
@@ -455,10 +467,10 @@ fn drop_privileges(cfg: &Config, domid: u16) -> Result<()> {
 
 /// Engine hooks bound once the mapcache exists.
 #[derive(Default)]
-struct LateHooks(std::sync::OnceLock<Box<dyn xendm::engine::EngineHooks + Sync>>);
+struct LateHooks(std::sync::OnceLock<Box<dyn xendm::ioreq::engine::EngineHooks + Sync>>);
 
 impl LateHooks {
-    fn bind(&self, h: Box<dyn xendm::engine::EngineHooks + Sync>) {
+    fn bind(&self, h: Box<dyn xendm::ioreq::engine::EngineHooks + Sync>) {
         let _ = self.0.set(h);
     }
 }
@@ -466,7 +478,7 @@ impl LateHooks {
 /// The engine's handle on [`LateHooks`].
 struct SharedHooks(Arc<LateHooks>);
 
-impl xendm::engine::EngineHooks for SharedHooks {
+impl xendm::ioreq::engine::EngineHooks for SharedHooks {
     fn invalidate_mapcache(&self) {
         if let Some(h) = self.0 .0.get() {
             h.invalidate_mapcache();

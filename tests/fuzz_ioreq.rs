@@ -18,17 +18,19 @@
 //! iteration count and the engine's per-request limits; there is no
 //! wall-clock assertion.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // test code
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vm_memory::GuestAddress;
-use xendm::abi::{
+use xendm::ioreq::abi::{
     BufSlot, Ioreq, IOREQ_BUFFER_SLOT_NUM, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG,
     IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
 };
-use xendm::engine::{BufferedRing, Engine, NoHooks};
+use xendm::ioreq::engine::{BufferedRing, Engine, NoHooks};
 use xendm::machine::{build, Inputs};
 use xendm_devices::hv::FakeHypervisor;
 use xendm_devices::mem::TestMemory;
@@ -140,7 +142,16 @@ fn request(r: &mut Rng) -> Ioreq {
         97 => IOREQ_TYPE_INVALIDATE,
         _ => r.next() as u8,
     };
-    let mut req = Ioreq { addr: 0, data: r.next(), count: 1, size: 1, data_is_ptr: false, is_read: r.chance(50), df: r.chance(15), kind };
+    let mut req = Ioreq {
+        addr: 0,
+        data: r.next(),
+        count: 1,
+        size: 1,
+        data_is_ptr: false,
+        is_read: r.chance(50),
+        df: r.chance(15),
+        kind,
+    };
     match kind {
         IOREQ_TYPE_PIO => {
             req.addr = match r.below(20) {
@@ -176,7 +187,10 @@ fn request(r: &mut Rng) -> Ioreq {
             0x510 if r.chance(80) => {
                 req.size = 2;
                 let wild = r.next();
-                req.data = r.pick(&[0x00, 0x01, 0x05, 0x08, 0x0b, 0x11, 0x12, 0x15, 0x18, 0x19, 0x20, 0x21, 0x22, 0x23, 0x24, 0x2f, 0x8000, 0x4019, 0xffff, wild]);
+                req.data = r.pick(&[
+                    0x00, 0x01, 0x05, 0x08, 0x0b, 0x11, 0x12, 0x15, 0x18, 0x19, 0x20, 0x21, 0x22, 0x23, 0x24, 0x2f,
+                    0x8000, 0x4019, 0xffff, wild,
+                ]);
             }
             0x514 if r.chance(70) => {
                 req.size = 4;
@@ -197,7 +211,10 @@ fn request(r: &mut Rng) -> Ioreq {
 /// into one of the descriptor slots.
 fn scribble_descriptor(r: &mut Rng, mem: &TestMemory) {
     let (wild_key, wild_ops) = (r.next() as u16, r.next() as u32 & 0xffff);
-    let key = u32::from(r.pick(&[0x00u16, 0x01, 0x08, 0x11, 0x12, 0x18, 0x19, 0x20, 0x21, 0x22, 0x23, 0x2f, 0x8000, 0xffff, wild_key]));
+    let key =
+        u32::from(r.pick(&[
+            0x00u16, 0x01, 0x08, 0x11, 0x12, 0x18, 0x19, 0x20, 0x21, 0x22, 0x23, 0x2f, 0x8000, 0xffff, wild_key,
+        ]));
     let ops = r.pick(&[0x02u32, 0x04, 0x08, 0x0a, 0x0c, 0x10, 0x18, 0x01, 0x1f, 0x00, wild_ops]);
     let control = key << 16 | ops;
     let length: u32 = match r.below(20) {
@@ -258,9 +275,22 @@ fn junk_ring(r: &mut Rng) -> JunkRing {
 fn machine(mem: Arc<TestMemory>, hv: Arc<FakeHypervisor>) -> Engine {
     let boot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/boot");
     let argv: Vec<String> = [
-        "-xen-domid", "1", "-machine", "xenfv", "-m", &RAM_MIB.to_string(), "-serial", "null", "-boot", "order=cda",
-        "-kernel", &boot.join("mini-bzImage").display().to_string(), "-initrd",
-        &boot.join("mini-initrd").display().to_string(), "-append", "console=ttyS0",
+        "-xen-domid",
+        "1",
+        "-machine",
+        "xenfv",
+        "-m",
+        &RAM_MIB.to_string(),
+        "-serial",
+        "null",
+        "-boot",
+        "order=cda",
+        "-kernel",
+        &boot.join("mini-bzImage").display().to_string(),
+        "-initrd",
+        &boot.join("mini-initrd").display().to_string(),
+        "-append",
+        "console=ttyS0",
     ]
     .iter()
     .map(ToString::to_string)
@@ -317,7 +347,7 @@ fn random_ioreqs_never_break_the_machine() {
             let ring = junk_ring(&mut r);
             catch_unwind(AssertUnwindSafe(|| {
                 let n = engine.drain_buffered(&ring);
-                assert!(n <= xendm::engine::MAX_BUFFERED_PER_DRAIN, "drained {n}");
+                assert!(n <= xendm::ioreq::engine::MAX_BUFFERED_PER_DRAIN, "drained {n}");
             }))
             .map_err(|_| format!("drain_buffered at iteration {i}"))
         } else if buffered < 30 {
@@ -338,7 +368,8 @@ fn random_ioreqs_never_break_the_machine() {
                 check_response(i, &req, resp);
             }))
             .map_err(|_| format!("request at iteration {i}: {req:?}"));
-            let dma_kick = req.kind == IOREQ_TYPE_PIO && req.addr == 0x518 && req.size == 4 && !req.is_read && !req.data_is_ptr;
+            let dma_kick =
+                req.kind == IOREQ_TYPE_PIO && req.addr == 0x518 && req.size == 4 && !req.is_read && !req.data_is_ptr;
             if dma_kick && result.is_ok() {
                 let desc = u64::from((req.data as u32).swap_bytes());
                 let mut ctl = [0u8; 4];
@@ -372,11 +403,8 @@ fn random_ioreqs_never_break_the_machine() {
     engine.handle(0, &pio(0x510, 2, false, 0));
     let sig: Vec<u8> = (0..4).map(|_| engine.handle(0, &pio(0x511, 1, true, 0)) as u8).collect();
     assert_eq!(sig, b"QEMU", "fw_cfg signature after the storm");
-    let cfg = |sbdf: Sbdf| Ioreq {
-        addr: u64::from(sbdf.to_u32()) << 32,
-        kind: IOREQ_TYPE_PCI_CONFIG,
-        ..pio(0, 4, true, 0)
-    };
+    let cfg =
+        |sbdf: Sbdf| Ioreq { addr: u64::from(sbdf.to_u32()) << 32, kind: IOREQ_TYPE_PCI_CONFIG, ..pio(0, 4, true, 0) };
     assert_eq!(engine.handle(0, &cfg(Sbdf::new(0, 0))), 0x1237_8086);
     assert_eq!(engine.handle(0, &cfg(Sbdf::new(1, 0))), 0x7000_8086);
     assert_eq!(engine.handle(0, &cfg(Sbdf::new(2, 0))), 0x0001_5853);

@@ -8,15 +8,19 @@
 //! behaviour change with `XENDM_REGEN_TRACES=1 cargo test --test replay` and
 //! say in the commit why the behaviour changed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // test code
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vm_memory::GuestAddress;
-use xendm::abi::{
+use xendm::ioreq::abi::{
     Ioreq, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
 };
-use xendm::replay::XendmReplay;
-use xendm::trace::{self, FileSink, Header, Recorder, RecordingHypervisor, RecordingMemory, ReplayMachine, Tap, TraceReader};
+use xendm::machine::replay::XendmReplay;
+use xendm::trace::{
+    self, FileSink, Header, Recorder, RecordingHypervisor, RecordingMemory, ReplayMachine, Tap, TraceReader,
+};
 use xendm_devices::hv::FakeHypervisor;
 use xendm_devices::mem::TestMemory;
 use xendm_devices::{GuestMemory, HvCall, Hypervisor, Sbdf};
@@ -100,7 +104,7 @@ fn script() -> Vec<(bool, Ioreq, Prep)> {
     add(cfg(Sbdf::new(2, 0), 0x10, 4, false, 0xc001));
     add(cfg(Sbdf::new(2, 0), 0x04, 2, false, 0x0003));
     add(pio(0x10, 2, true, 0)); // unplug magic
-    // CF8/CFC through plain PIO.
+                                // CF8/CFC through plain PIO.
     add(pio(0xcf8, 4, false, 0x8000_0000));
     add(pio(0xcf8, 4, true, 0));
     add(pio(0xcfc, 4, true, 0));
@@ -145,8 +149,16 @@ fn script() -> Vec<(bool, Ioreq, Prep)> {
         d.extend_from_slice(&addr.to_be_bytes());
         d
     };
-    s.push((false, pio(0x518, 4, false, u64::from(0x2000u32.swap_bytes())), vec![(0x2000, desc(0x11, 4096, 0x10_0000))]));
-    s.push((false, pio(0x518, 4, false, u64::from(0x2000u32.swap_bytes())), vec![(0x2000, desc(0x18, 1024, 0x1_0000))]));
+    s.push((
+        false,
+        pio(0x518, 4, false, u64::from(0x2000u32.swap_bytes())),
+        vec![(0x2000, desc(0x11, 4096, 0x10_0000))],
+    ));
+    s.push((
+        false,
+        pio(0x518, 4, false, u64::from(0x2000u32.swap_bytes())),
+        vec![(0x2000, desc(0x18, 1024, 0x1_0000))],
+    ));
     // DMA with a descriptor in the VGA hole: error bit, no panic.
     s.push((false, pio(0x518, 4, false, u64::from(0xa0000u32.swap_bytes())), vec![]));
     let mut add = |r: Ioreq, mem: Prep| s.push((false, r, mem));
@@ -176,16 +188,39 @@ fn script() -> Vec<(bool, Ioreq, Prep)> {
 
 fn argv(kernel: &Path, initrd: &Path) -> Vec<String> {
     [
-        "-xen-domid", "1", "-no-shutdown", "-nodefaults", "-no-user-config", "-name", "synthetic", "-vnc", "none",
-        "-display", "none", "-kernel",
+        "-xen-domid",
+        "1",
+        "-no-shutdown",
+        "-nodefaults",
+        "-no-user-config",
+        "-name",
+        "synthetic",
+        "-vnc",
+        "none",
+        "-display",
+        "none",
+        "-kernel",
     ]
     .iter()
     .map(|s| s.to_string())
     .chain([kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()])
     .chain(
-        ["-append", "console=ttyS0 quiet", "-serial", "null", "-boot", "order=cda", "-net", "none", "-machine", "xenfv,suppress-vmdesc=on", "-m", "128"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "-append",
+            "console=ttyS0 quiet",
+            "-serial",
+            "null",
+            "-boot",
+            "order=cda",
+            "-net",
+            "none",
+            "-machine",
+            "xenfv,suppress-vmdesc=on",
+            "-m",
+            "128",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     )
     .collect()
 }
@@ -201,7 +236,9 @@ fn generate(out: &Path) {
     let header = Header {
         xendm_trace: trace::TRACE_VERSION,
         argv: argv(Path::new("/guest/vmlinuz"), Path::new("/guest/initrd.img")),
-        files: [("/guest/vmlinuz".to_string(), sha(&k)), ("/guest/initrd.img".to_string(), sha(&i))].into_iter().collect(),
+        files: [("/guest/vmlinuz".to_string(), sha(&k)), ("/guest/initrd.img".to_string(), sha(&i))]
+            .into_iter()
+            .collect(),
         producer: format!("xendm {} (tests/replay.rs synthetic)", env!("CARGO_PKG_VERSION")),
     };
     let ram = Arc::new(TestMemory::pc(128 << 20).unwrap());

@@ -24,8 +24,9 @@
 //!   and queues a [`RangeChange`] for the hypervisor, which must claim or
 //!   release the range with Xen (`map_io_range_to_ioreq_server`).
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use crate::ratelimit::RateLimit;
 
@@ -99,12 +100,7 @@ impl Sbdf {
     /// Decodes Xen's packed form, `seg << 16 | bus << 8 | dev << 3 | fn`
     /// (`XEN_DMOP_PCI_SBDF`, and the upper half of a PCI_CONFIG ioreq address).
     pub const fn from_u32(v: u32) -> Self {
-        Self {
-            seg: (v >> 16) as u16,
-            bus: (v >> 8) as u8,
-            dev: ((v >> 3) & 0x1f) as u8,
-            func: (v & 7) as u8,
-        }
+        Self { seg: (v >> 16) as u16, bus: (v >> 8) as u8, dev: ((v >> 3) & 0x1f) as u8, func: (v & 7) as u8 }
     }
 
     /// Xen's packed form.
@@ -165,10 +161,6 @@ struct PciSlot {
     name: String,
     dev: SharedPci,
     regions: Vec<PciRegion>,
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The device model's port, MMIO and PCI buses.
@@ -239,7 +231,14 @@ impl Bus {
     ///
     /// # Errors
     /// If the range is empty, wraps, or overlaps a registered one.
-    pub fn register_pio(&mut self, start: u64, len: u64, name: &str, dev: SharedDevice, dev_base: u64) -> Result<(), BusError> {
+    pub fn register_pio(
+        &mut self,
+        start: u64,
+        len: u64,
+        name: &str,
+        dev: SharedDevice,
+        dev_base: u64,
+    ) -> Result<(), BusError> {
         self.insert(Space::Pio, start, len, name, Target::Device { dev, dev_base })
     }
 
@@ -247,7 +246,14 @@ impl Bus {
     ///
     /// # Errors
     /// If the range is empty, wraps, or overlaps a registered one.
-    pub fn register_mmio(&mut self, start: u64, len: u64, name: &str, dev: SharedDevice, dev_base: u64) -> Result<(), BusError> {
+    pub fn register_mmio(
+        &mut self,
+        start: u64,
+        len: u64,
+        name: &str,
+        dev: SharedDevice,
+        dev_base: u64,
+    ) -> Result<(), BusError> {
         self.insert(Space::Mmio, start, len, name, Target::Device { dev, dev_base })
     }
 
@@ -718,7 +724,9 @@ mod tests {
         assert_eq!(d, [0xff; 4]);
         bus.pci_config_read(Sbdf::new(2, 0), 0x100, &mut d);
         assert_eq!(d, [0xff; 4]);
-        assert!(bus.register_pci(Sbdf::new(2, 0), "again", Arc::new(Mutex::new(Func { cfg: [0; 256], io: [0; 4] }))).is_err());
+        assert!(bus
+            .register_pci(Sbdf::new(2, 0), "again", Arc::new(Mutex::new(Func { cfg: [0; 256], io: [0; 4] })))
+            .is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! [`FakeHypervisor`] records the calls for tests and for ioreq replay, where the
 //! recorded calls are compared with the ones a fresh device model makes.
 
+use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -114,7 +115,7 @@ impl FakeHypervisor {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HvCall>> {
-        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.calls)
     }
 
     fn push(&self, c: HvCall) {
@@ -153,22 +154,17 @@ impl FakeIrq {
     }
     /// The last level driven (false if never driven).
     pub fn level(&self) -> bool {
-        self.levels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last()
-            .copied()
-            .unwrap_or(false)
+        lock(&self.levels).last().copied().unwrap_or(false)
     }
     /// Every level driven, in order.
     pub fn history(&self) -> Vec<bool> {
-        self.levels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        lock(&self.levels).clone()
     }
 }
 
 impl IrqLine for FakeIrq {
     fn set_level(&self, level: bool) {
-        self.levels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(level);
+        lock(&self.levels).push(level);
     }
 }
 
@@ -182,10 +178,7 @@ mod tests {
         let line = IsaIrq::new(hv.clone(), 4);
         line.set_level(true);
         line.set_level(false);
-        assert_eq!(
-            hv.take(),
-            vec![HvCall::IsaIrq { irq: 4, level: true }, HvCall::IsaIrq { irq: 4, level: false }]
-        );
+        assert_eq!(hv.take(), vec![HvCall::IsaIrq { irq: 4, level: true }, HvCall::IsaIrq { irq: 4, level: false }]);
         assert!(hv.take().is_empty());
     }
 

@@ -67,12 +67,9 @@ impl TestMemory {
     /// # Errors
     /// If the regions overlap or cannot be allocated.
     pub fn new(regions: &[(u64, usize)]) -> Result<Self, MemError> {
-        let ranges: Vec<(GuestAddress, usize)> =
-            regions.iter().map(|&(s, l)| (GuestAddress(s), l)).collect();
-        let inner = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemError::MapFailed {
-            addr: regions.first().map_or(0, |r| r.0),
-            reason: e.to_string(),
-        })?;
+        let ranges: Vec<(GuestAddress, usize)> = regions.iter().map(|&(s, l)| (GuestAddress(s), l)).collect();
+        let inner = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|e| MemError::MapFailed { addr: regions.first().map_or(0, |r| r.0), reason: e.to_string() })?;
         Ok(Self { inner })
     }
 
@@ -89,15 +86,11 @@ impl TestMemory {
 impl GuestMemory for TestMemory {
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemError> {
         check_range(addr, buf.len())?;
-        self.inner
-            .read_slice(buf, addr)
-            .map_err(|_| MemError::Unmapped { addr: addr.0, len: buf.len() })
+        self.inner.read_slice(buf, addr).map_err(|_| MemError::Unmapped { addr: addr.0, len: buf.len() })
     }
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemError> {
         check_range(addr, buf.len())?;
-        self.inner
-            .write_slice(buf, addr)
-            .map_err(|_| MemError::Unmapped { addr: addr.0, len: buf.len() })
+        self.inner.write_slice(buf, addr).map_err(|_| MemError::Unmapped { addr: addr.0, len: buf.len() })
     }
 }
 

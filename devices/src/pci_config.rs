@@ -159,7 +159,13 @@ impl BarKind {
     fn type_bits(self) -> u32 {
         match self {
             Self::Io => BAR_IO,
-            Self::Mem32 { prefetchable } => if prefetchable { BAR_MEM_PREFETCH } else { 0 },
+            Self::Mem32 { prefetchable } => {
+                if prefetchable {
+                    BAR_MEM_PREFETCH
+                } else {
+                    0
+                }
+            }
             Self::Mem64 { prefetchable } => BAR_MEM_TYPE_64 | if prefetchable { BAR_MEM_PREFETCH } else { 0 },
         }
     }
@@ -479,10 +485,7 @@ impl PciConfig {
         for (i, (pair, out)) in raw.chunks_exact(2).zip(new.iter_mut()).enumerate() {
             let digit = |k: usize| -> Result<u8, PciConfigError> {
                 let c = pair.get(k).copied().unwrap_or(b'?');
-                char::from(c)
-                    .to_digit(16)
-                    .map(|d| d as u8)
-                    .ok_or(PciConfigError::SnapshotHex { pos: 2 * i + k })
+                char::from(c).to_digit(16).map(|d| d as u8).ok_or(PciConfigError::SnapshotHex { pos: 2 * i + k })
             };
             *out = digit(0)? << 4 | digit(1)?;
         }
@@ -607,9 +610,15 @@ mod tests {
         let mut c = PciConfig::new(&id());
         assert_eq!(c.add_bar(6, BarKind::Io, 16), Err(PciConfigError::BarIndex { index: 6 }));
         assert_eq!(c.add_bar(usize::MAX, BarKind::Io, 16), Err(PciConfigError::BarIndex { index: usize::MAX }));
-        assert_eq!(c.add_bar(5, BarKind::Mem64 { prefetchable: false }, 16), Err(PciConfigError::BarIndex { index: 5 }));
+        assert_eq!(
+            c.add_bar(5, BarKind::Mem64 { prefetchable: false }, 16),
+            Err(PciConfigError::BarIndex { index: 5 })
+        );
         assert!(matches!(c.add_bar(0, BarKind::Io, 3), Err(PciConfigError::BarSize { .. })));
-        assert!(matches!(c.add_bar(0, BarKind::Mem32 { prefetchable: false }, 0x30), Err(PciConfigError::BarSize { .. })));
+        assert!(matches!(
+            c.add_bar(0, BarKind::Mem32 { prefetchable: false }, 0x30),
+            Err(PciConfigError::BarSize { .. })
+        ));
         c.add_bar(0, BarKind::Mem64 { prefetchable: false }, 16).unwrap();
         assert_eq!(c.add_bar(1, BarKind::Io, 16), Err(PciConfigError::BarTaken { index: 1 }));
         assert_eq!(c.add_bar(0, BarKind::Io, 16), Err(PciConfigError::BarTaken { index: 0 }));

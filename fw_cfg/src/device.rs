@@ -40,7 +40,8 @@
 //!   `xenfv` uses); the legacy fixed-order table of pc <= 2.5 is not offered.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+use xendm_devices::sync::lock;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestAddress;
@@ -719,7 +720,7 @@ impl BusDevice for FwCfg {
 /// # Errors
 /// If a port is taken.
 pub fn register(dev: Arc<Mutex<FwCfg>>, bus: &mut Bus) -> Result<(), BusError> {
-    let dma = dev.lock().unwrap_or_else(PoisonError::into_inner).dma_enabled;
+    let dma = lock(&dev).dma_enabled;
     bus.register_pio(PORT_SELECTOR, 2, "fw_cfg", dev.clone(), 0)?;
     if dma {
         bus.register_pio(PORT_DMA, 8, "fw_cfg-dma", dev, DMA_BASE)?;
@@ -874,7 +875,10 @@ mod tests {
 
     #[test]
     fn non_dma_device_has_id_1_and_no_dma_ports() {
-        let (_, mut bus) = dev_with(mem(), FwCfgOptions { dma: false, nographic: true, boot_menu: true, max_cpus: Some(4), ..Default::default() });
+        let (_, mut bus) = dev_with(
+            mem(),
+            FwCfgOptions { dma: false, nographic: true, boot_menu: true, max_cpus: Some(4), ..Default::default() },
+        );
         select(&mut bus, keys::ID);
         assert_eq!(read_bytes(&mut bus, 4), [1, 0, 0, 0]);
         select(&mut bus, keys::NOGRAPHIC);
@@ -1050,7 +1054,11 @@ mod tests {
         let (_, mut bus) = dev(m.clone());
         assert_eq!(dma(&mut bus, &m, 0x1000, ctl_read(keys::UUID), 16, 0x9fff8), 1);
         // The part before the hole is not written as a prefix by TestMemory; the error is what matters.
-        assert_eq!(dma(&mut bus, &m, 0x1000, ctl_read(keys::UUID), 16, 0xffff_ffff_ffff_fff8), 1, "wrapping destination");
+        assert_eq!(
+            dma(&mut bus, &m, 0x1000, ctl_read(keys::UUID), 16, 0xffff_ffff_ffff_fff8),
+            1,
+            "wrapping destination"
+        );
         // Zero fill into a hole also errors.
         assert_eq!(dma(&mut bus, &m, 0x1000, ctl_read(0x3f), 16, 0xa0000), 1);
     }
@@ -1150,7 +1158,10 @@ mod tests {
         let (fw, mut bus) = dev(m.clone());
         m.write(GuestAddress(0x2000), &[0xaa; 8]).unwrap();
         // Skip 2 bytes of the signature, then read the rest.
-        assert_eq!(dma(&mut bus, &m, 0x1000, (u32::from(keys::SIGNATURE) << 16) | DMA_CTL_SELECT | DMA_CTL_SKIP, 2, 0x2000), 0);
+        assert_eq!(
+            dma(&mut bus, &m, 0x1000, (u32::from(keys::SIGNATURE) << 16) | DMA_CTL_SELECT | DMA_CTL_SKIP, 2, 0x2000),
+            0
+        );
         assert_eq!(rd(&m, 0x2000, 2), [0xaa, 0xaa], "skip writes nothing");
         assert_eq!(dma(&mut bus, &m, 0x1000, DMA_CTL_READ, 2, 0x2000), 0);
         assert_eq!(rd(&m, 0x2000, 2), b"MU");
@@ -1260,7 +1271,10 @@ mod tests {
         fw.lock().unwrap().add_boot_device(5, "/pci@i0cf8/ide@1,1/drive@0/disk@0").unwrap();
         fw.lock().unwrap().add_boot_rom("linuxboot_dma.bin", vec![0x55, 0xaa, 1]).unwrap();
         let f = fw.lock().unwrap();
-        assert_eq!(f.file_data("bootorder").unwrap(), b"/rom@genroms/linuxboot_dma.bin\n/pci@i0cf8/ide@1,1/drive@0/disk@0\0");
+        assert_eq!(
+            f.file_data("bootorder").unwrap(),
+            b"/rom@genroms/linuxboot_dma.bin\n/pci@i0cf8/ide@1,1/drive@0/disk@0\0"
+        );
         assert_eq!(f.file_data("genroms/linuxboot_dma.bin").unwrap(), [0x55, 0xaa, 1]);
         let sel = f.file_selector("genroms/linuxboot_dma.bin").unwrap();
         drop(f);

@@ -105,26 +105,12 @@ pub(crate) fn parse(image: &[u8]) -> Result<Elf, ElfError> {
 
 fn phdr32(b: &[u8], off: usize) -> Option<Phdr> {
     let f = |o: usize| le_u32(b, off.checked_add(o)?).map(u64::from);
-    Some(Phdr {
-        p_type: le_u32(b, off)?,
-        offset: f(4)?,
-        paddr: f(12)?,
-        filesz: f(16)?,
-        memsz: f(20)?,
-        align: f(28)?,
-    })
+    Some(Phdr { p_type: le_u32(b, off)?, offset: f(4)?, paddr: f(12)?, filesz: f(16)?, memsz: f(20)?, align: f(28)? })
 }
 
 fn phdr64(b: &[u8], off: usize) -> Option<Phdr> {
     let f = |o: usize| le_u64(b, off.checked_add(o)?);
-    Some(Phdr {
-        p_type: le_u32(b, off)?,
-        offset: f(8)?,
-        paddr: f(24)?,
-        filesz: f(32)?,
-        memsz: f(40)?,
-        align: f(48)?,
-    })
+    Some(Phdr { p_type: le_u32(b, off)?, offset: f(8)?, paddr: f(24)?, filesz: f(32)?, memsz: f(40)?, align: f(48)? })
 }
 
 /// The `filesz` bytes a program header refers to.
@@ -262,7 +248,9 @@ mod tests {
     #[test]
     fn parses_both_classes_and_finds_notes() {
         for class64 in [false, true] {
-            let notes = [note("GNU", 18, &[9; 4]), note("Xen", 6, b"linux\0"), note("Xen", 18, &0x1234_5678u32.to_le_bytes())].concat();
+            let notes =
+                [note("GNU", 18, &[9; 4]), note("Xen", 6, b"linux\0"), note("Xen", 18, &0x1234_5678u32.to_le_bytes())]
+                    .concat();
             let img = elf(
                 class64,
                 EM_X86_64,

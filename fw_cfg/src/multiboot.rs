@@ -27,16 +27,16 @@
 //!
 //! Where we differ from QEMU: the buffer must fit in low RAM and must not
 //! overlap the information area at 0x9000..0x9558, the image must be at most
-//! [`crate::boot::MAX_FILE_SIZE`] bytes, and the kernel path in the command
+//! [`crate::plan::MAX_FILE_SIZE`] bytes, and the kernel path in the command
 //! line is shown lossily if it is not UTF-8. QEMU checks none of these.
 
 use std::path::Path;
 
-use crate::boot::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 use crate::bytes::{le_u32, page_align, put_bytes, put_le_u32};
 use crate::device::{keys, FwCfg};
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
-use crate::BootProtocol;
+use crate::plan::BootProtocol;
+use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 
 /// The multiboot v1 header magic.
 pub const HEADER_MAGIC: u32 = 0x1bad_b002;
@@ -88,7 +88,8 @@ pub fn find_header(image: &[u8]) -> Option<MultibootHeader> {
         let magic = le_u32(image, i)?;
         let flags = le_u32(image, i + 4)?;
         let sum = le_u32(image, i + 8)?;
-        (magic == HEADER_MAGIC && magic.wrapping_add(flags).wrapping_add(sum) == 0).then_some(MultibootHeader { offset: i, flags })
+        (magic == HEADER_MAGIC && magic.wrapping_add(flags).wrapping_add(sum) == 0)
+            .then_some(MultibootHeader { offset: i, flags })
     })
 }
 
@@ -123,7 +124,10 @@ fn truncated(path: &Path, detail: impl Into<String>) -> LoadError {
 }
 
 fn too_big(path: &Path, size: u64) -> LoadError {
-    LoadError::Unsupported { path: path.to_path_buf(), reason: format!("the multiboot image is {size} bytes, more than {MAX_FILE_SIZE}") }
+    LoadError::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!("the multiboot image is {size} bytes, more than {MAX_FILE_SIZE}"),
+    }
 }
 
 /// The kernel image: (load address, entry, bytes including zeroed BSS).
@@ -133,19 +137,30 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
     if hdr.flags & FLAG_AOUT_KLUDGE == 0 {
         let e = elf::parse(img).map_err(|e| bad(path, format!("multiboot header without load addresses, and {e}")))?;
         if e.machine == EM_X86_64 || e.class64 {
-            return Err(LoadError::Unsupported { path: path.to_path_buf(), reason: "cannot load a 64-bit multiboot ELF; give a 32-bit one".into() });
+            return Err(LoadError::Unsupported {
+                path: path.to_path_buf(),
+                reason: "cannot load a 64-bit multiboot ELF; give a 32-bit one".into(),
+            });
         }
         if e.machine != EM_386 {
-            return Err(LoadError::Unsupported { path: path.to_path_buf(), reason: format!("ELF machine {} is not i386", e.machine) });
+            return Err(LoadError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!("ELF machine {} is not i386", e.machine),
+            });
         }
         let loads: Vec<_> = e.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
-        let low = loads.iter().map(|p| p.paddr).min().ok_or_else(|| bad(path, "the ELF file has no PT_LOAD segment"))?;
+        let low =
+            loads.iter().map(|p| p.paddr).min().ok_or_else(|| bad(path, "the ELF file has no PT_LOAD segment"))?;
         let mut high = low;
         for p in &loads {
             if p.filesz > p.memsz {
                 return Err(bad(path, format!("segment at {:#x} has more file bytes than memory bytes", p.paddr)));
             }
-            let end = p.paddr.checked_add(p.memsz).filter(|&e| e <= 1 << 32).ok_or_else(|| bad(path, "segment beyond 4 GiB"))?;
+            let end = p
+                .paddr
+                .checked_add(p.memsz)
+                .filter(|&e| e <= 1 << 32)
+                .ok_or_else(|| bad(path, "segment beyond 4 GiB"))?;
             high = high.max(end);
         }
         let size = high - low;
@@ -155,14 +170,17 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
         let mut buf = vec![0u8; size as usize];
         for p in &loads {
             let data = elf::segment_bytes(img, p).map_err(|e| truncated(path, e.to_string()))?;
-            put_bytes(&mut buf, (p.paddr - low) as usize, data).ok_or_else(|| bad(path, "segment outside the image"))?;
+            put_bytes(&mut buf, (p.paddr - low) as usize, data)
+                .ok_or_else(|| bad(path, "segment outside the image"))?;
         }
         let entry = u32::try_from(e.entry).map_err(|_| bad(path, "entry point beyond 4 GiB"))?;
         return Ok((low as u32, entry, buf));
     }
 
     // a.out kludge: header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr.
-    let field = |n: usize| le_u32(img, hdr.offset + 12 + 4 * n).ok_or_else(|| truncated(path, "multiboot header address fields"));
+    let field = |n: usize| {
+        le_u32(img, hdr.offset + 12 + 4 * n).ok_or_else(|| truncated(path, "multiboot header address fields"))
+    };
     let (header_addr, load_addr, load_end, bss_end, entry) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
     if header_addr < load_addr {
         return Err(bad(path, format!("multiboot header_addr {header_addr:#x} is below load_addr {load_addr:#x}")));
@@ -180,12 +198,18 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
         file_len.saturating_sub(text_offset)
     };
     if text_offset + load_size > file_len {
-        return Err(truncated(path, format!("{load_size} bytes to load from offset {text_offset}, the file has {file_len}")));
+        return Err(truncated(
+            path,
+            format!("{load_size} bytes to load from offset {text_offset}, the file has {file_len}"),
+        ));
     }
     let mem_size = if bss_end != 0 {
         let end = u64::from(load_addr) + load_size;
         if u64::from(bss_end) < end {
-            return Err(bad(path, format!("multiboot bss_end_addr {bss_end:#x} is below the end of the loaded image {end:#x}")));
+            return Err(bad(
+                path,
+                format!("multiboot bss_end_addr {bss_end:#x} is below the end of the loaded image {end:#x}"),
+            ));
         }
         u64::from(bss_end - load_addr)
     } else {
@@ -195,7 +219,9 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
         return Err(too_big(path, mem_size));
     }
     let mut buf = vec![0u8; mem_size as usize];
-    let src = img.get(text_offset as usize..(text_offset + load_size) as usize).ok_or_else(|| truncated(path, "kernel text"))?;
+    let src = img
+        .get(text_offset as usize..(text_offset + load_size) as usize)
+        .ok_or_else(|| truncated(path, "kernel text"))?;
     put_bytes(&mut buf, 0, src).ok_or_else(|| bad(path, "image larger than its memory size"))?;
     Ok((load_addr, entry, buf))
 }
@@ -236,7 +262,8 @@ pub fn load(
     // Sizes as QEMU computes them; addresses are u32 in the structures.
     let mut size = page_align(buf.len() as u64).ok_or_else(|| too_big(path, u64::MAX))?;
     let off_mbinfo = size;
-    let cmdline_len = kernel_path.len() as u64 + 1 + cmdline.len() as u64 + 1 + initrd_spec.map_or(0, |s| s.len() as u64 + 1);
+    let cmdline_len =
+        kernel_path.len() as u64 + 1 + cmdline.len() as u64 + 1 + initrd_spec.map_or(0, |s| s.len() as u64 + 1);
     let mods = specs.len() as u64;
     size += cmdline_len + MB_MOD_SIZE * mods + BOOTLOADER_NAME.len() as u64 + 1;
     size = page_align(size).ok_or_else(|| too_big(path, u64::MAX))?;
@@ -513,16 +540,24 @@ mod tests {
     fn rejected_images() {
         let layout = RamLayout::xen(64, None);
         // 64-bit ELF.
-        let mut img = elf(true, EM_X86_64, 0, 0, &[Seg { p_type: PT_LOAD, paddr: 0x10_0000, data: vec![0; 64], memsz: 64, align: 8 }]);
+        let mut img = elf(
+            true,
+            EM_X86_64,
+            0,
+            0,
+            &[Seg { p_type: PT_LOAD, paddr: 0x10_0000, data: vec![0; 64], memsz: 64, align: 8 }],
+        );
         let at = img.len() - 64;
         img[at..at + 12].copy_from_slice(&header(0, &[]));
-        let e = load(&mut fw(), &LoadedFile { path: "k64".into(), data: img }, None, "", &layout, &mut no_files).unwrap_err();
+        let e = load(&mut fw(), &LoadedFile { path: "k64".into(), data: img }, None, "", &layout, &mut no_files)
+            .unwrap_err();
         assert!(matches!(e, LoadError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("k64"));
         // Not ELF and no address fields.
         let mut img = vec![0u8; 64];
         img[..12].copy_from_slice(&header(0, &[]));
-        let e = load(&mut fw(), &LoadedFile { path: "raw".into(), data: img }, None, "", &layout, &mut no_files).unwrap_err();
+        let e = load(&mut fw(), &LoadedFile { path: "raw".into(), data: img }, None, "", &layout, &mut no_files)
+            .unwrap_err();
         assert!(matches!(e, LoadError::BadImage { .. }), "{e}");
         // a.out: header_addr below load_addr.
         let mut k = aout(0);
@@ -545,7 +580,8 @@ mod tests {
         assert!(matches!(load(&mut fw(), &k, None, "", &layout, &mut no_files), Err(LoadError::Unsupported { .. })));
         // Doesn't fit in 1 MiB of RAM... use a 2 MiB layout with 1 MiB load and 2 MiB bss.
         let k = aout(0x20_0000);
-        let e = load(&mut fw(), &k, None, "", &RamLayout { below_4g: 2 << 20, above_4g: 0 }, &mut no_files).unwrap_err();
+        let e =
+            load(&mut fw(), &k, None, "", &RamLayout { below_4g: 2 << 20, above_4g: 0 }, &mut no_files).unwrap_err();
         assert!(matches!(e, LoadError::KernelTooLarge { .. }), "{e}");
         // Overlapping the MBI area.
         let mut k = aout(0);
@@ -559,14 +595,16 @@ mod tests {
         assert!(matches!(e, LoadError::Read { .. }), "{e}");
         assert!(e.to_string().contains("/nonexistent/mod"), "{e}");
         // Forced multiboot on a file without the header.
-        let e = load(&mut fw(), &LoadedFile { path: "x".into(), data: vec![0; 100] }, None, "", &layout, &mut no_files).unwrap_err();
+        let e = load(&mut fw(), &LoadedFile { path: "x".into(), data: vec![0; 100] }, None, "", &layout, &mut no_files)
+            .unwrap_err();
         assert!(matches!(e, LoadError::WrongFormat { .. }));
     }
 
     #[test]
     fn module_too_large_for_ram() {
         let mut read = |p: &Path| Ok(LoadedFile { path: p.into(), data: vec![0; 0x10_0000] });
-        let e = load(&mut fw(), &aout(0), Some("big"), "", &RamLayout { below_4g: 0x18_0000, above_4g: 0 }, &mut read).unwrap_err();
+        let e = load(&mut fw(), &aout(0), Some("big"), "", &RamLayout { below_4g: 0x18_0000, above_4g: 0 }, &mut read)
+            .unwrap_err();
         assert!(matches!(e, LoadError::InitrdTooLarge { what: "multiboot module", .. }), "{e}");
     }
 }

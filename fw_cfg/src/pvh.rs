@@ -25,17 +25,17 @@
 //! Where we differ from QEMU: the note must be owned by "Xen" (QEMU matches
 //! the type alone); an entry above 4 GiB is an error (QEMU truncates);
 //! segments must lie in guest RAM and total at most
-//! [`crate::boot::MAX_FILE_SIZE`]; the initrd must not overlap them; the
+//! [`crate::plan::MAX_FILE_SIZE`]; the initrd must not overlap them; the
 //! command line must be shorter than 4096 bytes, the buffer `pvh.bin` copies
 //! it into.
 
 use std::path::Path;
 
-use crate::boot::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 use crate::bytes::le_u32;
 use crate::device::{keys, FwCfg};
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
-use crate::BootProtocol;
+use crate::plan::BootProtocol;
+use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY`.
 pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
@@ -67,26 +67,43 @@ fn bad(path: &Path, detail: impl Into<String>) -> LoadError {
 /// Not an ELF, unsupported flags or machine, no PVH note, a zero entry,
 /// truncated segments, segments outside RAM, initrd too large, command line
 /// too long, keys already set.
-pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmdline: &str, layout: &RamLayout) -> Result<PvhInfo, LoadError> {
+pub fn load(
+    fw: &mut FwCfg,
+    kernel: &LoadedFile,
+    initrd: Option<LoadedFile>,
+    cmdline: &str,
+    layout: &RamLayout,
+) -> Result<PvhInfo, LoadError> {
     let path = kernel.path.as_path();
     let img = kernel.data.as_slice();
     let e = elf::parse(img).map_err(|err| match err {
-        elf::ElfError::NotElf => LoadError::WrongFormat { path: path.to_path_buf(), expected: BootProtocol::Pvh, reason: err.to_string() },
+        elf::ElfError::NotElf => {
+            LoadError::WrongFormat { path: path.to_path_buf(), expected: BootProtocol::Pvh, reason: err.to_string() }
+        }
         elf::ElfError::Truncated(_) => LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() },
         _ => bad(path, err.to_string()),
     })?;
     if e.flags & BAD_FLAGS != 0 {
-        return Err(LoadError::Unsupported { path: path.to_path_buf(), reason: format!("ELF flags {:#x} are not supported for PVH boot", e.flags) });
+        return Err(LoadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!("ELF flags {:#x} are not supported for PVH boot", e.flags),
+        });
     }
     if e.machine != EM_386 && e.machine != EM_X86_64 {
-        return Err(LoadError::Unsupported { path: path.to_path_buf(), reason: format!("ELF machine {} is not x86", e.machine) });
+        return Err(LoadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!("ELF machine {} is not x86", e.machine),
+        });
     }
     let desc = elf::find_note(img, &e, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)
         .map_err(|err| LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() })?
         .ok_or_else(|| bad(path, "an uncompressed (ELF) kernel needs a XEN_ELFNOTE_PHYS32_ENTRY note for PVH boot"))?;
     let entry = match (le_u32(desc, 0), desc.get(4..8)) {
         (Some(lo), Some(hi)) if e.class64 && hi != [0, 0, 0, 0] => {
-            return Err(bad(path, format!("PVH entry {:#x} is above 4 GiB", u64::from(lo) | u64::from(le_u32(hi, 0).unwrap_or(0)) << 32)));
+            return Err(bad(
+                path,
+                format!("PVH entry {:#x} is above 4 GiB", u64::from(lo) | u64::from(le_u32(hi, 0).unwrap_or(0)) << 32),
+            ));
         }
         (Some(lo), _) => lo,
         (None, _) => return Err(bad(path, "the PVH entry note is shorter than 4 bytes")),
@@ -98,7 +115,11 @@ pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmd
         return Err(LoadError::CmdlineNul { path: path.to_path_buf() });
     }
     if cmdline.len() > MAX_CMDLINE {
-        return Err(LoadError::CmdlineTooLong { path: path.to_path_buf(), len: cmdline.len(), max: MAX_CMDLINE as u64 });
+        return Err(LoadError::CmdlineTooLong {
+            path: path.to_path_buf(),
+            len: cmdline.len(),
+            max: MAX_CMDLINE as u64,
+        });
     }
 
     // Segments: [low, high) over all PT_LOAD headers, as QEMU's load_elf.
@@ -112,10 +133,19 @@ pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmd
         }
         total = total.saturating_add(p.memsz);
         if total > MAX_FILE_SIZE {
-            return Err(LoadError::Unsupported { path: path.to_path_buf(), reason: format!("the segments need more than {MAX_FILE_SIZE} bytes") });
+            return Err(LoadError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!("the segments need more than {MAX_FILE_SIZE} bytes"),
+            });
         }
         if !layout.contains(p.paddr, p.memsz) {
-            return Err(LoadError::KernelTooLarge { path: path.to_path_buf(), what: "an ELF segment", addr: p.paddr, size: p.memsz, layout: layout_text(layout) });
+            return Err(LoadError::KernelTooLarge {
+                path: path.to_path_buf(),
+                what: "an ELF segment",
+                addr: p.paddr,
+                size: p.memsz,
+                layout: layout_text(layout),
+            });
         }
         high = high.max(p.paddr + p.memsz);
     }
@@ -123,7 +153,8 @@ pub fn load(fw: &mut FwCfg, kernel: &LoadedFile, initrd: Option<LoadedFile>, cmd
     let size32 = u32::try_from(high - low).map_err(|_| bad(path, "the segments span more than 4 GiB"))?;
     let mut segments = Vec::new();
     for p in &loads {
-        let data = elf::segment_bytes(img, p).map_err(|err| LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() })?;
+        let data = elf::segment_bytes(img, p)
+            .map_err(|err| LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() })?;
         if p.memsz == 0 {
             continue;
         }
@@ -297,7 +328,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kpath = dir.path().join("vmlinux");
         std::fs::write(&kpath, kernel(true, &0x100_0040u32.to_le_bytes(), "Xen").data).unwrap();
-        let files = crate::BootFiles { kernel: kpath, initrd: None, cmdline: "x".into() };
+        let files = crate::plan::BootFiles { kernel: kpath, initrd: None, cmdline: "x".into() };
         let mut f = fw();
         let plan = crate::load(&mut f, &files, &RamLayout::xen(128, None), None).unwrap();
         assert_eq!(plan.protocol, BootProtocol::Pvh);

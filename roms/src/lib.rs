@@ -26,13 +26,6 @@
 //! tries the next boot device) instead of writing over low memory, and log
 //! progress on I/O port 0xE9 (QEMU `-debugcon`, Xen's debug port).
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -46,11 +39,8 @@ pub const MULTIBOOT_DMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/multi
 pub const PVH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pvh.bin"));
 
 /// Every ROM under the file name QEMU uses for it.
-pub const ALL: &[(&str, &[u8])] = &[
-    ("linuxboot_dma.bin", LINUXBOOT_DMA),
-    ("multiboot_dma.bin", MULTIBOOT_DMA),
-    ("pvh.bin", PVH),
-];
+pub const ALL: &[(&str, &[u8])] =
+    &[("linuxboot_dma.bin", LINUXBOOT_DMA), ("multiboot_dma.bin", MULTIBOOT_DMA), ("pvh.bin", PVH)];
 
 /// The ROM QEMU would load under `name` (e.g. `"pvh.bin"`), if we have one.
 pub fn by_name(name: &str) -> Option<&'static [u8]> {
@@ -60,21 +50,13 @@ pub fn by_name(name: &str) -> Option<&'static [u8]> {
 /// Writes every ROM into `dir` (created if missing) under its QEMU file
 /// name and returns the paths written, in the order of [`ALL`].
 pub fn dump(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("creating option ROM directory {}: {e}", dir.display()),
-        )
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating option ROM directory {}: {e}", dir.display())))?;
     let mut written = Vec::with_capacity(ALL.len());
     for (name, rom) in ALL {
         let path = dir.join(name);
-        std::fs::write(&path, rom).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("writing option ROM {}: {e}", path.display()),
-            )
-        })?;
+        std::fs::write(&path, rom)
+            .map_err(|e| io::Error::new(e.kind(), format!("writing option ROM {}: {e}", path.display())))?;
         written.push(path);
     }
     Ok(written)

@@ -17,6 +17,8 @@
 //! `tests/setup`). `XENDM_QEMU` overrides the QEMU binary.
 //! `XENDM_SKIP_QEMU_TESTS=1` skips these tests (and says so).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // test code
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,12 +42,8 @@ fn qemu_available() -> bool {
         eprintln!("XENDM_SKIP_QEMU_TESTS is set: skipping the QEMU boot test");
         return false;
     }
-    let ok = Command::new(qemu_bin())
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok =
+        Command::new(qemu_bin()).arg("--version").stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
     assert!(
         ok,
         "`{}` not found: install qemu-system-x86 and seabios (tests/setup), \
@@ -61,9 +59,7 @@ fn nonce() -> String {
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 /// Writes our ROMs into `dir/roms`; `extra` adds more (alias, bytes) files,
@@ -94,10 +90,7 @@ fn bev_offset(rom: &[u8]) -> usize {
 
 fn build_kernels(dir: &Path) -> PathBuf {
     let out = dir.join("kernels");
-    let st = Command::new(repo_root().join("tests/kernels/build"))
-        .arg(&out)
-        .status()
-        .expect("run tests/kernels/build");
+    let st = Command::new(repo_root().join("tests/kernels/build")).arg(&out).status().expect("run tests/kernels/build");
     assert!(st.success(), "tests/kernels/build failed");
     out
 }
@@ -167,12 +160,7 @@ fn run_qemu(dir: &Path, roms: &Path, mem_mib: u32, args: &[String], done: &str, 
     }
     let _ = child.wait();
     let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
-    Run {
-        serial: read(&serial),
-        debugcon: read(&debugcon),
-        exited,
-        elapsed: start.elapsed(),
-    }
+    Run { serial: read(&serial), debugcon: read(&debugcon), exited, elapsed: start.elapsed() }
 }
 
 fn result_line<'a>(run: &'a Run, prefix: &str) -> Option<&'a str> {
@@ -230,11 +218,7 @@ fn linux_bzimage_boots_with_initrd_and_cmdline() {
 /// linuxboot_dma ROM under that name and it must fall back to port I/O.
 #[test]
 fn linux_bzimage_boots_through_port_io_fallback() {
-    linux_boot(
-        &[("linuxboot.bin", xendm_roms::LINUXBOOT_DMA)],
-        &["-global", "fw_cfg_io.dma_enabled=off"],
-        true,
-    );
+    linux_boot(&[("linuxboot.bin", xendm_roms::LINUXBOOT_DMA)], &["-global", "fw_cfg_io.dma_enabled=off"], true);
 }
 
 // ---- multiboot and PVH test kernels ----------------------------------------
@@ -279,7 +263,15 @@ fn kernel_cmdline(marker: &str, mods: &[Module]) -> String {
 /// `-initrd` value for multiboot: comma-separated, "path args" per module.
 fn initrd_list(mods: &[Module]) -> String {
     mods.iter()
-        .map(|m| if m.args.is_empty() { m.path.display().to_string() } else { format!("{} {}", m.path.display(), m.args) })
+        .map(
+            |m| {
+                if m.args.is_empty() {
+                    m.path.display().to_string()
+                } else {
+                    format!("{} {}", m.path.display(), m.args)
+                }
+            },
+        )
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -325,10 +317,7 @@ fn multiboot_kernel_gets_cmdline_memory_map_and_two_modules() {
 
 #[test]
 fn multiboot_kernel_boots_through_port_io_fallback() {
-    multiboot_boot(
-        &[("multiboot.bin", xendm_roms::MULTIBOOT_DMA)],
-        &["-global", "fw_cfg_io.dma_enabled=off"],
-    );
+    multiboot_boot(&[("multiboot.bin", xendm_roms::MULTIBOOT_DMA)], &["-global", "fw_cfg_io.dma_enabled=off"]);
 }
 
 #[test]

@@ -61,24 +61,15 @@ pub(super) enum Monitor {
 }
 
 fn opts(option: &str, value: &str, implied: Option<&str>) -> Result<Opts, CliError> {
-    Opts::parse(value, implied).map_err(|source| CliError::Opts {
-        option: option.to_string(),
-        source,
-    })
+    Opts::parse(value, implied).map_err(|source| CliError::Opts { option: option.to_string(), source })
 }
 
 fn opts_err(option: &str) -> impl Fn(super::OptsError) -> CliError + '_ {
-    move |source| CliError::Opts {
-        option: option.to_string(),
-        source,
-    }
+    move |source| CliError::Opts { option: option.to_string(), source }
 }
 
 fn invalid(option: &str, message: String) -> CliError {
-    CliError::InvalidValue {
-        option: option.to_string(),
-        message,
-    }
+    CliError::InvalidValue { option: option.to_string(), message }
 }
 
 /// QEMU's rule for ids: a letter, then letters, digits, `-`, `.` or `_`.
@@ -92,14 +83,8 @@ pub(super) fn id_wellformed(id: &str) -> bool {
 fn parse_fd(option: &str, value: &str) -> Result<i32, CliError> {
     match parse_decimal::<i32>(value) {
         Some(fd) if fd > 2 => Ok(fd),
-        Some(fd) => Err(invalid(
-            option,
-            format!("fd={fd} is a standard stream, not a listening socket"),
-        )),
-        None => Err(invalid(
-            option,
-            format!("invalid file descriptor '{value}'"),
-        )),
+        Some(fd) => Err(invalid(option, format!("fd={fd} is a standard stream, not a listening socket"))),
+        None => Err(invalid(option, format!("invalid file descriptor '{value}'"))),
     }
 }
 
@@ -117,10 +102,7 @@ pub(super) fn parse_chardev(value: &str) -> Result<Chardev, CliError> {
     let backend_name = o.require("backend").map_err(opts_err(OPT))?;
     let id = o.require("id").map_err(opts_err(OPT))?;
     if !id_wellformed(id) {
-        return Err(invalid(
-            OPT,
-            format!("invalid id '{id}' (a letter, then letters, digits, '-', '.' or '_')"),
-        ));
+        return Err(invalid(OPT, format!("invalid id '{id}' (a letter, then letters, digits, '-', '.' or '_')")));
     }
     let backend = match backend_name {
         "socket" => {
@@ -132,38 +114,22 @@ pub(super) fn parse_chardev(value: &str) -> Result<Chardev, CliError> {
                     reason: "only Unix sockets (path= or fd=) are supported, not TCP".into(),
                 });
             }
-            o.check_keys(&["backend", "id", "path", "fd", "server", "wait"])
-                .map_err(opts_err(OPT))?;
-            let path = o
-                .get("path")
-                .map(|p| nonempty_path(OPT, "path", p))
-                .transpose()?;
+            o.check_keys(&["backend", "id", "path", "fd", "server", "wait"]).map_err(opts_err(OPT))?;
+            let path = o.get("path").map(|p| nonempty_path(OPT, "path", p)).transpose()?;
             let fd = o.get("fd").map(|f| parse_fd(OPT, f)).transpose()?;
             if path.is_some() == fd.is_some() {
-                return Err(invalid(
-                    OPT,
-                    format!("socket '{id}' needs exactly one of path= and fd="),
-                ));
+                return Err(invalid(OPT, format!("socket '{id}' needs exactly one of path= and fd=")));
             }
-            let server = o
-                .get_bool("server")
-                .map_err(opts_err(OPT))?
-                .unwrap_or(false);
+            let server = o.get_bool("server").map_err(opts_err(OPT))?.unwrap_or(false);
             let wait = o.get_bool("wait").map_err(opts_err(OPT))?.unwrap_or(true);
-            Backend::Socket {
-                path,
-                fd,
-                server,
-                wait,
-            }
+            Backend::Socket { path, fd, server, wait }
         }
         "pty" => {
             o.check_keys(&["backend", "id"]).map_err(opts_err(OPT))?;
             Backend::Pty
         }
         "file" => {
-            o.check_keys(&["backend", "id", "path", "append"])
-                .map_err(opts_err(OPT))?;
+            o.check_keys(&["backend", "id", "path", "append"]).map_err(opts_err(OPT))?;
             nonempty_path(OPT, "path", o.require("path").map_err(opts_err(OPT))?)?;
             o.get_bool("append").map_err(opts_err(OPT))?;
             Backend::File
@@ -173,8 +139,7 @@ pub(super) fn parse_chardev(value: &str) -> Result<Chardev, CliError> {
             Backend::Null
         }
         "stdio" => {
-            o.check_keys(&["backend", "id", "signal"])
-                .map_err(opts_err(OPT))?;
+            o.check_keys(&["backend", "id", "signal"]).map_err(opts_err(OPT))?;
             o.get_bool("signal").map_err(opts_err(OPT))?;
             Backend::Stdio
         }
@@ -187,19 +152,14 @@ pub(super) fn parse_chardev(value: &str) -> Result<Chardev, CliError> {
             })
         }
     };
-    Ok(Chardev {
-        id: id.to_string(),
-        backend,
-        spec: value.to_string(),
-    })
+    Ok(Chardev { id: id.to_string(), backend, spec: value.to_string() })
 }
 
 /// Parses `-mon [chardev=]ID,mode=control[,pretty=on|off]`.
 pub(super) fn parse_mon(value: &str) -> Result<Monitor, CliError> {
     const OPT: &str = "-mon";
     let o = opts(OPT, value, Some("chardev"))?;
-    o.check_keys(&["chardev", "mode", "pretty", "id"])
-        .map_err(opts_err(OPT))?;
+    o.check_keys(&["chardev", "mode", "pretty", "id"]).map_err(opts_err(OPT))?;
     let chardev = o.require("chardev").map_err(opts_err(OPT))?;
     // QEMU's default mode is the human monitor.
     let mode = o.get("mode").unwrap_or("readline");
@@ -229,10 +189,7 @@ pub(super) fn parse_qmp(value: &str, index: usize) -> Result<Monitor, CliError> 
     };
     let (path, server) = parse_unix(OPT, rest)?;
     if !server {
-        return Err(invalid(
-            OPT,
-            format!("'{value}' must be a listening socket (server=on,wait=off)"),
-        ));
+        return Err(invalid(OPT, format!("'{value}' must be a listening socket (server=on,wait=off)")));
     }
     Ok(Monitor::Direct(QmpEndpoint {
         // The id QEMU gives the chardev behind `-qmp`.
@@ -244,21 +201,16 @@ pub(super) fn parse_qmp(value: &str, index: usize) -> Result<Monitor, CliError> 
 /// `PATH[,server=on|off][,wait=off]`; refuses the blocking `wait=on` of a server.
 fn parse_unix(option: &str, rest: &str) -> Result<(PathBuf, bool), CliError> {
     let o = opts(option, rest, Some("path"))?;
-    o.check_keys(&["path", "server", "wait"])
-        .map_err(opts_err(option))?;
+    o.check_keys(&["path", "server", "wait"]).map_err(opts_err(option))?;
     let path = nonempty_path(option, "path", o.require("path").map_err(opts_err(option))?)?;
-    let server = o
-        .get_bool("server")
-        .map_err(opts_err(option))?
-        .unwrap_or(false);
+    let server = o.get_bool("server").map_err(opts_err(option))?.unwrap_or(false);
     let wait = o.get_bool("wait").map_err(opts_err(option))?;
     if server && wait != Some(false) {
         return Err(CliError::Unsupported {
             option: option.into(),
             what: "socket mode",
             value: "wait=on".into(),
-            reason: "blocking start-up until a client connects is not implemented; add wait=off"
-                .into(),
+            reason: "blocking start-up until a client connects is not implemented; add wait=off".into(),
         });
     }
     Ok((path, server))
@@ -288,9 +240,7 @@ pub(super) fn parse_serial(value: &str) -> Result<SerialSpec, CliError> {
         return Ok(SerialSpec::Unix { path, server });
     }
     if value.starts_with("/dev/parport") {
-        return Err(unsupported(
-            "a parallel port device cannot back a serial port",
-        ));
+        return Err(unsupported("a parallel port device cannot back a serial port"));
     }
     if value.starts_with("/dev/") {
         return Ok(SerialSpec::HostDevice(PathBuf::from(value)));
@@ -301,9 +251,7 @@ pub(super) fn parse_serial(value: &str) -> Result<SerialSpec, CliError> {
             "network serial consoles are not implemented; use pty, file:PATH or unix:PATH,server=on,wait=off",
         ));
     }
-    Err(unsupported(
-        "xendm supports pty, file:PATH, stdio, null, none, unix:PATH[,server=on,wait=off] and /dev/...",
-    ))
+    Err(unsupported("xendm supports pty, file:PATH, stdio, null, none, unix:PATH[,server=on,wait=off] and /dev/..."))
 }
 
 /// Joins the monitors with their chardevs. Chardevs no monitor uses are
@@ -325,68 +273,45 @@ pub(super) fn resolve(
             Monitor::Chardev(id) => id.as_str(),
         };
         let Some(chardev) = chardevs.iter().find(|c| c.id == id) else {
-            return Err(invalid(
-                OPT,
-                format!("chardev '{id}' is not defined by any -chardev"),
-            ));
+            return Err(invalid(OPT, format!("chardev '{id}' is not defined by any -chardev")));
         };
         if used.contains(&id) {
-            return Err(invalid(
-                OPT,
-                format!("chardev '{id}' is used by more than one -mon"),
-            ));
+            return Err(invalid(OPT, format!("chardev '{id}' is used by more than one -mon")));
         }
         used.push(id);
-        let socket =
-            match &chardev.backend {
-                Backend::Socket {
-                    path,
-                    fd,
-                    server: true,
-                    wait: false,
-                } => match (path, fd) {
-                    (Some(path), None) => QmpSocket::Path(path.clone()),
-                    (None, Some(fd)) => QmpSocket::Fd(*fd),
-                    // parse_chardev guarantees exactly one of the two.
-                    _ => {
-                        return Err(invalid(
-                            OPT,
-                            format!("chardev '{id}' has no socket address"),
-                        ))
-                    }
-                },
-                Backend::Socket { server: false, .. } => {
-                    return Err(CliError::Unsupported {
-                        option: OPT.into(),
-                        what: "chardev",
-                        value: chardev.spec.clone(),
-                        reason: "QMP needs a listening socket: add server=on,wait=off".into(),
-                    })
-                }
-                Backend::Socket { .. } => return Err(CliError::Unsupported {
+        let socket = match &chardev.backend {
+            Backend::Socket { path, fd, server: true, wait: false } => match (path, fd) {
+                (Some(path), None) => QmpSocket::Path(path.clone()),
+                (None, Some(fd)) => QmpSocket::Fd(*fd),
+                // parse_chardev guarantees exactly one of the two.
+                _ => return Err(invalid(OPT, format!("chardev '{id}' has no socket address"))),
+            },
+            Backend::Socket { server: false, .. } => {
+                return Err(CliError::Unsupported {
                     option: OPT.into(),
                     what: "chardev",
                     value: chardev.spec.clone(),
-                    reason:
-                        "blocking start-up until a client connects is not implemented; add wait=off"
-                            .into(),
-                }),
-                other => {
-                    return Err(CliError::Unsupported {
-                        option: OPT.into(),
-                        what: "chardev",
-                        value: chardev.spec.clone(),
-                        reason: format!(
-                            "QMP is served only on a Unix socket, not on a {} chardev",
-                            other.name()
-                        ),
-                    })
-                }
-            };
-        endpoints.push(QmpEndpoint {
-            id: id.to_string(),
-            socket,
-        });
+                    reason: "QMP needs a listening socket: add server=on,wait=off".into(),
+                })
+            }
+            Backend::Socket { .. } => {
+                return Err(CliError::Unsupported {
+                    option: OPT.into(),
+                    what: "chardev",
+                    value: chardev.spec.clone(),
+                    reason: "blocking start-up until a client connects is not implemented; add wait=off".into(),
+                })
+            }
+            other => {
+                return Err(CliError::Unsupported {
+                    option: OPT.into(),
+                    what: "chardev",
+                    value: chardev.spec.clone(),
+                    reason: format!("QMP is served only on a Unix socket, not on a {} chardev", other.name()),
+                })
+            }
+        };
+        endpoints.push(QmpEndpoint { id: id.to_string(), socket });
     }
     for chardev in chardevs {
         if !used.contains(&chardev.id.as_str()) {

@@ -114,16 +114,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut cur = Vec::with_capacity(b.len() + 1);
         cur.push(i + 1);
         for (j, cb) in b.iter().enumerate() {
-            let substitute = prev
-                .get(j)
-                .copied()
-                .unwrap_or(usize::MAX)
-                .saturating_add(usize::from(ca != *cb));
-            let delete = prev
-                .get(j + 1)
-                .copied()
-                .unwrap_or(usize::MAX)
-                .saturating_add(1);
+            let substitute = prev.get(j).copied().unwrap_or(usize::MAX).saturating_add(usize::from(ca != *cb));
+            let delete = prev.get(j + 1).copied().unwrap_or(usize::MAX).saturating_add(1);
             let insert = cur.last().copied().unwrap_or(usize::MAX).saturating_add(1);
             cur.push(substitute.min(delete).min(insert));
         }
@@ -152,10 +144,7 @@ mod tests {
         let s = |n| suggest(n, known.iter().copied());
         assert_eq!(s("xen-domidd").as_deref(), Some("-xen-domid"));
         assert_eq!(s("kernal").as_deref(), Some("-kernel"));
-        assert_eq!(
-            s("xen-domid-restric").as_deref(),
-            Some("-xen-domid-restrict")
-        );
+        assert_eq!(s("xen-domid-restric").as_deref(), Some("-xen-domid-restrict"));
         // Short names are too ambiguous to guess; far names get nothing.
         assert_eq!(s("mo"), None);
         assert_eq!(s("bogus-option"), None);

@@ -25,13 +25,6 @@
 //!   win); `-machine` is merged like QEMU does.
 //! * Every argument must be UTF-8.
 //! * `-xen-domid` is required unless `-machine none` (the libxl 4.20 probe).
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 mod chardev;
 mod help;
 pub mod opts;

@@ -97,27 +97,20 @@ impl Opts {
 
     /// The value of the last occurrence of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Like [`Opts::get`], but absence is an error.
     pub fn require(&self, key: &str) -> Result<&str, OptsError> {
-        self.get(key)
-            .ok_or_else(|| OptsError::MissingKey(key.to_string()))
+        self.get(key).ok_or_else(|| OptsError::MissingKey(key.to_string()))
     }
 
     /// A boolean key; `None` when absent.
     pub fn get_bool(&self, key: &str) -> Result<Option<bool>, OptsError> {
         self.get(key)
             .map(|value| {
-                parse_bool(value).ok_or_else(|| OptsError::InvalidBool {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                })
+                parse_bool(value)
+                    .ok_or_else(|| OptsError::InvalidBool { key: key.to_string(), value: value.to_string() })
             })
             .transpose()
     }
@@ -126,10 +119,8 @@ impl Opts {
     pub fn get_u32(&self, key: &str) -> Result<Option<u32>, OptsError> {
         self.get(key)
             .map(|value| {
-                parse_decimal(value).ok_or_else(|| OptsError::InvalidNumber {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                })
+                parse_decimal(value)
+                    .ok_or_else(|| OptsError::InvalidNumber { key: key.to_string(), value: value.to_string() })
             })
             .transpose()
     }
@@ -141,11 +132,7 @@ impl Opts {
 
     /// Fails on the first key that is not in `allowed`.
     pub fn check_keys(&self, allowed: &[&str]) -> Result<(), OptsError> {
-        match self
-            .pairs
-            .iter()
-            .find(|(k, _)| !allowed.contains(&k.as_str()))
-        {
+        match self.pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
             Some((k, _)) => Err(OptsError::UnknownKey(k.clone())),
             None => Ok(()),
         }
@@ -210,15 +197,10 @@ pub fn parse_decimal<T: std::str::FromStr>(value: &str) -> Option<T> {
 pub fn parse_size(value: &str, default_unit: u64) -> Result<u64, OptsError> {
     let bad = || OptsError::InvalidSize(value.to_string());
     // Hex digits are taken greedily (so `0x1B` is 27 bytes), as QEMU does.
-    let hex = value
-        .strip_prefix("0x")
-        .or_else(|| value.strip_prefix("0X"));
+    let hex = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X"));
     let number_len = match hex {
         Some(h) => 2 + h.bytes().take_while(u8::is_ascii_hexdigit).count(),
-        None => value
-            .bytes()
-            .take_while(|b| b.is_ascii_digit() || *b == b'.')
-            .count(),
+        None => value.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count(),
     };
     let number = value.get(..number_len).ok_or_else(bad)?;
     let unit = match value.get(number_len..).ok_or_else(bad)? {
@@ -308,10 +290,7 @@ mod tests {
 
     #[test]
     fn empty_keys_are_errors() {
-        assert!(matches!(
-            Opts::parse("=x", Some("type")),
-            Err(OptsError::EmptyKey(_))
-        ));
+        assert!(matches!(Opts::parse("=x", Some("type")), Err(OptsError::EmptyKey(_))));
         assert!(matches!(
             Opts::parse("a=1,,", None).map(|o| o.get("a").map(str::to_owned)),
             Ok(Some(v)) if v == "1,"
@@ -320,14 +299,8 @@ mod tests {
             Opts::parse("a=1,,b", None).map(|o| o.get("a").map(str::to_owned)),
             Ok(Some(v)) if v == "1,b"
         ));
-        assert!(matches!(
-            Opts::parse("x,,y", None),
-            Err(OptsError::EmptyKey(_))
-        ));
-        assert!(matches!(
-            Opts::parse("no", None),
-            Err(OptsError::EmptyKey(_))
-        ));
+        assert!(matches!(Opts::parse("x,,y", None), Err(OptsError::EmptyKey(_))));
+        assert!(matches!(Opts::parse("no", None), Err(OptsError::EmptyKey(_))));
     }
 
     #[test]
@@ -341,36 +314,20 @@ mod tests {
 
     #[test]
     fn booleans() {
-        for (s, v) in [
-            ("on", true),
-            ("yes", true),
-            ("true", true),
-            ("off", false),
-            ("no", false),
-            ("false", false),
-        ] {
+        for (s, v) in [("on", true), ("yes", true), ("true", true), ("off", false), ("no", false), ("false", false)] {
             let o = Opts::parse(&format!("k={s}"), None).unwrap();
             assert_eq!(o.get_bool("k").unwrap(), Some(v), "{s}");
         }
         let o = Opts::parse("k=On,j=1", None).unwrap();
-        assert!(matches!(
-            o.get_bool("k"),
-            Err(OptsError::InvalidBool { .. })
-        ));
-        assert!(matches!(
-            o.get_bool("j"),
-            Err(OptsError::InvalidBool { .. })
-        ));
+        assert!(matches!(o.get_bool("k"), Err(OptsError::InvalidBool { .. })));
+        assert!(matches!(o.get_bool("j"), Err(OptsError::InvalidBool { .. })));
         assert_eq!(o.get_bool("missing").unwrap(), None);
     }
 
     #[test]
     fn check_keys_names_the_first_unknown() {
         let o = Opts::parse("xenfv,accel=xen,vmport=on", Some("type")).unwrap();
-        assert_eq!(
-            o.check_keys(&["type", "accel"]),
-            Err(OptsError::UnknownKey("vmport".into()))
-        );
+        assert_eq!(o.check_keys(&["type", "accel"]), Err(OptsError::UnknownKey("vmport".into())));
         assert_eq!(o.check_keys(&["type", "accel", "vmport"]), Ok(()));
     }
 

@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use super::chardev::{self, Chardev, Monitor, MAX_SERIAL_PORTS};
 use super::help;
 use super::opts::{parse_decimal, parse_size, Opts};
-use super::{
-    BootProtocol, CliError, Command, Config, Machine, MachineKind, RunWith, SerialSpec, Smp,
-};
+use super::{BootProtocol, CliError, Command, Config, Machine, MachineKind, RunWith, SerialSpec, Smp};
 
 /// The first domid Xen reserves (`DOMID_FIRST_RESERVED`); guest domids are below it.
 const DOMID_FIRST_RESERVED: u32 = 0x7FF0;
@@ -49,33 +47,19 @@ pub(super) struct OptSpec {
 }
 
 const fn flag(name: &'static str, repeatable: bool, handler: Handler) -> OptSpec {
-    OptSpec {
-        name,
-        takes_value: false,
-        repeatable,
-        handler,
-    }
+    OptSpec { name, takes_value: false, repeatable, handler }
 }
 
 const fn value(name: &'static str, repeatable: bool, handler: Handler) -> OptSpec {
-    OptSpec {
-        name,
-        takes_value: true,
-        repeatable,
-        handler,
-    }
+    OptSpec { name, takes_value: true, repeatable, handler }
 }
 
 /// Every option xendm accepts (or knows, to refuse with a reason).
 pub(super) const TABLE: &[OptSpec] = &[
     // xendm's own.
     flag("h", true, |s, _| s.exit(Command::Help(help::help_text()))),
-    flag("help", true, |s, _| {
-        s.exit(Command::Help(help::help_text()))
-    }),
-    flag("version", true, |s, _| {
-        s.exit(Command::Version(help::version_text()))
-    }),
+    flag("help", true, |s, _| s.exit(Command::Help(help::help_text()))),
+    flag("version", true, |s, _| s.exit(Command::Version(help::version_text()))),
     value("dump-roms", false, |s, v| {
         s.dump_roms = Some(path("-dump-roms", v)?);
         Ok(())
@@ -85,12 +69,7 @@ pub(super) const TABLE: &[OptSpec] = &[
             "linux" => BootProtocol::Linux,
             "multiboot" => BootProtocol::Multiboot,
             "pvh" => BootProtocol::Pvh,
-            _ => {
-                return Err(invalid(
-                    "-xendm-boot",
-                    format!("unknown boot protocol '{v}' (linux, multiboot or pvh)"),
-                ))
-            }
+            _ => return Err(invalid("-xendm-boot", format!("unknown boot protocol '{v}' (linux, multiboot or pvh)"))),
         });
         Ok(())
     }),
@@ -101,12 +80,7 @@ pub(super) const TABLE: &[OptSpec] = &[
     // Xen.
     value("xen-domid", false, |s, v| {
         s.cfg.domid = Some(match parse_decimal::<u32>(v) {
-            Some(0) => {
-                return Err(invalid(
-                    "-xen-domid",
-                    "domain 0 cannot be served by a device model".into(),
-                ))
-            }
+            Some(0) => return Err(invalid("-xen-domid", "domain 0 cannot be served by a device model".into())),
             Some(d) if d < DOMID_FIRST_RESERVED => d,
             _ => return Err(invalid("-xen-domid", format!("invalid domain id '{v}'"))),
         });
@@ -176,10 +150,7 @@ pub(super) const TABLE: &[OptSpec] = &[
         let rw = RunWith {
             chroot: o.get("chroot").map(|p| path(OPT, p)).transpose()?,
             user: o.get("user").map(|u| runas(OPT, u)).transpose()?,
-            async_teardown: o
-                .get_bool("async-teardown")
-                .map_err(opts_err(OPT))?
-                .unwrap_or(false),
+            async_teardown: o.get_bool("async-teardown").map_err(opts_err(OPT))?.unwrap_or(false),
         };
         if rw.chroot.is_some() {
             s.cfg.chroot.clone_from(&rw.chroot);
@@ -205,13 +176,9 @@ pub(super) const TABLE: &[OptSpec] = &[
         check_keys(OPT, &o, &["size"])?;
         let size = o.require("size").map_err(opts_err(OPT))?;
         // QEMU reads a suffix-less -m in MiB.
-        let bytes =
-            parse_size(size, MIB).map_err(|_| invalid(OPT, format!("invalid size '{size}'")))?;
+        let bytes = parse_size(size, MIB).map_err(|_| invalid(OPT, format!("invalid size '{size}'")))?;
         if bytes == 0 || bytes % MIB != 0 {
-            return Err(invalid(
-                OPT,
-                format!("size '{size}' is not a positive whole number of MiB"),
-            ));
+            return Err(invalid(OPT, format!("size '{size}' is not a positive whole number of MiB")));
         }
         s.cfg.mem_mib = Some(bytes / MIB);
         Ok(())
@@ -229,10 +196,7 @@ pub(super) const TABLE: &[OptSpec] = &[
             (None, None) => return Err(invalid(OPT, "no vCPU count".into())),
         };
         if cpus == 0 || maxcpus > HVM_MAX_VCPUS || cpus > maxcpus {
-            return Err(invalid(
-                OPT,
-                format!("need 1 <= cpus ({cpus}) <= maxcpus ({maxcpus}) <= {HVM_MAX_VCPUS}"),
-            ));
+            return Err(invalid(OPT, format!("need 1 <= cpus ({cpus}) <= maxcpus ({maxcpus}) <= {HVM_MAX_VCPUS}")));
         }
         s.cfg.smp = Some(Smp { cpus, maxcpus });
         Ok(())
@@ -248,23 +212,11 @@ pub(super) const TABLE: &[OptSpec] = &[
         let order = o.require("order").map_err(opts_err(OPT))?;
         let mut seen = [false; 16];
         for c in order.chars() {
-            let slot = u32::from(c)
-                .checked_sub(u32::from('a'))
-                .and_then(|i| seen.get_mut(usize::try_from(i).ok()?));
+            let slot = u32::from(c).checked_sub(u32::from('a')).and_then(|i| seen.get_mut(usize::try_from(i).ok()?));
             match slot {
                 Some(slot) if !*slot => *slot = true,
-                Some(_) => {
-                    return Err(invalid(
-                        OPT,
-                        format!("boot device '{c}' repeated in '{order}'"),
-                    ))
-                }
-                None => {
-                    return Err(invalid(
-                        OPT,
-                        format!("invalid boot device '{c}' in '{order}' (a-p)"),
-                    ))
-                }
+                Some(_) => return Err(invalid(OPT, format!("boot device '{c}' repeated in '{order}'"))),
+                None => return Err(invalid(OPT, format!("invalid boot device '{c}' in '{order}' (a-p)"))),
             }
         }
         s.cfg.boot_order = Some(order.to_string());
@@ -288,10 +240,7 @@ pub(super) const TABLE: &[OptSpec] = &[
     value("serial", true, |s, v| {
         let spec = chardev::parse_serial(v)?;
         if spec != SerialSpec::None && s.cfg.serial_ports().count() >= MAX_SERIAL_PORTS {
-            return Err(invalid(
-                "-serial",
-                format!("at most {MAX_SERIAL_PORTS} serial ports, '{v}' is one too many"),
-            ));
+            return Err(invalid("-serial", format!("at most {MAX_SERIAL_PORTS} serial ports, '{v}' is one too many")));
         }
         s.cfg.serial.push(spec);
         Ok(())
@@ -308,12 +257,7 @@ pub(super) const TABLE: &[OptSpec] = &[
         let o = opts("-display", v, Some("type"))?;
         match o.get("type") {
             Some("none") if o.pairs().count() == 1 => s.ignore("-display", Some(v)),
-            _ => Err(unsupported(
-                "-display",
-                "display",
-                v,
-                "xendm has no local display; set sdl=0 in the xl config",
-            )),
+            _ => Err(unsupported("-display", "display", v, "xendm has no local display; set sdl=0 in the xl config")),
         }
     }),
     flag("nographic", true, |s, _| s.ignore("-nographic", None)),
@@ -326,9 +270,7 @@ pub(super) const TABLE: &[OptSpec] = &[
     }),
     // Defaults and configuration files: xendm always behaves as with both.
     flag("nodefaults", true, |s, _| s.ignore("-nodefaults", None)),
-    flag("no-user-config", true, |s, _| {
-        s.ignore("-no-user-config", None)
-    }),
+    flag("no-user-config", true, |s, _| s.ignore("-no-user-config", None)),
     // Devices.
     value("device", true, |_, v| device(v)),
     value("net", true, |s, v| {
@@ -343,20 +285,12 @@ pub(super) const TABLE: &[OptSpec] = &[
         if v == "none" {
             return s.ignore("-parallel", Some(v));
         }
-        Err(unsupported(
-            "-parallel",
-            "backend",
-            v,
-            "parallel ports are not implemented",
-        ))
+        Err(unsupported("-parallel", "backend", v, "parallel ports are not implemented"))
     }),
     // Debugging and tuning knobs of QEMU itself.
     value("global", true, |s, v| {
         if !v.contains('=') {
-            return Err(invalid(
-                "-global",
-                format!("'{v}' is not DRIVER.PROPERTY=VALUE"),
-            ));
+            return Err(invalid("-global", format!("'{v}' is not DRIVER.PROPERTY=VALUE")));
         }
         s.ignore("-global", Some(v))
     }),
@@ -383,57 +317,31 @@ pub(super) const TABLE: &[OptSpec] = &[
     value("hdb", true, |_, _| refuse("-hdb", NO_DISK)),
     value("hdc", true, |_, _| refuse("-hdc", NO_DISK)),
     value("hdd", true, |_, _| refuse("-hdd", NO_DISK)),
-    value("fda", true, |_, _| {
-        refuse("-fda", "floppy drives are not implemented")
-    }),
-    value("fdb", true, |_, _| {
-        refuse("-fdb", "floppy drives are not implemented")
-    }),
+    value("fda", true, |_, _| refuse("-fda", "floppy drives are not implemented")),
+    value("fdb", true, |_, _| refuse("-fdb", "floppy drives are not implemented")),
     value("netdev", true, |_, _| refuse("-netdev", NO_NIC)),
     value("usbdevice", true, |_, _| refuse("-usbdevice", NO_USB)),
-    value("spice", true, |_, _| {
-        refuse(
-            "-spice",
-            "SPICE is not implemented; set spice=0 in the xl config",
-        )
-    }),
+    value("spice", true, |_, _| refuse("-spice", "SPICE is not implemented; set spice=0 in the xl config")),
     value("soundhw", true, |_, _| refuse("-soundhw", NO_SOUND)),
     value("audiodev", true, |_, _| refuse("-audiodev", NO_SOUND)),
     value("object", true, |_, _| {
-        refuse(
-            "-object",
-            "objects (COLO filters, iothreads, memory backends) are not implemented",
-        )
+        refuse("-object", "objects (COLO filters, iothreads, memory backends) are not implemented")
     }),
     value("monitor", true, |_, _| {
-        refuse(
-            "-monitor",
-            "the human monitor is not implemented; use -mon chardev=ID,mode=control",
-        )
+        refuse("-monitor", "the human monitor is not implemented; use -mon chardev=ID,mode=control")
     }),
-    value("bios", false, |_, _| {
-        refuse("-bios", "under Xen, hvmloader loads the firmware")
-    }),
-    value("pidfile", false, |_, _| {
-        refuse("-pidfile", "not implemented; libxl records the pid itself")
-    }),
+    value("bios", false, |_, _| refuse("-bios", "under Xen, hvmloader loads the firmware")),
+    value("pidfile", false, |_, _| refuse("-pidfile", "not implemented; libxl records the pid itself")),
     flag("daemonize", false, |_, _| {
-        refuse(
-            "-daemonize",
-            "libxl tracks the device model by its pid, so it must not daemonize",
-        )
+        refuse("-daemonize", "libxl tracks the device model by its pid, so it must not daemonize")
     }),
-    flag("enable-kvm", false, |_, _| {
-        refuse("-enable-kvm", "xendm is a Xen device model")
-    }),
+    flag("enable-kvm", false, |_, _| refuse("-enable-kvm", "xendm is a Xen device model")),
 ];
 
 const NO_DISK: &str =
     "emulated disks and CD-ROMs are not implemented; give the guest PV disks (vdev=xvdX) in the xl config";
-const NO_NIC: &str =
-    "emulated NICs are not implemented; use PV network interfaces (type=vif) in the xl config";
-const NO_USB: &str =
-    "USB devices are not implemented; remove usbdevice=/usbdevice_list= from the xl config";
+const NO_NIC: &str = "emulated NICs are not implemented; use PV network interfaces (type=vif) in the xl config";
+const NO_USB: &str = "USB devices are not implemented; remove usbdevice=/usbdevice_list= from the xl config";
 const NO_SOUND: &str = "sound is not implemented; remove soundhw= from the xl config";
 const NO_VGA: &str = "emulated graphics are not implemented; set vga=\"none\" in the xl config";
 
@@ -454,26 +362,15 @@ impl State {
 }
 
 fn invalid(option: &str, message: String) -> CliError {
-    CliError::InvalidValue {
-        option: option.to_string(),
-        message,
-    }
+    CliError::InvalidValue { option: option.to_string(), message }
 }
 
 fn unsupported(option: &str, what: &'static str, value: &str, reason: &str) -> CliError {
-    CliError::Unsupported {
-        option: option.to_string(),
-        what,
-        value: value.to_string(),
-        reason: reason.to_string(),
-    }
+    CliError::Unsupported { option: option.to_string(), what, value: value.to_string(), reason: reason.to_string() }
 }
 
 fn refuse(option: &str, reason: &str) -> Result<(), CliError> {
-    Err(CliError::RefusedOption {
-        option: option.to_string(),
-        reason: reason.to_string(),
-    })
+    Err(CliError::RefusedOption { option: option.to_string(), reason: reason.to_string() })
 }
 
 fn opts(option: &str, value: &str, implied: Option<&str>) -> Result<Opts, CliError> {
@@ -481,10 +378,7 @@ fn opts(option: &str, value: &str, implied: Option<&str>) -> Result<Opts, CliErr
 }
 
 fn opts_err(option: &str) -> impl Fn(super::OptsError) -> CliError + '_ {
-    move |source| CliError::Opts {
-        option: option.to_string(),
-        source,
-    }
+    move |source| CliError::Opts { option: option.to_string(), source }
 }
 
 fn check_keys(option: &str, o: &Opts, allowed: &[&str]) -> Result<(), CliError> {
@@ -501,16 +395,11 @@ fn path(option: &str, value: &str) -> Result<PathBuf, CliError> {
 /// `USER` or numeric `UID:GID` (QEMU `-runas`).
 fn runas(option: &str, value: &str) -> Result<String, CliError> {
     let ok = match value.split_once(':') {
-        Some((uid, gid)) => {
-            parse_decimal::<u32>(uid).is_some() && parse_decimal::<u32>(gid).is_some()
-        }
+        Some((uid, gid)) => parse_decimal::<u32>(uid).is_some() && parse_decimal::<u32>(gid).is_some(),
         None => !value.is_empty(),
     };
     if !ok {
-        return Err(invalid(
-            option,
-            format!("invalid user '{value}' (USER or UID:GID)"),
-        ));
+        return Err(invalid(option, format!("invalid user '{value}' (USER or UID:GID)")));
     }
     Ok(value.to_string())
 }
@@ -531,20 +420,13 @@ fn device(v: &str) -> Result<(), CliError> {
     let driver = o.require("driver").map_err(opts_err(OPT))?;
     let reason = match driver {
         "VGA" | "cirrus-vga" | "qxl-vga" | "qxl" | "bochs-display" | "virtio-vga" => NO_VGA,
-        "e1000" | "e1000e" | "rtl8139" | "ne2k_pci" | "pcnet" | "i82551" | "i82557b"
-        | "i82559er" | "virtio-net-pci" | "vmxnet3" => NO_NIC,
-        "lsi53c895a" | "ahci" | "ide-cd" | "ide-hd" | "scsi-hd" | "scsi-cd" | "virtio-blk-pci"
-        | "nvme" => NO_DISK,
-        "intel-hda" | "hda-duplex" | "hda-micro" | "hda-output" | "ac97" | "es1370" | "sb16" => {
-            NO_SOUND
-        }
+        "e1000" | "e1000e" | "rtl8139" | "ne2k_pci" | "pcnet" | "i82551" | "i82557b" | "i82559er"
+        | "virtio-net-pci" | "vmxnet3" => NO_NIC,
+        "lsi53c895a" | "ahci" | "ide-cd" | "ide-hd" | "scsi-hd" | "scsi-cd" | "virtio-blk-pci" | "nvme" => NO_DISK,
+        "intel-hda" | "hda-duplex" | "hda-micro" | "hda-output" | "ac97" | "es1370" | "sb16" => NO_SOUND,
         d if d.starts_with("usb-") || d.contains("-usb-") || d.ends_with("-usb") => NO_USB,
-        "xen-pvdevice" => {
-            "the XenServer PV device is not implemented; remove vendor_device= from the xl config"
-        }
-        "virtio-serial" | "virtio-serial-pci" | "virtserialport" | "virtconsole" => {
-            "virtio-serial is not implemented"
-        }
+        "xen-pvdevice" => "the XenServer PV device is not implemented; remove vendor_device= from the xl config",
+        "virtio-serial" | "virtio-serial-pci" | "virtserialport" | "virtconsole" => "virtio-serial is not implemented",
         _ => "xendm implements no -device drivers; its PC devices are built in",
     };
     Err(unsupported(OPT, "driver", driver, reason))
@@ -559,22 +441,8 @@ fn finish_machine(s: &mut State) -> Result<Machine, CliError> {
         }
         return Ok(Machine::default());
     };
-    check_keys(
-        OPT,
-        &o,
-        &[
-            "type",
-            "accel",
-            "suppress-vmdesc",
-            "max-ram-below-4g",
-            "igd-passthru",
-            "acpi",
-        ],
-    )?;
-    let accel = o
-        .get("accel")
-        .map(str::to_string)
-        .or_else(|| s.accel.clone());
+    check_keys(OPT, &o, &["type", "accel", "suppress-vmdesc", "max-ram-below-4g", "igd-passthru", "acpi"])?;
+    let accel = o.get("accel").map(str::to_string).or_else(|| s.accel.clone());
     if let Some(accel) = &accel {
         check_accel(accel)?;
     }
@@ -583,9 +451,7 @@ fn finish_machine(s: &mut State) -> Result<Machine, CliError> {
         Some("xenfv") => MachineKind::Xenfv,
         Some("pc") if xen => MachineKind::PcAccelXen,
         Some("none") if xen => MachineKind::None,
-        Some(t @ ("pc" | "none")) => {
-            return Err(invalid(OPT, format!("machine type '{t}' needs accel=xen")))
-        }
+        Some(t @ ("pc" | "none")) => return Err(invalid(OPT, format!("machine type '{t}' needs accel=xen"))),
         Some(other) => {
             return Err(unsupported(
                 OPT,
@@ -607,46 +473,27 @@ fn finish_machine(s: &mut State) -> Result<Machine, CliError> {
         Some(n) if n <= FOUR_GIB => Some(n),
         Some(n) => return Err(invalid(OPT, format!("max-ram-below-4g={n} is above 4G"))),
     };
-    let igd_passthru = o
-        .get_bool("igd-passthru")
-        .map_err(opts_err(OPT))?
-        .unwrap_or(false);
+    let igd_passthru = o.get_bool("igd-passthru").map_err(opts_err(OPT))?.unwrap_or(false);
     match o.get("acpi") {
         None | Some("on" | "auto") => {}
         Some("off") => s.cfg.no_acpi = true,
-        Some(v) => {
-            return Err(invalid(
-                OPT,
-                format!("acpi expects on, off or auto, not '{v}'"),
-            ))
-        }
+        Some(v) => return Err(invalid(OPT, format!("acpi expects on, off or auto, not '{v}'"))),
     }
-    Ok(Machine {
-        kind,
-        max_ram_below_4g,
-        igd_passthru,
-    })
+    Ok(Machine { kind, max_ram_below_4g, igd_passthru })
 }
 
 fn check_accel(accel: &str) -> Result<(), CliError> {
     if accel == "xen" {
         return Ok(());
     }
-    Err(unsupported(
-        "-machine",
-        "accelerator",
-        accel,
-        "xendm is a Xen device model: accel=xen only",
-    ))
+    Err(unsupported("-machine", "accelerator", accel, "xendm is a Xen device model: accel=xen only"))
 }
 
 /// Cross-option checks once every argument is in.
 fn finish(mut s: State) -> Result<Command, CliError> {
     if let Some(dir) = s.dump_roms.take() {
         if s.run_options > 0 {
-            return Err(CliError::Inconsistent(
-                "--dump-roms takes no other options".into(),
-            ));
+            return Err(CliError::Inconsistent("--dump-roms takes no other options".into()));
         }
         return Ok(Command::DumpRoms(dir));
     }
@@ -666,8 +513,7 @@ fn finish(mut s: State) -> Result<Command, CliError> {
     }
     if cfg.domid.is_none() && cfg.machine.kind != MachineKind::None {
         return Err(CliError::Inconsistent(
-            "-xen-domid is required (only the '-machine none,accel=xen' probe runs without it)"
-                .into(),
+            "-xen-domid is required (only the '-machine none,accel=xen' probe runs without it)".into(),
         ));
     }
     Ok(Command::Run(cfg))
@@ -716,8 +562,7 @@ pub(super) fn parse_args(args: &[OsString]) -> Result<Command, CliError> {
             s.seen.push(spec.name);
         }
         let value = if spec.takes_value {
-            let v = utf8(args, i, Some(&option))?
-                .ok_or_else(|| CliError::MissingValue(option.clone()))?;
+            let v = utf8(args, i, Some(&option))?.ok_or_else(|| CliError::MissingValue(option.clone()))?;
             i += 1;
             v
         } else {

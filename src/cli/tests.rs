@@ -11,11 +11,7 @@ fn argv(args: &[&str]) -> Vec<OsString> {
 
 /// Splits a fixture from `tests/data/argv/` (one argument per line).
 fn fixture(text: &str) -> Vec<OsString> {
-    text.strip_suffix('\n')
-        .unwrap_or(text)
-        .split('\n')
-        .map(OsString::from)
-        .collect()
+    text.strip_suffix('\n').unwrap_or(text).split('\n').map(OsString::from).collect()
 }
 
 fn run(args: Vec<OsString>) -> Config {
@@ -37,10 +33,7 @@ fn err(args: &[&str]) -> CliError {
 }
 
 fn qmp_path(id: &str, path: &str) -> QmpEndpoint {
-    QmpEndpoint {
-        id: id.into(),
-        socket: QmpSocket::Path(path.into()),
-    }
+    QmpEndpoint { id: id.into(), socket: QmpSocket::Path(path.into()) }
 }
 
 /// The minimum a run needs, followed by `extra`.
@@ -72,11 +65,7 @@ fn captured_libxl_argv_hvm1() {
         append: Some("console=ttyS0 panic=-1 labhold=900  quiet".into()),
         serial: vec![SerialSpec::File("/tmp/guest-serial-hvm1.log".into())],
         boot_order: Some("cda".into()),
-        machine: Machine {
-            kind: MachineKind::Xenfv,
-            max_ram_below_4g: None,
-            igd_passthru: false,
-        },
+        machine: Machine { kind: MachineKind::Xenfv, max_ram_below_4g: None, igd_passthru: false },
         mem_mib: Some(128),
         vnc: Some("none".into()),
         ignored: vec![
@@ -92,10 +81,7 @@ fn captured_libxl_argv_hvm1() {
     assert_eq!(cfg, expected);
     // Fields the struct literal above leaves at their defaults, spelled out.
     assert!(!cfg.start_paused && !cfg.domid_restrict && !cfg.xen_attach && !cfg.no_acpi);
-    assert_eq!(
-        (cfg.smp, cfg.incoming, cfg.chroot, cfg.runas),
-        (None, None, None, None)
-    );
+    assert_eq!((cfg.smp, cfg.incoming, cfg.chroot, cfg.runas), (None, None, None, None));
 }
 
 #[test]
@@ -121,27 +107,17 @@ fn captured_libxl_argv_hvm2_with_trace_options() {
             qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-2"),
         ]
     );
-    assert_eq!(
-        cfg.serial,
-        [SerialSpec::File("/tmp/guest-serial-hvm2.log".into())]
-    );
+    assert_eq!(cfg.serial, [SerialSpec::File("/tmp/guest-serial-hvm2.log".into())]);
     assert_eq!(cfg.mem_mib, Some(128));
     assert_eq!(cfg.machine.kind, MachineKind::Xenfv);
-    assert_eq!(
-        cfg.append.as_deref(),
-        Some("console=ttyS0 panic=-1 labhold=900  quiet")
-    );
+    assert_eq!(cfg.append.as_deref(), Some("console=ttyS0 panic=-1 labhold=900  quiet"));
     for item in [
         "-d trace:xen_*,trace:handle_ioreq*",
         "-D /var/log/xen/qemu-trace.732.txt",
         "-msg timestamp=on",
         "-machine suppress-vmdesc=on",
     ] {
-        assert!(
-            cfg.ignored.iter().any(|i| i == item),
-            "{item} not in {:?}",
-            cfg.ignored
-        );
+        assert!(cfg.ignored.iter().any(|i| i == item), "{item} not in {:?}", cfg.ignored);
     }
 }
 
@@ -202,13 +178,7 @@ fn xen_abi_1_3_example() {
     assert_eq!(cfg.append.as_deref(), Some("console=ttyS0"));
     assert_eq!(cfg.serial, [SerialSpec::Pty]);
     assert_eq!(cfg.boot_order.as_deref(), Some("cda"));
-    assert_eq!(
-        cfg.smp,
-        Some(Smp {
-            cpus: 2,
-            maxcpus: 2
-        })
-    );
+    assert_eq!(cfg.smp, Some(Smp { cpus: 2, maxcpus: 2 }));
     assert_eq!(cfg.mem_mib, Some(512));
     assert_eq!(cfg.machine, Machine::default());
     assert!(cfg.ignored.contains(&"-nographic".to_string()));
@@ -258,10 +228,7 @@ fn dm_restrict_form() {
     assert_eq!(
         cfg.qmp,
         [
-            QmpEndpoint {
-                id: "libxl-cmd".into(),
-                socket: QmpSocket::Fd(9)
-            },
+            QmpEndpoint { id: "libxl-cmd".into(), socket: QmpSocket::Fd(9) },
             qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-3"),
         ]
     );
@@ -272,11 +239,7 @@ fn dm_restrict_form() {
     assert_eq!(cfg.vnc.as_deref(), Some("127.0.0.1:0,to=99"));
     assert_eq!(
         cfg.machine,
-        Machine {
-            kind: MachineKind::PcAccelXen,
-            max_ram_below_4g: Some(0xE000_0000),
-            igd_passthru: false
-        }
+        Machine { kind: MachineKind::PcAccelXen, max_ram_below_4g: Some(0xE000_0000), igd_passthru: false }
     );
     assert_eq!(cfg.mem_mib, Some(1024));
 }
@@ -338,13 +301,7 @@ fn probe_run_of_libxl_4_20() {
     assert_eq!(cfg.domid, None);
     assert!(cfg.start_paused);
     assert_eq!(cfg.machine.kind, MachineKind::None);
-    assert_eq!(
-        cfg.qmp,
-        [QmpEndpoint {
-            id: "libxl-cmd".into(),
-            socket: QmpSocket::Fd(4)
-        }]
-    );
+    assert_eq!(cfg.qmp, [QmpEndpoint { id: "libxl-cmd".into(), socket: QmpSocket::Fd(4) }]);
     // Only the probe may omit the domid.
     let e = err(&["-machine", "xenfv"]);
     assert!(e.to_string().contains("-xen-domid is required"), "{e}");
@@ -381,83 +338,42 @@ fn stubdom_variant() {
     ]);
     assert!(cfg.qmp.is_empty());
     assert_eq!(cfg.serial, [SerialSpec::HostDevice("/dev/hvc3".into())]);
-    assert_eq!(
-        cfg.incoming.as_deref(),
-        Some("$STUBDOM_RESTORE_INCOMING_ARG")
-    );
+    assert_eq!(cfg.incoming.as_deref(), Some("$STUBDOM_RESTORE_INCOMING_ARG"));
     assert_eq!(cfg.vnc, None);
     // Stubdom disks are emulated on /dev/xvdX and therefore refused.
-    let e = err(&[
-        "-xen-domid",
-        "12",
-        "-drive",
-        "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device",
-    ]);
+    let e = err(&["-xen-domid", "12", "-drive", "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device"]);
     assert!(matches!(e, CliError::RefusedOption { ref option, .. } if option == "-drive"));
 }
 
 #[test]
 fn misspelled_option_is_refused_by_name() {
     let e = err(&["-xen-domidd", "1"]);
-    assert_eq!(
-        e,
-        CliError::UnknownOption {
-            option: "-xen-domidd".into(),
-            suggestion: Some("-xen-domid".into())
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "unknown option '-xen-domidd' (did you mean '-xen-domid'?)"
-    );
-    assert_eq!(
-        err(&["--kernal", "x"]).to_string(),
-        "unknown option '--kernal' (did you mean '-kernel'?)"
-    );
-    assert_eq!(
-        err(&["-frobnicate"]).to_string(),
-        "unknown option '-frobnicate'"
-    );
-    assert_eq!(
-        err(&["disk.img"]),
-        CliError::UnexpectedArgument("disk.img".into())
-    );
+    assert_eq!(e, CliError::UnknownOption { option: "-xen-domidd".into(), suggestion: Some("-xen-domid".into()) });
+    assert_eq!(e.to_string(), "unknown option '-xen-domidd' (did you mean '-xen-domid'?)");
+    assert_eq!(err(&["--kernal", "x"]).to_string(), "unknown option '--kernal' (did you mean '-kernel'?)");
+    assert_eq!(err(&["-frobnicate"]).to_string(), "unknown option '-frobnicate'");
+    assert_eq!(err(&["disk.img"]), CliError::UnexpectedArgument("disk.img".into()));
     assert!(matches!(err(&["-"]), CliError::UnknownOption { .. }));
     assert!(matches!(err(&["--"]), CliError::UnknownOption { .. }));
 }
 
 #[test]
 fn missing_value_is_refused() {
-    assert_eq!(
-        err(&["-xen-domid"]),
-        CliError::MissingValue("-xen-domid".into())
-    );
-    assert_eq!(
-        err(&["-xen-domid", "1", "-kernel"]).to_string(),
-        "option '-kernel' requires a value"
-    );
+    assert_eq!(err(&["-xen-domid"]), CliError::MissingValue("-xen-domid".into()));
+    assert_eq!(err(&["-xen-domid", "1", "-kernel"]).to_string(), "option '-kernel' requires a value");
     assert_eq!(err(&["--append"]), CliError::MissingValue("-append".into()));
 }
 
 #[test]
 fn double_dash_is_the_same_option() {
     let cfg = run_str(&["--xen-domid", "9", "--m", "64", "--no-shutdown"]);
-    assert_eq!(
-        (cfg.domid, cfg.mem_mib, cfg.no_shutdown),
-        (Some(9), Some(64), true)
-    );
+    assert_eq!((cfg.domid, cfg.mem_mib, cfg.no_shutdown), (Some(9), Some(64), true));
 }
 
 #[test]
 fn repeated_single_valued_option_is_refused() {
-    assert_eq!(
-        parse(with_domid(&["-m", "1", "-m", "2"])),
-        Err(CliError::Repeated("-m".into()))
-    );
-    assert_eq!(
-        err(&["-xen-domid", "1", "--xen-domid", "2"]),
-        CliError::Repeated("-xen-domid".into())
-    );
+    assert_eq!(parse(with_domid(&["-m", "1", "-m", "2"])), Err(CliError::Repeated("-m".into())));
+    assert_eq!(err(&["-xen-domid", "1", "--xen-domid", "2"]), CliError::Repeated("-xen-domid".into()));
     // Flags may repeat harmlessly; -machine merges with the later value winning.
     let cfg = run(with_domid(&[
         "-nodefaults",
@@ -469,14 +385,7 @@ fn repeated_single_valued_option_is_refused() {
         "-machine",
         "max-ram-below-4g=2G,igd-passthru=on",
     ]));
-    assert_eq!(
-        cfg.machine,
-        Machine {
-            kind: MachineKind::Xenfv,
-            max_ram_below_4g: Some(2 << 30),
-            igd_passthru: true
-        }
-    );
+    assert_eq!(cfg.machine, Machine { kind: MachineKind::Xenfv, max_ram_below_4g: Some(2 << 30), igd_passthru: true });
 }
 
 #[test]
@@ -502,14 +411,8 @@ fn initrd_spec_is_kept_raw_for_multiboot() {
         "-initrd",
         "/boot/vmlinuz console=hvc0,/boot/initrd.img",
     ]));
-    assert_eq!(
-        cfg.initrd_spec.as_deref(),
-        Some("/boot/vmlinuz console=hvc0,/boot/initrd.img")
-    );
-    assert_eq!(
-        cfg.initrd,
-        Some(PathBuf::from("/boot/vmlinuz console=hvc0,/boot/initrd.img"))
-    );
+    assert_eq!(cfg.initrd_spec.as_deref(), Some("/boot/vmlinuz console=hvc0,/boot/initrd.img"));
+    assert_eq!(cfg.initrd, Some(PathBuf::from("/boot/vmlinuz console=hvc0,/boot/initrd.img")));
     assert_eq!(cfg.boot_protocol, Some(BootProtocol::Multiboot));
     for (name, p) in [("linux", BootProtocol::Linux), ("pvh", BootProtocol::Pvh)] {
         let cfg = run(with_domid(&["-kernel", "/k", "-xendm-boot", name]));
@@ -523,16 +426,9 @@ fn initrd_spec_is_kept_raw_for_multiboot() {
 
 #[test]
 fn kernel_companions_need_a_kernel() {
-    for args in [
-        &["-initrd", "/i"][..],
-        &["-append", "quiet"],
-        &["-xendm-boot", "pvh"],
-    ] {
+    for args in [&["-initrd", "/i"][..], &["-append", "quiet"], &["-xendm-boot", "pvh"]] {
         let e = parse(with_domid(args)).unwrap_err();
-        assert!(
-            matches!(e, CliError::Inconsistent(ref m) if m.contains("needs -kernel")),
-            "{e}"
-        );
+        assert!(matches!(e, CliError::Inconsistent(ref m) if m.contains("needs -kernel")), "{e}");
     }
     assert!(matches!(
         parse(with_domid(&["-kernel", ""])),
@@ -545,27 +441,10 @@ fn non_utf8_argument_is_an_error() {
     use std::os::unix::ffi::OsStringExt;
     let bad = OsString::from_vec(vec![b'/', b'k', 0xff, 0xfe]);
     let e = parse(vec![OsString::from("-kernel"), bad.clone()]).unwrap_err();
-    assert_eq!(
-        e,
-        CliError::NotUtf8 {
-            index: 2,
-            option: Some("-kernel".into()),
-            lossy: "/k\u{fffd}\u{fffd}".into()
-        }
-    );
-    assert!(
-        e.to_string().contains("argument 2 (the value of -kernel)"),
-        "{e}"
-    );
+    assert_eq!(e, CliError::NotUtf8 { index: 2, option: Some("-kernel".into()), lossy: "/k\u{fffd}\u{fffd}".into() });
+    assert!(e.to_string().contains("argument 2 (the value of -kernel)"), "{e}");
     let e = parse(vec![bad]).unwrap_err();
-    assert!(matches!(
-        e,
-        CliError::NotUtf8 {
-            index: 1,
-            option: None,
-            ..
-        }
-    ));
+    assert!(matches!(e, CliError::NotUtf8 { index: 1, option: None, .. }));
 }
 
 #[test]
@@ -582,10 +461,7 @@ fn memory_sizes() {
     ] {
         assert_eq!(run(with_domid(&["-m", v])).mem_mib, Some(mib), "{v}");
     }
-    assert_eq!(
-        parse(with_domid(&["-m", "abc"])).unwrap_err().to_string(),
-        "-m: invalid size 'abc'"
-    );
+    assert_eq!(parse(with_domid(&["-m", "abc"])).unwrap_err().to_string(), "-m: invalid size 'abc'");
     for bad in ["0", "1.5", "100K", "", "128,slots=2", "maxmem=1G"] {
         let e = parse(with_domid(&["-m", bad])).unwrap_err();
         assert!(e.to_string().starts_with("-m: "), "{bad}: {e}");
@@ -595,42 +471,11 @@ fn memory_sizes() {
 #[test]
 fn smp_forms() {
     let smp = |v| run(with_domid(&["-smp", v])).smp;
-    assert_eq!(
-        smp("2,maxcpus=4"),
-        Some(Smp {
-            cpus: 2,
-            maxcpus: 4
-        })
-    );
-    assert_eq!(
-        smp("3"),
-        Some(Smp {
-            cpus: 3,
-            maxcpus: 3
-        })
-    );
-    assert_eq!(
-        smp("cpus=1,maxcpus=128"),
-        Some(Smp {
-            cpus: 1,
-            maxcpus: 128
-        })
-    );
-    assert_eq!(
-        smp("maxcpus=2"),
-        Some(Smp {
-            cpus: 2,
-            maxcpus: 2
-        })
-    );
-    for bad in [
-        "0",
-        "4,maxcpus=2",
-        "1,maxcpus=129",
-        "x",
-        "2,sockets=2",
-        "-1",
-    ] {
+    assert_eq!(smp("2,maxcpus=4"), Some(Smp { cpus: 2, maxcpus: 4 }));
+    assert_eq!(smp("3"), Some(Smp { cpus: 3, maxcpus: 3 }));
+    assert_eq!(smp("cpus=1,maxcpus=128"), Some(Smp { cpus: 1, maxcpus: 128 }));
+    assert_eq!(smp("maxcpus=2"), Some(Smp { cpus: 2, maxcpus: 2 }));
+    for bad in ["0", "4,maxcpus=2", "1,maxcpus=129", "x", "2,sockets=2", "-1"] {
         let e = parse(with_domid(&["-smp", bad])).unwrap_err();
         assert!(e.to_string().starts_with("-smp: "), "{bad}: {e}");
     }
@@ -641,10 +486,7 @@ fn domid_range() {
     assert_eq!(run_str(&["-xen-domid", "32751"]).domid, Some(0x7FEF));
     for bad in ["0", "32752", "-1", "0x5", "", "1 "] {
         let e = err(&["-xen-domid", bad]);
-        assert!(
-            matches!(e, CliError::InvalidValue { ref option, .. } if option == "-xen-domid"),
-            "{bad}: {e}"
-        );
+        assert!(matches!(e, CliError::InvalidValue { ref option, .. } if option == "-xen-domid"), "{bad}: {e}");
     }
 }
 
@@ -655,19 +497,11 @@ fn machine_variants() {
     assert_eq!(m("type=xenfv,accel=xen").kind, MachineKind::Xenfv);
     assert_eq!(m("pc,accel=xen").kind, MachineKind::PcAccelXen);
     assert_eq!(m("xenfv,max-ram-below-4g=0").max_ram_below_4g, None);
-    assert_eq!(
-        m("xenfv,max-ram-below-4g=4G").max_ram_below_4g,
-        Some(4 << 30)
-    );
+    assert_eq!(m("xenfv,max-ram-below-4g=4G").max_ram_below_4g, Some(4 << 30));
     assert!(!m("xenfv,igd-passthru=off").igd_passthru);
     assert!(run(with_domid(&["-machine", "xenfv,acpi=off"])).no_acpi);
     assert!(run(with_domid(&["-no-acpi"])).no_acpi);
-    assert_eq!(
-        run(with_domid(&["-accel", "xen", "-machine", "pc"]))
-            .machine
-            .kind,
-        MachineKind::PcAccelXen
-    );
+    assert_eq!(run(with_domid(&["-accel", "xen", "-machine", "pc"])).machine.kind, MachineKind::PcAccelXen);
     // No -machine at all: libxl's default.
     assert_eq!(run(with_domid(&[])).machine, Machine::default());
     for (bad, needle) in [
@@ -694,43 +528,19 @@ fn serial_backends() {
     assert_eq!(serial("null"), [SerialSpec::Null]);
     assert_eq!(serial("stdio"), [SerialSpec::Stdio]);
     assert_eq!(serial("none"), [SerialSpec::None]);
-    assert_eq!(
-        serial("file:/tmp/a,b"),
-        [SerialSpec::File("/tmp/a,b".into())]
-    );
-    assert_eq!(
-        serial("/dev/hvc3"),
-        [SerialSpec::HostDevice("/dev/hvc3".into())]
-    );
+    assert_eq!(serial("file:/tmp/a,b"), [SerialSpec::File("/tmp/a,b".into())]);
+    assert_eq!(serial("/dev/hvc3"), [SerialSpec::HostDevice("/dev/hvc3".into())]);
     assert_eq!(
         serial("unix:/run/s,,1,server=on,wait=off"),
-        [SerialSpec::Unix {
-            path: "/run/s,1".into(),
-            server: true
-        }]
+        [SerialSpec::Unix { path: "/run/s,1".into(), server: true }]
     );
+    assert_eq!(serial("unix:/run/s"), [SerialSpec::Unix { path: "/run/s".into(), server: false }]);
     assert_eq!(
-        serial("unix:/run/s"),
-        [SerialSpec::Unix {
-            path: "/run/s".into(),
-            server: false
-        }]
-    );
-    assert_eq!(
-        parse(with_domid(&["-serial", "tcp:127.0.0.1:4555,server"]))
-            .unwrap_err()
-            .to_string(),
+        parse(with_domid(&["-serial", "tcp:127.0.0.1:4555,server"])).unwrap_err().to_string(),
         "-serial: unsupported backend 'tcp:127.0.0.1:4555,server' (network serial consoles \
          are not implemented; use pty, file:PATH or unix:PATH,server=on,wait=off)"
     );
-    for bad in [
-        "vc",
-        "mon:stdio",
-        "file:",
-        "unix:/s,server",
-        "/dev/parport0",
-        "chardev:x",
-    ] {
+    for bad in ["vc", "mon:stdio", "file:", "unix:/s,server", "/dev/parport0", "chardev:x"] {
         let e = parse(with_domid(&["-serial", bad])).unwrap_err();
         assert!(e.to_string().starts_with("-serial: "), "{bad}: {e}");
     }
@@ -739,19 +549,11 @@ fn serial_backends() {
 #[test]
 fn serial_ports_skip_none_and_stop_at_four() {
     let cfg = run(with_domid(&[
-        "-serial", "none", "-serial", "pty", "-serial", "null", "-serial", "none", "-serial",
-        "stdio", "-serial", "file:/x",
+        "-serial", "none", "-serial", "pty", "-serial", "null", "-serial", "none", "-serial", "stdio", "-serial",
+        "file:/x",
     ]));
     let ports: Vec<_> = cfg.serial_ports().cloned().collect();
-    assert_eq!(
-        ports,
-        [
-            SerialSpec::Pty,
-            SerialSpec::Null,
-            SerialSpec::Stdio,
-            SerialSpec::File("/x".into())
-        ]
-    );
+    assert_eq!(ports, [SerialSpec::Pty, SerialSpec::Null, SerialSpec::Stdio, SerialSpec::File("/x".into())]);
     let mut args = vec!["-serial"; 10];
     for (i, a) in args.iter_mut().enumerate() {
         if i % 2 == 1 {
@@ -765,32 +567,15 @@ fn serial_ports_skip_none_and_stop_at_four() {
 #[test]
 fn qmp_chardev_errors() {
     let case = |extra: &[&str]| parse(with_domid(extra)).unwrap_err().to_string();
-    assert_eq!(
-        case(&["-mon", "chardev=nope,mode=control"]),
-        "-mon: chardev 'nope' is not defined by any -chardev"
-    );
+    assert_eq!(case(&["-mon", "chardev=nope,mode=control"]), "-mon: chardev 'nope' is not defined by any -chardev");
     let sock = "socket,id=q,path=/q,server=on,wait=off";
     assert!(case(&["-chardev", sock, "-chardev", sock]).contains("duplicate id 'q'"));
     assert!(case(&["-chardev", sock, "-mon", "q"]).contains("unsupported mode 'readline'"));
-    assert!(case(&[
-        "-chardev",
-        sock,
-        "-mon",
-        "q,mode=control",
-        "-mon",
-        "q,mode=control"
-    ])
-    .contains("more than one -mon"));
-    assert!(case(&[
-        "-chardev",
-        "socket,id=q,path=/q,server=on",
-        "-mon",
-        "q,mode=control"
-    ])
-    .contains("wait=off"));
     assert!(
-        case(&["-chardev", "socket,id=q,path=/q", "-mon", "q,mode=control"]).contains("server=on")
+        case(&["-chardev", sock, "-mon", "q,mode=control", "-mon", "q,mode=control"]).contains("more than one -mon")
     );
+    assert!(case(&["-chardev", "socket,id=q,path=/q,server=on", "-mon", "q,mode=control"]).contains("wait=off"));
+    assert!(case(&["-chardev", "socket,id=q,path=/q", "-mon", "q,mode=control"]).contains("server=on"));
     assert!(case(&["-chardev", "pty,id=q", "-mon", "q,mode=control"]).contains("pty chardev"));
     for bad in [
         "socket,id=q,path=/q,fd=3,server=on,wait=off",
@@ -824,14 +609,7 @@ fn monitor_order_and_qmp_shorthand() {
         "-mon",
         "a,mode=control",
     ]));
-    assert_eq!(
-        cfg.qmp,
-        [
-            qmp_path("b", "/b"),
-            qmp_path("compat_monitor1", "/tmp/dev.qmp"),
-            qmp_path("a", "/a")
-        ]
-    );
+    assert_eq!(cfg.qmp, [qmp_path("b", "/b"), qmp_path("compat_monitor1", "/tmp/dev.qmp"), qmp_path("a", "/a")]);
     assert!(parse(with_domid(&["-qmp", "tcp:localhost:4444,server,nowait"])).is_err());
     assert!(parse(with_domid(&["-qmp", "unix:/q"])).is_err());
 }
@@ -847,10 +625,7 @@ fn unused_chardevs_are_listed_as_ignored() {
     assert!(cfg.qmp.is_empty());
     assert_eq!(
         cfg.ignored,
-        [
-            "-chardev pty,id=libxl-channel0",
-            "-chardev socket,id=libxl-channel1,path=/run/ch1,server=on,wait=off"
-        ]
+        ["-chardev pty,id=libxl-channel0", "-chardev socket,id=libxl-channel1,path=/run/ch1,server=on,wait=off"]
     );
 }
 
@@ -863,35 +638,21 @@ fn refused_devices_and_options_name_themselves() {
          set vga=\"none\" in the xl config)"
     );
     assert!(case(&["-device", "cirrus-vga,vgamem_mb=8"]).contains("'cirrus-vga'"));
-    assert!(case(&[
-        "-device",
-        "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:00:00:01"
-    ])
-    .contains("'rtl8139' (emulated NICs"));
+    assert!(
+        case(&["-device", "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:00:00:01"]).contains("'rtl8139' (emulated NICs")
+    );
     assert!(case(&["-device", "lsi53c895a"]).contains("emulated disks"));
     assert!(case(&["-device", "piix3-usb-uhci,id=usb"]).contains("USB"));
     assert!(case(&["-device", "xen-pvdevice,device-id=0xc000"]).contains("xen-pvdevice"));
     assert!(case(&["-device", "driver=e1000"]).contains("'e1000'"));
     assert_eq!(
-        case(&[
-            "-drive",
-            "file=/d.img,if=ide,index=0,media=disk,format=raw,cache=writeback"
-        ]),
+        case(&["-drive", "file=/d.img,if=ide,index=0,media=disk,format=raw,cache=writeback"]),
         "option '-drive' is not supported by xendm: emulated disks and CD-ROMs are not \
          implemented; give the guest PV disks (vdev=xvdX) in the xl config"
     );
-    for option in [
-        "-netdev",
-        "-usbdevice",
-        "-spice",
-        "-object",
-        "-cdrom",
-        "-hda",
-        "-soundhw",
-        "-monitor",
-        "-bios",
-        "-pidfile",
-    ] {
+    for option in
+        ["-netdev", "-usbdevice", "-spice", "-object", "-cdrom", "-hda", "-soundhw", "-monitor", "-bios", "-pidfile"]
+    {
         let e = case(&[option, "x"]);
         assert!(e.starts_with(&format!("option '{option}'")), "{e}");
     }
@@ -901,9 +662,7 @@ fn refused_devices_and_options_name_themselves() {
     assert!(case(&["-vga", "std"]).starts_with("-vga: unsupported card 'std'"));
     assert!(case(&["-sandbox", "on"]).starts_with("-sandbox: unsupported"));
     assert!(case(&["-parallel", "/dev/parport0"]).starts_with("-parallel: unsupported"));
-    assert!(
-        case(&["-boot", "order=cda,menu=on"]).starts_with("-boot: unsupported parameter 'menu'")
-    );
+    assert!(case(&["-boot", "order=cda,menu=on"]).starts_with("-boot: unsupported parameter 'menu'"));
     assert!(case(&["-boot", "order=cc"]).contains("repeated"));
     assert!(case(&["-boot", "order=z"]).contains("invalid boot device 'z'"));
     assert!(case(&["-global", "nonsense"]).starts_with("-global: "));
@@ -969,19 +728,8 @@ fn harmless_options_are_recorded_as_ignored() {
 
 #[test]
 fn name_forms() {
-    assert_eq!(
-        run(with_domid(&["-name", "a,,b"])).name.as_deref(),
-        Some("a,b")
-    );
-    assert_eq!(
-        run(with_domid(&[
-            "-name",
-            "guest=g,process=xendm-g,debug-threads=on"
-        ]))
-        .name
-        .as_deref(),
-        Some("g")
-    );
+    assert_eq!(run(with_domid(&["-name", "a,,b"])).name.as_deref(), Some("a,b"));
+    assert_eq!(run(with_domid(&["-name", "guest=g,process=xendm-g,debug-threads=on"])).name.as_deref(), Some("g"));
     assert!(parse(with_domid(&["-name", "g,extra=1"])).is_err());
 }
 
@@ -999,31 +747,16 @@ fn help_version_and_dump_roms() {
         };
         assert!(text.starts_with("xendm "));
         assert!(text.contains("Usage: xendm -xen-domid DOMID"));
-        assert!(
-            text.contains("XENDM_RECORD")
-                && text.contains("XENDM_LOG")
-                && text.contains("RUST_LOG")
-        );
+        assert!(text.contains("XENDM_RECORD") && text.contains("XENDM_LOG") && text.contains("RUST_LOG"));
     }
     for flag in ["-version", "--version"] {
-        let Ok(Command::Version(text)) = parse(argv(&[flag])) else {
-            panic!("{flag}")
-        };
+        let Ok(Command::Version(text)) = parse(argv(&[flag])) else { panic!("{flag}") };
         assert!(text.starts_with(&format!("xendm {}\n", env!("CARGO_PKG_VERSION"))));
         assert!(text.contains("Xen 4.17"));
     }
-    assert_eq!(
-        parse(argv(&["--dump-roms", "/tmp/roms"])),
-        Ok(Command::DumpRoms("/tmp/roms".into()))
-    );
-    assert!(matches!(
-        parse(argv(&["--dump-roms", "/tmp/roms", "-xen-domid", "1"])),
-        Err(CliError::Inconsistent(_))
-    ));
-    assert_eq!(
-        parse(argv(&["--dump-roms"])),
-        Err(CliError::MissingValue("-dump-roms".into()))
-    );
+    assert_eq!(parse(argv(&["--dump-roms", "/tmp/roms"])), Ok(Command::DumpRoms("/tmp/roms".into())));
+    assert!(matches!(parse(argv(&["--dump-roms", "/tmp/roms", "-xen-domid", "1"])), Err(CliError::Inconsistent(_))));
+    assert_eq!(parse(argv(&["--dump-roms"])), Err(CliError::MissingValue("-dump-roms".into())));
 }
 
 #[test]
@@ -1069,10 +802,7 @@ fn help_mentions_every_accepted_option() {
 #[test]
 fn usage_doc_lists_every_ignored_option() {
     let doc = include_str!("../../docs/usage.md");
-    let section = doc
-        .split("## Options accepted but ignored")
-        .nth(1)
-        .expect("section present");
+    let section = doc.split("## Options accepted but ignored").nth(1).expect("section present");
     for option in [
         "-nodefaults",
         "-no-user-config",
@@ -1096,21 +826,14 @@ fn usage_doc_lists_every_ignored_option() {
         "-run-with ...,async-teardown",
         "-mon ...,pretty",
     ] {
-        assert!(
-            section.contains(&format!("`{option}")),
-            "usage.md does not list {option}"
-        );
+        assert!(section.contains(&format!("`{option}")), "usage.md does not list {option}");
     }
 }
 
 #[test]
 fn table_has_no_duplicates() {
     for (i, a) in table::TABLE.iter().enumerate() {
-        assert!(
-            table::TABLE.iter().skip(i + 1).all(|b| b.name != a.name),
-            "-{} twice",
-            a.name
-        );
+        assert!(table::TABLE.iter().skip(i + 1).all(|b| b.name != a.name), "-{} twice", a.name);
     }
 }
 
@@ -1167,16 +890,12 @@ fn arbitrary_argv_never_panics() {
     ];
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
     let mut next = || {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         usize::try_from(seed >> 33).unwrap()
     };
     for _ in 0..20_000 {
         let len = next() % 8;
-        let args: Vec<OsString> = (0..len)
-            .map(|_| OsString::from(pieces[next() % pieces.len()]))
-            .collect();
+        let args: Vec<OsString> = (0..len).map(|_| OsString::from(pieces[next() % pieces.len()])).collect();
         let _ = parse(args);
     }
 }

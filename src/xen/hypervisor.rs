@@ -7,7 +7,8 @@
 //! with the C function's name, at a limited rate because the guest drives how
 //! often these calls happen.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+use xendm_devices::sync::lock;
 
 use xendm_devices::ratelimit::RateLimit;
 use xendm_devices::{Hypervisor, ShutdownReason};
@@ -77,7 +78,7 @@ impl<D: InterruptOps> XenHypervisor<D> {
 
     /// Whether a failure may be logged now (and how many were suppressed).
     fn log_allowed(&self) -> Option<u64> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).check()
+        lock(&self.log).check()
     }
 
     fn report(&self, what: std::fmt::Arguments<'_>, r: Result<(), XenError>) {

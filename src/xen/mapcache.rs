@@ -34,7 +34,8 @@
 
 use std::collections::HashMap;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+use xendm_devices::sync::{get_mut, lock};
 
 use vm_memory::{GuestAddress, VolatileSlice};
 use xendm_devices::mem::check_range;
@@ -42,7 +43,7 @@ use xendm_devices::{GuestMemory, MemError};
 
 use super::sys::{ForeignMemory, XEN_PAGE_SIZE};
 use super::XenError;
-use crate::engine::EngineHooks;
+use crate::ioreq::engine::EngineHooks;
 
 /// log2 of [`BUCKET_SIZE`].
 pub const BUCKET_SHIFT: u32 = 20;
@@ -215,7 +216,8 @@ impl<M: ForeignMapper> MapCache<M> {
         let first_gfn = addr >> PAGE_SHIFT;
         let gfns: [u64; PAGES_PER_BUCKET] = std::array::from_fn(|i| first_gfn + i as u64);
         let mut errs = [0i32; PAGES_PER_BUCKET];
-        let base = self.mapper.map(&gfns, &mut errs).map_err(|e| MemError::MapFailed { addr, reason: e.to_string() })?;
+        let base =
+            self.mapper.map(&gfns, &mut errs).map_err(|e| MemError::MapFailed { addr, reason: e.to_string() })?;
         lock(&self.stats).maps += 1;
         let mut valid = [0u64; VALID_WORDS];
         for (i, _) in errs.iter().enumerate().filter(|(_, &e)| e == 0) {
@@ -227,7 +229,15 @@ impl<M: ForeignMapper> MapCache<M> {
     }
 
     /// The base of bucket `index` with pages `first..=last` mapped.
-    fn bucket_for(&self, st: &mut State, index: u64, first: usize, last: usize, addr: u64, len: usize) -> Result<NonNull<u8>, MemError> {
+    fn bucket_for(
+        &self,
+        st: &mut State,
+        index: u64,
+        first: usize,
+        last: usize,
+        addr: u64,
+        len: usize,
+    ) -> Result<NonNull<u8>, MemError> {
         st.clock = st.clock.wrapping_add(1);
         let now = st.clock;
         if let Some(b) = st.buckets.get_mut(&index) {
@@ -260,7 +270,12 @@ impl<M: ForeignMapper> MapCache<M> {
 
     /// Runs `f` on each bucket-sized piece of `[addr, addr + len)` in order,
     /// with the offset of the piece in the access.
-    fn for_each_piece(&self, addr: GuestAddress, len: usize, mut f: impl FnMut(VolatileSlice<'_>, usize)) -> Result<(), MemError> {
+    fn for_each_piece(
+        &self,
+        addr: GuestAddress,
+        len: usize,
+        mut f: impl FnMut(VolatileSlice<'_>, usize),
+    ) -> Result<(), MemError> {
         check_range(addr, len)?;
         let mut done = 0usize;
         while done < len {
@@ -309,7 +324,7 @@ impl<M: ForeignMapper> GuestMemory for MapCache<M> {
 
 impl<M: ForeignMapper> Drop for MapCache<M> {
     fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let st = get_mut(&mut self.state);
         let all: Vec<(u64, Bucket)> = st.buckets.drain().collect();
         for (index, b) in all {
             self.unmap_bucket(index, b);
@@ -339,10 +354,6 @@ impl<M: ForeignMapper + 'static> EngineHooks for MapCacheHooks<M> {
     fn time_offset(&self, seconds: i64) {
         tracing::debug!(seconds, "guest RTC offset changed");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -407,10 +418,9 @@ pub(crate) mod tests {
         fn map(&self, gfns: &[u64], errs: &mut [i32]) -> Result<NonNull<u8>, XenError> {
             let len = gfns.len() * XEN_PAGE_SIZE;
             // SAFETY: a fresh anonymous reservation; nothing else uses it.
-            let base = unsafe {
-                rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE)
-            }
-            .unwrap();
+            let base =
+                unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE) }
+                    .unwrap();
             let holes = self.holes.lock().unwrap();
             for (i, (&gfn, err)) in gfns.iter().zip(errs.iter_mut()).enumerate() {
                 if gfn >= self.pages || holes.contains(&gfn) {
@@ -485,7 +495,10 @@ pub(crate) mod tests {
         let mut b = [0u8; 4];
         assert_eq!(c.read(ga(0xa_0000), &mut b), Err(MemError::Unmapped { addr: 0xa_0000, len: 4 }));
         assert!(c.write(ga(0xb_fffe), &[1, 2, 3, 4]).is_err());
-        assert!(matches!(c.write(ga(0x9_fffe), &[1, 2, 3, 4]), Err(MemError::Unmapped { .. })), "straddles into the hole");
+        assert!(
+            matches!(c.write(ga(0x9_fffe), &[1, 2, 3, 4]), Err(MemError::Unmapped { .. })),
+            "straddles into the hole"
+        );
         assert_eq!(m.peek(0x9_fffe, 2), [0, 0], "nothing written before the hole was found");
         // Page just below the hole still works.
         c.write(ga(0x9_fffc), &[1, 2, 3, 4]).unwrap();

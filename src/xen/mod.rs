@@ -1,5 +1,7 @@
 //! The Xen backend: everything that talks to the hypervisor.
 //!
+//! * [`xenstore`] - a xenstore client (the `xs_wire.h` protocol) and the keys
+//!   libxl waits for; [`pvbackends`] - PV backends xendm does not serve;
 //! * [`sys`] - safe wrappers over `libxendevicemodel`, `libxenevtchn`,
 //!   `libxenforeignmemory` and `xentoolcore_restrict_all` (the only FFI of
 //!   the project);
@@ -7,25 +9,25 @@
 //!   mapped 1 MiB buckets;
 //! * [`hypervisor`] - [`xendm_devices::Hypervisor`] (IRQs, MSI, shutdown)
 //!   over dm_ops;
-//! * [`server`] - the ioreq server and its serving loop (Xen's
-//!   `public/hvm/ioreq.h` protocol) around the [`crate::engine::Engine`].
+//! * [`ioreq_server`] - the ioreq server and its serving loop (Xen's
+//!   `public/hvm/ioreq.h` protocol) around the [`crate::ioreq::engine::Engine`].
 //!
 //! Facts come from Xen 4.17's public headers and libraries and from what
 //! QEMU's Xen support does (see the fact sheets); nothing here is specific to
 //! one device. Everything below the FFI is written against traits
-//! ([`mapcache::ForeignMapper`], [`server::Transport`],
-//! [`server::IoreqHandler`]) so that it is tested without Xen. The start-up
-//! order is shown on [`server::IoreqServer`].
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
-
+//! ([`mapcache::ForeignMapper`], [`ioreq_server::Transport`],
+//! [`ioreq_server::IoreqHandler`]) so that it is tested without Xen. The start-up
+//! order is shown on [`ioreq_server::IoreqServer`].
 pub mod hypervisor;
+pub mod ioreq_server;
 pub mod mapcache;
-pub mod server;
+pub mod pvbackends;
 pub mod sys;
+pub mod xenstore;
 
 pub use hypervisor::XenHypervisor;
+pub use ioreq_server::{IoreqServer, ServerControl, StopHandle};
 pub use mapcache::{ForeignMapper, MapCache, MapCacheHooks};
-pub use server::{IoreqServer, ServerControl, StopHandle};
 pub use sys::{restrict_all, DeviceModel, DomId, EventChannels, ForeignMemory};
 
 /// A failed call into Xen's libraries (or the system calls around them).

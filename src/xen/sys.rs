@@ -250,7 +250,8 @@ impl DeviceModel {
     /// The C call's errno.
     pub fn set_ioreq_server_state(&self, id: IoreqServerId, enabled: bool) -> Result<(), XenError> {
         // SAFETY: the handle is open; plain integer arguments.
-        let rc = unsafe { ffi::xendevicemodel_set_ioreq_server_state(self.h(), self.domid, id.0, c_int::from(enabled)) };
+        let rc =
+            unsafe { ffi::xendevicemodel_set_ioreq_server_state(self.h(), self.domid, id.0, c_int::from(enabled)) };
         check("xendevicemodel_set_ioreq_server_state", rc).map(drop)
     }
 
@@ -393,7 +394,8 @@ impl EventChannels {
     /// `fcntl` failures, reported as the call `fcntl(O_NONBLOCK)`.
     pub fn set_nonblocking(&self) -> Result<(), XenError> {
         let fd = self.fd();
-        let fl = rustix::fs::fcntl_getfl(fd).map_err(|e| XenError::Call { call: "fcntl(F_GETFL)", errno: e.raw_os_error() })?;
+        let fl = rustix::fs::fcntl_getfl(fd)
+            .map_err(|e| XenError::Call { call: "fcntl(F_GETFL)", errno: e.raw_os_error() })?;
         rustix::fs::fcntl_setfl(fd, fl | rustix::fs::OFlags::NONBLOCK)
             .map_err(|e| XenError::Call { call: "fcntl(F_SETFL, O_NONBLOCK)", errno: e.raw_os_error() })
     }
@@ -588,7 +590,8 @@ impl ForeignMemory {
     ) -> Result<ResourceMapping, XenError> {
         let call = "xenforeignmemory_map_resource";
         let frame = std::os::raw::c_ulong::try_from(frame).map_err(|_| XenError::Call { call, errno: libc::EINVAL })?;
-        let nr = std::os::raw::c_ulong::try_from(nr_frames).map_err(|_| XenError::Call { call, errno: libc::EINVAL })?;
+        let nr =
+            std::os::raw::c_ulong::try_from(nr_frames).map_err(|_| XenError::Call { call, errno: libc::EINVAL })?;
         let mut addr: *mut c_void = std::ptr::null_mut();
         // SAFETY: the handle is open; `addr` is NULL on entry (no placement
         // hint) and a valid out-pointer; prot/flags are plain integers.

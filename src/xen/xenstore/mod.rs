@@ -28,13 +28,6 @@
 //!
 //! [`announce_running`] is the device model's start-up signal to libxl.
 //! [`testing::FakeXenstored`] is an in-memory `xenstored` for tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -45,9 +38,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use xendm_devices::sync::lock;
 
 use tokio::sync::mpsc as async_mpsc;
 use xendm_devices::ratelimit::RateLimit;
@@ -64,11 +58,7 @@ pub const WATCH_QUEUE: usize = 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where [`XenStore::open`] looks, in order (after `$XENSTORED_PATH`).
-pub const DEFAULT_PATHS: [&str; 3] = [
-    "/run/xenstored/socket",
-    "/var/run/xenstored/socket",
-    "/dev/xen/xenbus",
-];
+pub const DEFAULT_PATHS: [&str; 3] = ["/run/xenstored/socket", "/var/run/xenstored/socket", "/dev/xen/xenbus"];
 
 /// Message types (`enum xsd_sockmsg_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,10 +162,7 @@ impl Header {
     /// Encodes the header.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
-        for (chunk, v) in out
-            .chunks_exact_mut(4)
-            .zip([self.ty, self.req_id, self.tx_id, self.len])
-        {
+        for (chunk, v) in out.chunks_exact_mut(4).zip([self.ty, self.req_id, self.tx_id, self.len]) {
             chunk.copy_from_slice(&v.to_le_bytes());
         }
         out
@@ -187,12 +174,7 @@ impl Header {
             let b: [u8; 4] = bytes.get(i * 4..i * 4 + 4)?.try_into().ok()?;
             Some(u32::from_le_bytes(b))
         };
-        Some(Header {
-            ty: word(0)?,
-            req_id: word(1)?,
-            tx_id: word(2)?,
-            len: word(3)?,
-        })
+        Some(Header { ty: word(0)?, req_id: word(1)?, tx_id: word(2)?, len: word(3)? })
     }
 }
 
@@ -253,9 +235,7 @@ impl FromStr for Perm {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("bad permission {s:?}"));
         }
-        let domid = digits
-            .parse()
-            .map_err(|_| format!("bad permission {s:?}"))?;
+        let domid = digits.parse().map_err(|_| format!("bad permission {s:?}"))?;
         Ok(Perm { access, domid })
     }
 }
@@ -293,25 +273,13 @@ pub enum XsError {
     Invalid { op: Op, path: String, why: String },
     /// The reply is not what the protocol allows.
     #[error("xenstore {op} {path}: protocol error: {detail}")]
-    Protocol {
-        op: Op,
-        path: String,
-        detail: String,
-    },
+    Protocol { op: Op, path: String, detail: String },
     /// No reply in time.
     #[error("xenstore {op} {path}: no reply within {timeout:?}")]
-    Timeout {
-        op: Op,
-        path: String,
-        timeout: Duration,
-    },
+    Timeout { op: Op, path: String, timeout: Duration },
     /// The connection is gone.
     #[error("xenstore {op} {path}: connection closed: {reason}")]
-    Closed {
-        op: Op,
-        path: String,
-        reason: String,
-    },
+    Closed { op: Op, path: String, reason: String },
     /// `watch` with a token this connection already uses.
     #[error("xenstore WATCH {path}: token {token:?} is already in use")]
     DuplicateToken { path: String, token: String },
@@ -352,12 +320,6 @@ struct Inner {
     timeout: Mutex<Duration>,
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (our
-/// critical sections leave the state consistent at every step).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// What the reader thread reads from.
 trait Source: Read + AsFd + Send {}
 impl<T: Read + AsFd + Send> Source for T {}
@@ -395,10 +357,7 @@ impl XenStore {
                 Err(e) => tried.push(format!("{}: {e}", path.display())),
             }
         }
-        Err(XsError::Open(format!(
-            "no xenstore connection ({})",
-            tried.join("; ")
-        )))
+        Err(XsError::Open(format!("no xenstore connection ({})", tried.join("; "))))
     }
 
     /// Connects to `path`, a unix socket or a xenbus character device.
@@ -409,10 +368,7 @@ impl XenStore {
         } else if meta.file_type().is_char_device() {
             Self::open_device(path)
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "neither a socket nor a character device",
-            ))
+            Err(io::Error::new(io::ErrorKind::InvalidInput, "neither a socket nor a character device"))
         }
     }
 
@@ -435,23 +391,14 @@ impl XenStore {
         let reader_wake = wake.try_clone()?;
         let inner = Arc::new(Inner {
             writer: Mutex::new(writer),
-            state: Mutex::new(State {
-                next_req_id: 1,
-                pending: HashMap::new(),
-                watches: HashMap::new(),
-                dead: None,
-            }),
+            state: Mutex::new(State { next_req_id: 1, pending: HashMap::new(), watches: HashMap::new(), dead: None }),
             timeout: Mutex::new(DEFAULT_TIMEOUT),
         });
         let thread_inner = Arc::clone(&inner);
         let reader = std::thread::Builder::new()
             .name("xenstore-reader".into())
             .spawn(move || reader_loop(reader, reader_wake, thread_inner))?;
-        Ok(XenStore {
-            inner,
-            wake,
-            reader: Some(reader),
-        })
+        Ok(XenStore { inner, wake, reader: Some(reader) })
     }
 
     /// Sets how long each request waits for its reply.
@@ -501,13 +448,7 @@ impl XenStore {
         let words = split_strings(Op::GetPerms, path, &reply)?;
         words
             .iter()
-            .map(|w| {
-                w.parse().map_err(|detail| XsError::Protocol {
-                    op: Op::GetPerms,
-                    path: path.into(),
-                    detail,
-                })
-            })
+            .map(|w| w.parse().map_err(|detail| XsError::Protocol { op: Op::GetPerms, path: path.into(), detail }))
             .collect()
     }
 
@@ -515,11 +456,7 @@ impl XenStore {
     /// owner entry.
     pub fn set_perms(&self, path: &str, perms: &[Perm]) -> Result<(), XsError> {
         if perms.is_empty() {
-            return Err(XsError::Invalid {
-                op: Op::SetPerms,
-                path: path.into(),
-                why: "empty permission list".into(),
-            });
+            return Err(XsError::Invalid { op: Op::SetPerms, path: path.into(), why: "empty permission list".into() });
         }
         let mut payload = nul_terminated(Op::SetPerms, path)?;
         for p in perms {
@@ -542,20 +479,13 @@ impl XenStore {
     /// with one for `path` itself, which xenstored always sends) arrive on
     /// the returned channel until [`unwatch`](Self::unwatch) or until the
     /// connection dies. Tokens must be unique on this connection.
-    pub fn watch(
-        &self,
-        path: &str,
-        token: &str,
-    ) -> Result<async_mpsc::Receiver<WatchEvent>, XsError> {
+    pub fn watch(&self, path: &str, token: &str) -> Result<async_mpsc::Receiver<WatchEvent>, XsError> {
         let payload = path_and_token(Op::Watch, path, token)?;
         let (tx, rx) = async_mpsc::channel(WATCH_QUEUE);
         {
             let mut st = lock(&self.inner.state);
             if st.watches.contains_key(token) {
-                return Err(XsError::DuplicateToken {
-                    path: path.into(),
-                    token: token.into(),
-                });
+                return Err(XsError::DuplicateToken { path: path.into(), token: token.into() });
             }
             // Registered before the request: the first event may come
             // before the reply.
@@ -597,11 +527,7 @@ impl XenStore {
                 detail: "transaction id 0".into(),
             });
         }
-        Ok(Transaction {
-            xs: self,
-            id,
-            done: false,
-        })
+        Ok(Transaction { xs: self, id, done: false })
     }
 
     fn read_tx(&self, tx: u32, path: &str) -> Result<Vec<u8>, XsError> {
@@ -643,17 +569,9 @@ impl XenStore {
     /// Sends one request and waits for its reply's payload.
     fn request(&self, op: Op, tx: u32, payload: &[u8], path: &str) -> Result<Vec<u8>, XsError> {
         if payload.len() > XENSTORE_PAYLOAD_MAX {
-            return Err(XsError::TooLarge {
-                op,
-                path: path.into(),
-                len: payload.len(),
-            });
+            return Err(XsError::TooLarge { op, path: path.into(), len: payload.len() });
         }
-        let closed = |reason: &str| XsError::Closed {
-            op,
-            path: path.into(),
-            reason: reason.into(),
-        };
+        let closed = |reason: &str| XsError::Closed { op, path: path.into(), reason: reason.into() };
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         let req_id = {
             let mut st = lock(&self.inner.state);
@@ -672,14 +590,7 @@ impl XenStore {
             lock(&self.inner.state).pending.remove(&req_id);
         };
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        let mut msg = Header {
-            ty: op.code(),
-            req_id,
-            tx_id: tx,
-            len,
-        }
-        .to_bytes()
-        .to_vec();
+        let mut msg = Header { ty: op.code(), req_id, tx_id: tx, len }.to_bytes().to_vec();
         msg.extend_from_slice(payload);
         {
             // One write per message: the xenbus device wants whole messages.
@@ -687,11 +598,7 @@ impl XenStore {
             if let Err(source) = w.write_all(&msg).and_then(|()| w.flush()) {
                 drop(w);
                 forget();
-                return Err(XsError::Io {
-                    op,
-                    path: path.into(),
-                    source,
-                });
+                return Err(XsError::Io { op, path: path.into(), source });
             }
         }
         let timeout = *lock(&self.inner.timeout);
@@ -699,30 +606,17 @@ impl XenStore {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 forget();
-                return Err(XsError::Timeout {
-                    op,
-                    path: path.into(),
-                    timeout,
-                });
+                return Err(XsError::Timeout { op, path: path.into(), timeout });
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let reason = lock(&self.inner.state)
-                    .dead
-                    .clone()
-                    .unwrap_or_else(|| "reader stopped".into());
+                let reason = lock(&self.inner.state).dead.clone().unwrap_or_else(|| "reader stopped".into());
                 return Err(closed(&reason));
             }
         };
         if reply.ty == Op::Error.code() {
-            let errno = String::from_utf8_lossy(
-                reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload),
-            )
-            .into_owned();
-            return Err(XsError::Server {
-                op,
-                path: path.into(),
-                errno,
-            });
+            let errno =
+                String::from_utf8_lossy(reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload)).into_owned();
+            return Err(XsError::Server { op, path: path.into(), errno });
         }
         if reply.ty != op.code() {
             return Err(XsError::Protocol {
@@ -843,10 +737,7 @@ fn read_messages(source: &mut dyn Source, wake: &OwnedFd, inner: &Inner) -> Stri
     let mut stray = RateLimit::per_second();
     loop {
         let (conn_ready, stop) = {
-            let mut fds = [
-                PollFd::from_borrowed_fd(source.as_fd(), PollFlags::IN),
-                PollFd::new(wake, PollFlags::IN),
-            ];
+            let mut fds = [PollFd::from_borrowed_fd(source.as_fd(), PollFlags::IN), PollFd::new(wake, PollFlags::IN)];
             match rustix::event::poll(&mut fds, None) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -886,10 +777,7 @@ fn read_messages(source: &mut dyn Source, wake: &OwnedFd, inner: &Inner) -> Stri
             match waiter {
                 // A full or closed channel means the requester gave up.
                 Some(w) => {
-                    let _ = w.try_send(RawReply {
-                        ty: header.ty,
-                        payload,
-                    });
+                    let _ = w.try_send(RawReply { ty: header.ty, payload });
                 }
                 None => {
                     if let Some(n) = stray.check() {
@@ -932,11 +820,7 @@ fn deliver_event(inner: &Inner, payload: &[u8], warn: &mut RateLimit) {
 
 fn check_string(op: Op, what: &str, s: &str) -> Result<(), XsError> {
     if s.as_bytes().contains(&0) {
-        return Err(XsError::Invalid {
-            op,
-            path: what.into(),
-            why: "contains a NUL byte".into(),
-        });
+        return Err(XsError::Invalid { op, path: what.into(), why: "contains a NUL byte".into() });
     }
     Ok(())
 }
@@ -944,18 +828,10 @@ fn check_string(op: Op, what: &str, s: &str) -> Result<(), XsError> {
 fn nul_terminated(op: Op, path: &str) -> Result<Vec<u8>, XsError> {
     check_string(op, path, path)?;
     if path.is_empty() {
-        return Err(XsError::Invalid {
-            op,
-            path: path.into(),
-            why: "empty path".into(),
-        });
+        return Err(XsError::Invalid { op, path: path.into(), why: "empty path".into() });
     }
     if path.len() > XENSTORE_ABS_PATH_MAX {
-        return Err(XsError::TooLarge {
-            op,
-            path: path.into(),
-            len: path.len(),
-        });
+        return Err(XsError::TooLarge { op, path: path.into(), len: path.len() });
     }
     let mut v = Vec::with_capacity(path.len() + 1);
     v.extend_from_slice(path.as_bytes());
@@ -1104,13 +980,7 @@ pub mod testing {
             let listener = UnixListener::bind(socket_path)?;
             let mut nodes = BTreeMap::new();
             let root_perms = vec![Perm::new(super::Access::None, 0)];
-            nodes.insert(
-                "/".to_owned(),
-                Node {
-                    value: Vec::new(),
-                    perms: root_perms,
-                },
-            );
+            nodes.insert("/".to_owned(), Node { value: Vec::new(), perms: root_perms });
             let store = Arc::new(Mutex::new(Store {
                 nodes,
                 generation: 0,
@@ -1121,12 +991,7 @@ pub mod testing {
                 log: Vec::new(),
             }));
             let stop = Arc::new(AtomicBool::new(false));
-            let mut fake = FakeXenstored {
-                path: socket_path.to_owned(),
-                store,
-                stop,
-                acceptor: None,
-            };
+            let mut fake = FakeXenstored { path: socket_path.to_owned(), store, stop, acceptor: None };
             fake.write("/local/domain/0/domid", "0");
             let (store, stop) = (Arc::clone(&fake.store), Arc::clone(&fake.stop));
             let acceptor = std::thread::Builder::new()
@@ -1244,17 +1109,7 @@ pub mod testing {
                 Err(errno) => (Op::Error.code(), format!("{errno}\0").into_bytes()),
             };
             let len = u32::try_from(body.len()).unwrap_or(0);
-            send(
-                &mut st,
-                conn,
-                Header {
-                    ty,
-                    req_id: h.req_id,
-                    tx_id: h.tx_id,
-                    len,
-                },
-                &body,
-            );
+            send(&mut st, conn, Header { ty, req_id: h.req_id, tx_id: h.tx_id, len }, &body);
             // The initial event of a new watch follows its OK.
             if h.ty == Op::Watch.code() && ty == Op::Watch.code() {
                 if let Some(w) = st.watches.iter().rev().find(|w| w.conn == conn) {
@@ -1279,17 +1134,7 @@ pub mod testing {
 
     fn send_event(st: &mut Store, conn: u64, payload: &[u8]) {
         let len = u32::try_from(payload.len()).unwrap_or(0);
-        send(
-            st,
-            conn,
-            Header {
-                ty: Op::WatchEvent.code(),
-                req_id: 0,
-                tx_id: 0,
-                len,
-            },
-            payload,
-        );
+        send(st, conn, Header { ty: Op::WatchEvent.code(), req_id: 0, tx_id: 0, len }, payload);
     }
 
     fn event_payload(path: &str, token: &str) -> Vec<u8> {
@@ -1298,21 +1143,11 @@ pub mod testing {
 
     /// Makes a client path absolute, or `EINVAL`.
     fn resolve(path: &str) -> Result<String, &'static str> {
-        let ok_chars = path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-/_@".contains(&b));
-        if path.is_empty()
-            || !ok_chars
-            || path.contains("//")
-            || (path.len() > 1 && path.ends_with('/'))
-        {
+        let ok_chars = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_@".contains(&b));
+        if path.is_empty() || !ok_chars || path.contains("//") || (path.len() > 1 && path.ends_with('/')) {
             return Err("EINVAL");
         }
-        Ok(if path.starts_with('/') {
-            path.to_owned()
-        } else {
-            format!("{HOME}/{path}")
-        })
+        Ok(if path.starts_with('/') { path.to_owned() } else { format!("{HOME}/{path}") })
     }
 
     fn parent(path: &str) -> Option<&str> {
@@ -1327,11 +1162,7 @@ pub mod testing {
     }
 
     fn is_under(path: &str, dir: &str) -> bool {
-        path == dir
-            || dir == "/"
-            || path
-                .strip_prefix(dir)
-                .is_some_and(|rest| rest.starts_with('/'))
+        path == dir || dir == "/" || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// Creates `path` and missing ancestors; new nodes inherit the parent's
@@ -1343,17 +1174,8 @@ pub mod testing {
         if let Some(p) = parent(path) {
             create(nodes, p);
         }
-        let perms = parent(path)
-            .and_then(|p| nodes.get(p))
-            .map(|n| n.perms.clone())
-            .unwrap_or_default();
-        nodes.insert(
-            path.to_owned(),
-            Node {
-                value: Vec::new(),
-                perms,
-            },
-        );
+        let perms = parent(path).and_then(|p| nodes.get(p)).map(|n| n.perms.clone()).unwrap_or_default();
+        nodes.insert(path.to_owned(), Node { value: Vec::new(), perms });
         true
     }
 
@@ -1403,9 +1225,7 @@ pub mod testing {
             let shown = if w.path.starts_with('/') {
                 path
             } else {
-                path.strip_prefix(HOME)
-                    .and_then(|r| r.strip_prefix('/'))
-                    .map_or(path.clone(), str::to_owned)
+                path.strip_prefix(HOME).and_then(|r| r.strip_prefix('/')).map_or(path.clone(), str::to_owned)
             };
             events.push((w.conn, event_payload(&shown, &w.token)));
         }
@@ -1416,9 +1236,7 @@ pub mod testing {
 
     fn strings(payload: &[u8]) -> Vec<String> {
         let body = payload.strip_suffix(b"\0").unwrap_or(payload);
-        body.split(|&b| b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect()
+        body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
     }
 
     fn first_string(payload: &[u8]) -> String {
@@ -1434,12 +1252,7 @@ pub mod testing {
             Op::TransactionStart => {
                 let id = st.next_tx;
                 st.next_tx += 1;
-                let tx = Tx {
-                    conn,
-                    base_generation: st.generation,
-                    nodes: st.nodes.clone(),
-                    changed: Vec::new(),
-                };
+                let tx = Tx { conn, base_generation: st.generation, nodes: st.nodes.clone(), changed: Vec::new() };
                 st.txs.insert(id, tx);
                 return Ok(format!("{id}\0").into_bytes());
             }
@@ -1470,24 +1283,11 @@ pub mod testing {
                 let (Some(path), Some(token)) = (args.first(), args.get(1)) else {
                     return Err("EINVAL");
                 };
-                let abs = if path.starts_with('@') {
-                    path.clone()
-                } else {
-                    resolve(path)?
-                };
-                if st
-                    .watches
-                    .iter()
-                    .any(|w| w.conn == conn && w.path == *path && w.token == *token)
-                {
+                let abs = if path.starts_with('@') { path.clone() } else { resolve(path)? };
+                if st.watches.iter().any(|w| w.conn == conn && w.path == *path && w.token == *token) {
                     return Err("EEXIST");
                 }
-                st.watches.push(WatchReg {
-                    conn,
-                    path: path.clone(),
-                    abs,
-                    token: token.clone(),
-                });
+                st.watches.push(WatchReg { conn, path: path.clone(), abs, token: token.clone() });
                 return ok();
             }
             Op::Unwatch => {
@@ -1496,13 +1296,8 @@ pub mod testing {
                     return Err("EINVAL");
                 };
                 let before = st.watches.len();
-                st.watches
-                    .retain(|w| !(w.conn == conn && w.path == *path && w.token == *token));
-                return if st.watches.len() == before {
-                    Err("ENOENT")
-                } else {
-                    ok()
-                };
+                st.watches.retain(|w| !(w.conn == conn && w.path == *path && w.token == *token));
+                return if st.watches.len() == before { Err("ENOENT") } else { ok() };
             }
             Op::GetDomainPath => {
                 let arg = first_string(payload);
@@ -1517,10 +1312,7 @@ pub mod testing {
             return Err("ENOENT");
         }
         let (path_bytes, rest) = match payload.iter().position(|&b| b == 0) {
-            Some(i) => (
-                payload.get(..i).unwrap_or_default(),
-                payload.get(i + 1..).unwrap_or_default(),
-            ),
+            Some(i) => (payload.get(..i).unwrap_or_default(), payload.get(i + 1..).unwrap_or_default()),
             None => (payload, &[][..]),
         };
         let abs = resolve(&String::from_utf8_lossy(path_bytes))?;
@@ -1544,11 +1336,7 @@ pub mod testing {
                     }
                 }
                 Op::GetPerms => match nodes.get(&abs) {
-                    Some(n) => Ok(n
-                        .perms
-                        .iter()
-                        .flat_map(|p| format!("{p}\0").into_bytes())
-                        .collect()),
+                    Some(n) => Ok(n.perms.iter().flat_map(|p| format!("{p}\0").into_bytes()).collect()),
                     None => Err("ENOENT"),
                 },
                 Op::Write => {
@@ -1574,8 +1362,7 @@ pub mod testing {
                     }
                 }
                 Op::SetPerms => {
-                    let perms: Result<Vec<Perm>, _> =
-                        strings(rest).iter().map(|s| s.parse::<Perm>()).collect();
+                    let perms: Result<Vec<Perm>, _> = strings(rest).iter().map(|s| s.parse::<Perm>()).collect();
                     match (perms, nodes.get_mut(&abs)) {
                         (Ok(p), _) if p.is_empty() => Err("EINVAL"),
                         (Err(_), _) => Err("EINVAL"),
@@ -1634,10 +1421,7 @@ mod tests {
     }
 
     fn ev(path: &str, token: &str) -> WatchEvent {
-        WatchEvent {
-            path: path.into(),
-            token: token.into(),
-        }
+        WatchEvent { path: path.into(), token: token.into() }
     }
 
     #[test]
@@ -1648,14 +1432,8 @@ mod tests {
         assert_eq!(xs.read("/local/domain/3/name").unwrap(), "hvm3");
         // Relative paths live under our home, /local/domain/0.
         xs.write("device-model/3/state", "running").unwrap();
-        assert_eq!(
-            fake.read("/local/domain/0/device-model/3/state").unwrap(),
-            b"running"
-        );
-        assert_eq!(
-            xs.read("/local/domain/0/device-model/3/state").unwrap(),
-            "running"
-        );
+        assert_eq!(fake.read("/local/domain/0/device-model/3/state").unwrap(), b"running");
+        assert_eq!(xs.read("/local/domain/0/device-model/3/state").unwrap(), "running");
         // Binary values pass through unchanged; an empty value is a value.
         xs.write("bin", [0u8, 255, 1]).unwrap();
         assert_eq!(xs.read_bytes("bin").unwrap(), vec![0u8, 255, 1]);
@@ -1667,33 +1445,21 @@ mod tests {
         let mut dir = xs.directory("device-model/3/backends").unwrap();
         dir.sort();
         assert_eq!(dir, vec!["console", "vkbd"]);
-        assert_eq!(
-            xs.directory("device-model/3/backends/vkbd").unwrap(),
-            Vec::<String>::new()
-        );
+        assert_eq!(xs.directory("device-model/3/backends/vkbd").unwrap(), Vec::<String>::new());
         xs.rm("device-model/3").unwrap();
         assert!(xs.read("device-model/3/state").unwrap_err().is_not_found());
-        assert_eq!(
-            fake.read("/local/domain/0/device-model/3/backends/console"),
-            None
-        );
+        assert_eq!(fake.read("/local/domain/0/device-model/3/backends/console"), None);
         assert_eq!(fake.read("/local/domain/0/device-model").unwrap(), b"");
         // Removing a missing node is fine while its parent exists.
         xs.rm("device-model/3").unwrap();
-        assert_eq!(
-            xs.rm("/no/such/parent").unwrap_err().errno(),
-            Some("ENOENT")
-        );
+        assert_eq!(xs.rm("/no/such/parent").unwrap_err().errno(), Some("ENOENT"));
     }
 
     #[test]
     fn errors_name_operation_and_path() {
         let (_d, _fake, xs) = fake();
         let e = xs.read("/local/domain/2/console/state").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "xenstore READ /local/domain/2/console/state: ENOENT"
-        );
+        assert_eq!(e.to_string(), "xenstore READ /local/domain/2/console/state: ENOENT");
         assert!(e.is_not_found());
         let e = xs.directory("backend/9pfs/2").unwrap_err();
         assert_eq!(e.to_string(), "xenstore DIRECTORY backend/9pfs/2: ENOENT");
@@ -1707,31 +1473,16 @@ mod tests {
     fn arguments_are_checked_before_sending() {
         let (_d, fake, xs) = fake();
         let before = fake.log().len();
-        assert!(matches!(
-            xs.write("a\0b", "x"),
-            Err(XsError::Invalid { .. })
-        ));
+        assert!(matches!(xs.write("a\0b", "x"), Err(XsError::Invalid { .. })));
         assert!(matches!(xs.read(""), Err(XsError::Invalid { .. })));
         assert!(matches!(xs.watch("a", "t\0"), Err(XsError::Invalid { .. })));
-        assert!(matches!(
-            xs.set_perms("a", &[]),
-            Err(XsError::Invalid { .. })
-        ));
-        let e = xs
-            .write("big", vec![b'x'; XENSTORE_PAYLOAD_MAX])
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("xenstore WRITE big: payload of 4100 bytes exceeds 4096")
-        );
-        assert!(matches!(
-            xs.read(&"a".repeat(XENSTORE_ABS_PATH_MAX + 1)),
-            Err(XsError::TooLarge { .. })
-        ));
+        assert!(matches!(xs.set_perms("a", &[]), Err(XsError::Invalid { .. })));
+        let e = xs.write("big", vec![b'x'; XENSTORE_PAYLOAD_MAX]).unwrap_err();
+        assert_eq!(e.to_string(), format!("xenstore WRITE big: payload of 4100 bytes exceeds 4096"));
+        assert!(matches!(xs.read(&"a".repeat(XENSTORE_ABS_PATH_MAX + 1)), Err(XsError::TooLarge { .. })));
         assert_eq!(fake.log().len(), before, "nothing may reach the server");
         // The largest payload that fits is accepted.
-        xs.write("big", vec![b'x'; XENSTORE_PAYLOAD_MAX - 4])
-            .unwrap();
+        xs.write("big", vec![b'x'; XENSTORE_PAYLOAD_MAX - 4]).unwrap();
         assert_eq!(xs.read("big").unwrap().len(), XENSTORE_PAYLOAD_MAX - 4);
     }
 
@@ -1741,40 +1492,20 @@ mod tests {
         // What QEMU does for each PV backend it offers (lab capture).
         xs.mkdir("device-model/2/backends/console").unwrap();
         let perms = [Perm::new(Access::None, 0), Perm::new(Access::Read, 2)];
-        xs.set_perms("device-model/2/backends/console", &perms)
-            .unwrap();
-        assert_eq!(
-            xs.get_perms("device-model/2/backends/console").unwrap(),
-            perms
-        );
-        assert_eq!(
-            fake.perms("/local/domain/0/device-model/2/backends/console")
-                .unwrap(),
-            perms
-        );
-        assert!(fake
-            .log()
-            .iter()
-            .any(|(op, _, p)| op == "SET_PERMS" && p == "device-model/2/backends/console|n0|r2|"));
+        xs.set_perms("device-model/2/backends/console", &perms).unwrap();
+        assert_eq!(xs.get_perms("device-model/2/backends/console").unwrap(), perms);
+        assert_eq!(fake.perms("/local/domain/0/device-model/2/backends/console").unwrap(), perms);
+        assert!(fake.log().iter().any(|(op, _, p)| op == "SET_PERMS" && p == "device-model/2/backends/console|n0|r2|"));
         // Children inherit.
         xs.write("device-model/2/backends/console/x", "1").unwrap();
-        assert_eq!(
-            xs.get_perms("device-model/2/backends/console/x").unwrap(),
-            perms
-        );
-        assert_eq!(
-            xs.set_perms("/missing", &perms).unwrap_err().errno(),
-            Some("ENOENT")
-        );
+        assert_eq!(xs.get_perms("device-model/2/backends/console/x").unwrap(), perms);
+        assert_eq!(xs.set_perms("/missing", &perms).unwrap_err().errno(), Some("ENOENT"));
     }
 
     #[test]
     fn perm_strings() {
         assert_eq!("n0".parse::<Perm>().unwrap(), Perm::new(Access::None, 0));
-        assert_eq!(
-            "b32752".parse::<Perm>().unwrap(),
-            Perm::new(Access::Both, 32752)
-        );
+        assert_eq!("b32752".parse::<Perm>().unwrap(), Perm::new(Access::Both, 32752));
         assert_eq!(Perm::new(Access::Write, 7).to_string(), "w7");
         for bad in ["", "n", "x1", "r-1", "r1a", "r99999999999", "r+1"] {
             assert!(bad.parse::<Perm>().is_err(), "{bad:?}");
@@ -1790,12 +1521,7 @@ mod tests {
 
     #[test]
     fn header_encoding() {
-        let h = Header {
-            ty: 11,
-            req_id: 0x0102_0304,
-            tx_id: 7,
-            len: 4096,
-        };
+        let h = Header { ty: 11, req_id: 0x0102_0304, tx_id: 7, len: 4096 };
         let b = h.to_bytes();
         assert_eq!(b, [11, 0, 0, 0, 4, 3, 2, 1, 7, 0, 0, 0, 0, 16, 0, 0]);
         assert_eq!(Header::parse(&b), Some(h));
@@ -1804,15 +1530,7 @@ mod tests {
             assert_eq!(Op::from_code(op.code()), Some(op));
         }
         assert_eq!(Op::from_code(8), None);
-        assert_eq!(
-            (
-                Op::Read.code(),
-                Op::Write.code(),
-                Op::Error.code(),
-                Op::WatchEvent.code()
-            ),
-            (2, 11, 16, 15)
-        );
+        assert_eq!((Op::Read.code(), Op::Write.code(), Op::Error.code(), Op::WatchEvent.code()), (2, 11, 16, 15));
     }
 
     #[test]
@@ -1820,41 +1538,23 @@ mod tests {
         let (_d, fake, xs) = fake();
         let mut rx = xs.watch("backend/console/2", "be:console").unwrap();
         // xenstored fires once right away, with the path as registered.
-        assert_eq!(
-            next_event(&mut rx),
-            Some(ev("backend/console/2", "be:console"))
-        );
+        assert_eq!(next_event(&mut rx), Some(ev("backend/console/2", "be:console")));
         // Another party writes below the watched node.
         fake.write("/local/domain/0/backend/console/2/0/state", "1");
-        assert_eq!(
-            next_event(&mut rx),
-            Some(ev("backend/console/2/0/state", "be:console"))
-        );
+        assert_eq!(next_event(&mut rx), Some(ev("backend/console/2/0/state", "be:console")));
         // Our own write: the fake sends the event *before* the WRITE reply
         // (as xenstored does in the lab capture); the write must still
         // succeed and the event must already be queued when it returns.
         xs.write("backend/console/2/0/state", "2").unwrap();
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            ev("backend/console/2/0/state", "be:console")
-        );
+        assert_eq!(rx.try_recv().unwrap(), ev("backend/console/2/0/state", "be:console"));
         // An absolute watch reports absolute paths.
         let mut abs = xs.watch("/local/domain/2/console", "fe:console").unwrap();
-        assert_eq!(
-            next_event(&mut abs),
-            Some(ev("/local/domain/2/console", "fe:console"))
-        );
+        assert_eq!(next_event(&mut abs), Some(ev("/local/domain/2/console", "fe:console")));
         fake.write("/local/domain/2/console/type", "xenconsoled");
-        assert_eq!(
-            next_event(&mut abs),
-            Some(ev("/local/domain/2/console/type", "fe:console"))
-        );
+        assert_eq!(next_event(&mut abs), Some(ev("/local/domain/2/console/type", "fe:console")));
         // Removal of an ancestor fires with the watched path.
         fake.rm("/local/domain/2");
-        assert_eq!(
-            next_event(&mut abs),
-            Some(ev("/local/domain/2/console", "fe:console"))
-        );
+        assert_eq!(next_event(&mut abs), Some(ev("/local/domain/2/console", "fe:console")));
         // Unrelated changes do not fire.
         fake.write("/local/domain/0/backend/vkbd/2/0/state", "1");
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
@@ -1863,28 +1563,17 @@ mod tests {
         fake.write("/local/domain/0/backend/console/2/0/state", "3");
         assert_eq!(next_event(&mut rx), None);
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
-        assert_eq!(
-            xs.unwatch("backend/console/2", "be:console")
-                .unwrap_err()
-                .errno(),
-            Some("ENOENT")
-        );
+        assert_eq!(xs.unwatch("backend/console/2", "be:console").unwrap_err().errno(), Some("ENOENT"));
         // The other watch is still alive.
         fake.write("/local/domain/2/console/tty", "/dev/pts/1");
-        assert_eq!(
-            next_event(&mut abs),
-            Some(ev("/local/domain/2/console/tty", "fe:console"))
-        );
+        assert_eq!(next_event(&mut abs), Some(ev("/local/domain/2/console/tty", "fe:console")));
     }
 
     #[test]
     fn duplicate_token_is_refused_locally() {
         let (_d, _fake, xs) = fake();
         let _rx = xs.watch("a", "tok").unwrap();
-        assert!(matches!(
-            xs.watch("b", "tok"),
-            Err(XsError::DuplicateToken { .. })
-        ));
+        assert!(matches!(xs.watch("b", "tok"), Err(XsError::DuplicateToken { .. })));
     }
 
     #[test]
@@ -1896,11 +1585,7 @@ mod tests {
         assert_eq!(next_event(&mut rx), None);
         let e = xs.read("domid").unwrap_err();
         assert!(matches!(e, XsError::Closed { .. }), "{e}");
-        assert!(
-            e.to_string()
-                .starts_with("xenstore READ domid: connection closed"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("xenstore READ domid: connection closed"), "{e}");
     }
 
     #[test]
@@ -1910,10 +1595,7 @@ mod tests {
         assert_ne!(tx.id(), 0);
         tx.write("t/a", "1").unwrap();
         assert_eq!(tx.read("t/a").unwrap(), "1");
-        assert!(
-            xs.read("t/a").unwrap_err().is_not_found(),
-            "not visible before commit"
-        );
+        assert!(xs.read("t/a").unwrap_err().is_not_found(), "not visible before commit");
         assert!(tx.commit().unwrap());
         assert_eq!(xs.read("t/a").unwrap(), "1");
 
@@ -1934,11 +1616,7 @@ mod tests {
         tx.write("t/d", "1").unwrap();
         assert!(!tx.commit().unwrap(), "conflict must ask for a retry");
         assert!(xs.read("t/d").unwrap_err().is_not_found());
-        let ends: Vec<_> = fake
-            .log()
-            .into_iter()
-            .filter(|(op, _, _)| op == "TRANSACTION_END")
-            .collect();
+        let ends: Vec<_> = fake.log().into_iter().filter(|(op, _, _)| op == "TRANSACTION_END").collect();
         assert_eq!(ends.len(), 4);
     }
 
@@ -1973,34 +1651,16 @@ mod tests {
         fake.write("/local/domain/0/device-model/5", "");
         let libxl = XenStore::connect_unix(fake.path()).unwrap();
         libxl.set_timeout(Duration::from_secs(5));
-        let mut rx = libxl
-            .watch("/local/domain/0/device-model/5/state", "3/0")
-            .unwrap();
-        assert_eq!(
-            next_event(&mut rx),
-            Some(ev("/local/domain/0/device-model/5/state", "3/0"))
-        );
+        let mut rx = libxl.watch("/local/domain/0/device-model/5/state", "3/0").unwrap();
+        assert_eq!(next_event(&mut rx), Some(ev("/local/domain/0/device-model/5/state", "3/0")));
         let path = announce_running(&xs, 5).unwrap();
         assert_eq!(path, "/local/domain/0/device-model/5/state");
-        assert_eq!(
-            next_event(&mut rx),
-            Some(ev("/local/domain/0/device-model/5/state", "3/0"))
-        );
+        assert_eq!(next_event(&mut rx), Some(ev("/local/domain/0/device-model/5/state", "3/0")));
         assert_eq!(libxl.read(&path).unwrap(), "running");
         let log = fake.log();
-        let ours: Vec<_> = log
-            .iter()
-            .filter(|(op, _, _)| op == "READ" || op == "WRITE")
-            .collect();
-        assert!(
-            ours.iter().any(|(op, _, p)| op == "READ" && p == "domid|"),
-            "{log:?}"
-        );
-        assert!(
-            ours.iter()
-                .any(|(op, _, p)| op == "WRITE"
-                    && p == "/local/domain/0/device-model/5/state|running")
-        );
+        let ours: Vec<_> = log.iter().filter(|(op, _, _)| op == "READ" || op == "WRITE").collect();
+        assert!(ours.iter().any(|(op, _, p)| op == "READ" && p == "domid|"), "{log:?}");
+        assert!(ours.iter().any(|(op, _, p)| op == "WRITE" && p == "/local/domain/0/device-model/5/state|running"));
         drop(libxl);
     }
 
@@ -2009,10 +1669,7 @@ mod tests {
         let (_d, fake, xs) = fake();
         fake.rm("/local/domain/0/domid");
         assert_eq!(announce_running(&xs, 7).unwrap(), "device-model/7/state");
-        assert_eq!(
-            fake.read("/local/domain/0/device-model/7/state").unwrap(),
-            b"running"
-        );
+        assert_eq!(fake.read("/local/domain/0/device-model/7/state").unwrap(), b"running");
     }
 
     #[test]
@@ -2022,10 +1679,7 @@ mod tests {
         assert_eq!(xs.read("domid").unwrap(), "0");
         let file = dir.path().join("plain");
         std::fs::write(&file, b"").unwrap();
-        assert_eq!(
-            XenStore::open_path(&file).unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
+        assert_eq!(XenStore::open_path(&file).unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 
     /// A one-connection server that answers each request with `respond`.
@@ -2053,14 +1707,7 @@ mod tests {
     }
 
     fn msg(ty: u32, req_id: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = Header {
-            ty,
-            req_id,
-            tx_id: 0,
-            len: payload.len() as u32,
-        }
-        .to_bytes()
-        .to_vec();
+        let mut v = Header { ty, req_id, tx_id: 0, len: payload.len() as u32 }.to_bytes().to_vec();
         v.extend_from_slice(payload);
         v
     }
@@ -2069,14 +1716,7 @@ mod tests {
     fn oversized_reply_kills_the_connection() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _h) = raw_server(dir.path(), |h, _| {
-            let mut out = Header {
-                ty: h.ty,
-                req_id: h.req_id,
-                tx_id: 0,
-                len: 5000,
-            }
-            .to_bytes()
-            .to_vec();
+            let mut out = Header { ty: h.ty, req_id: h.req_id, tx_id: 0, len: 5000 }.to_bytes().to_vec();
             out.extend_from_slice(&[b'a'; 5000]);
             Some(out)
         });

@@ -104,7 +104,9 @@ const MIB: u64 = 1024 * KIB;
 pub enum CmosError {
     #[error("setting the CMOS boot order from -boot order={order}: at most 3 devices")]
     TooManyBootDevices { order: String },
-    #[error("setting the CMOS boot order from -boot order={order}: '{device}' is not a PC boot device (a, b, c, d or n)")]
+    #[error(
+        "setting the CMOS boot order from -boot order={order}: '{device}' is not a PC boot device (a, b, c, d or n)"
+    )]
     InvalidBootDevice { order: String, device: char },
     #[error("registering the CMOS ports: {0}")]
     Register(#[from] BusError),
@@ -465,10 +467,14 @@ mod tests {
         assert_eq!(c.get(0xff), c.get(0x7f));
     }
 
-    crate::snapshot_conformance!(snapshot_conformance, Cmos::new(&CmosConfig::new(GIB, 0, 1)).unwrap(), |d: &mut Cmos| {
-        d.write(0, &[0x50]);
-        d.write(1, &[0x99]);
-    });
+    crate::snapshot_conformance!(
+        snapshot_conformance,
+        Cmos::new(&CmosConfig::new(GIB, 0, 1)).unwrap(),
+        |d: &mut Cmos| {
+            d.write(0, &[0x50]);
+            d.write(1, &[0x99]);
+        }
+    );
 
     #[test]
     fn restore_checks_the_length() {

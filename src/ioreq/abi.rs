@@ -16,8 +16,6 @@
 //!   the second holding the high half.
 //! * `buffered_iopage` (4096 bytes): `read_pointer` u32 @0, `write_pointer`
 //!   u32 @4, 511 slots from @8.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
-
 use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -69,7 +69,11 @@ impl BusDevice for Port92 {
         self.outport = v;
         if v & FAST_RESET != 0 && old & FAST_RESET == 0 {
             if let Some(suppressed) = self.log.check() {
-                tracing::info!(value = format_args!("{v:#04x}"), suppressed, "guest requested a reset through port 0x92");
+                tracing::info!(
+                    value = format_args!("{v:#04x}"),
+                    suppressed,
+                    "guest requested a reset through port 0x92"
+                );
             }
             self.hv.shutdown(ShutdownReason::Reboot);
             self.outport &= !FAST_RESET;

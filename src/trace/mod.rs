@@ -25,7 +25,8 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+use xendm_devices::sync::lock;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -33,7 +34,7 @@ use vm_memory::GuestAddress;
 use xendm_devices::bus::RangeChange;
 use xendm_devices::{GuestMemory, HvCall, Hypervisor, MemError, ShutdownReason};
 
-use crate::abi::Ioreq;
+use crate::ioreq::abi::Ioreq;
 
 /// Current trace format version.
 pub const TRACE_VERSION: u32 = 1;
@@ -113,10 +114,6 @@ pub enum TraceError {
     Divergence { index: u64, field: &'static str, expected: String, actual: String },
     #[error("replay: {0}")]
     Replay(String),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Default)]
@@ -269,9 +266,7 @@ impl RecordSink for FileSink {
             return;
         }
         let Some(out) = &mut self.out else { return };
-        let res = serde_json::to_string(r)
-            .map_err(std::io::Error::other)
-            .and_then(|line| writeln!(out, "{line}"));
+        let res = serde_json::to_string(r).map_err(std::io::Error::other).and_then(|line| writeln!(out, "{line}"));
         if let Err(e) = res {
             tracing::error!(path = %self.path.display(), error = %e, "writing the ioreq trace failed; recording stopped");
             self.failed = true;
@@ -392,9 +387,7 @@ fn next_line<R: BufRead>(r: &mut R, max: usize) -> Result<Option<String>, LineEr
     if buf.len() > max {
         return Err(LineError::TooLong);
     }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|e| LineError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    String::from_utf8(buf).map(Some).map_err(|e| LineError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 impl TraceReader {
@@ -410,7 +403,10 @@ impl TraceReader {
             .map_err(|e| fmt(1, e.to_string()))?
             .ok_or_else(|| fmt(1, "empty file".into()))?;
         let v: serde_json::Value = serde_json::from_str(&first).map_err(|e| fmt(1, e.to_string()))?;
-        let found = v.get("xendm_trace").and_then(serde_json::Value::as_u64).ok_or_else(|| fmt(1, "not an xendm trace header".into()))?;
+        let found = v
+            .get("xendm_trace")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| fmt(1, "not an xendm trace header".into()))?;
         if found != u64::from(TRACE_VERSION) {
             return Err(TraceError::Version { path: path.to_path_buf(), found });
         }
@@ -542,7 +538,7 @@ pub trait ReplayMachine {
         header: &Header,
         mem: Arc<dyn GuestMemory>,
         hv: Arc<dyn Hypervisor>,
-    ) -> Result<crate::engine::Engine, String>;
+    ) -> Result<crate::ioreq::engine::Engine, String>;
 }
 
 fn first_diff<T: PartialEq + std::fmt::Debug>(
@@ -569,7 +565,8 @@ pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary,
     let header = reader.header.clone();
     let mem = Arc::new(ReplayMemory::default());
     let tap = Tap::new();
-    let hv: Arc<dyn Hypervisor> = Arc::new(RecordingHypervisor::new(Arc::new(xendm_devices::hv::FakeHypervisor::new()), tap.clone()));
+    let hv: Arc<dyn Hypervisor> =
+        Arc::new(RecordingHypervisor::new(Arc::new(xendm_devices::hv::FakeHypervisor::new()), tap.clone()));
     let rec_mem: Arc<dyn GuestMemory> = Arc::new(RecordingMemory::new(mem.clone(), tap.clone()));
     let mut engine = machine.build(&header, rec_mem, hv).map_err(TraceError::Machine)?;
     let sink = VecSink::default();
@@ -602,8 +599,8 @@ pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::IOREQ_TYPE_PIO;
-    use crate::engine::{Engine, NoHooks};
+    use crate::ioreq::abi::IOREQ_TYPE_PIO;
+    use crate::ioreq::engine::{Engine, NoHooks};
     use xendm_devices::bus::BusDevice;
     use xendm_devices::Bus;
 
@@ -642,12 +639,14 @@ mod tests {
     }
 
     fn record_echo(path: &Path, script: &[Ioreq], tweak_mem: bool) {
-        let header = Header { xendm_trace: TRACE_VERSION, argv: vec![], files: BTreeMap::new(), producer: "test".into() };
+        let header =
+            Header { xendm_trace: TRACE_VERSION, argv: vec![], files: BTreeMap::new(), producer: "test".into() };
         let tm = Arc::new(xendm_devices::mem::TestMemory::new(&[(0, 0x1000)]).unwrap());
         tm.write(GuestAddress(0x200), &[if tweak_mem { 9 } else { 5 }, 6]).unwrap();
         let tap = Tap::new();
         let mem: Arc<dyn GuestMemory> = Arc::new(RecordingMemory::new(tm, tap.clone()));
-        let hv: Arc<dyn Hypervisor> = Arc::new(RecordingHypervisor::new(Arc::new(xendm_devices::hv::FakeHypervisor::new()), tap.clone()));
+        let hv: Arc<dyn Hypervisor> =
+            Arc::new(RecordingHypervisor::new(Arc::new(xendm_devices::hv::FakeHypervisor::new()), tap.clone()));
         let mut e = EchoMachine.build(&header, mem, hv).unwrap();
         e.set_recorder(Recorder::new(tap, Box::new(FileSink::create(path, &header).unwrap())));
         for r in script {
@@ -657,13 +656,17 @@ mod tests {
     }
 
     fn script() -> Vec<Ioreq> {
-        let w = |d| Ioreq { addr: 0x80, data: d, count: 1, size: 1, data_is_ptr: false, is_read: false, df: false, kind: IOREQ_TYPE_PIO };
-        vec![
-            w(7),
-            Ioreq { is_read: true, ..w(0) },
-            Ioreq { addr: 0x81, ..w(1) },
-            w(0xee),
-        ]
+        let w = |d| Ioreq {
+            addr: 0x80,
+            data: d,
+            count: 1,
+            size: 1,
+            data_is_ptr: false,
+            is_read: false,
+            df: false,
+            kind: IOREQ_TYPE_PIO,
+        };
+        vec![w(7), Ioreq { is_read: true, ..w(0) }, Ioreq { addr: 0x81, ..w(1) }, w(0xee)]
     }
 
     #[test]
@@ -699,7 +702,13 @@ mod tests {
         gz.finish().unwrap();
         let e = replay(&p, &EchoMachine).unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("record 1") && s.contains("response data") && s.contains("expected: 8") && s.contains("actual:   7"), "{s}");
+        assert!(
+            s.contains("record 1")
+                && s.contains("response data")
+                && s.contains("expected: 8")
+                && s.contains("actual:   7"),
+            "{s}"
+        );
     }
 
     #[test]

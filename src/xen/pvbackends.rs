@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use crate::xenstore::{XenStore, XsError};
+use crate::xen::xenstore::{XenStore, XsError};
 
 /// `XenbusStateInitialising`.
 pub const STATE_INITIALISING: &str = "1";
@@ -84,7 +84,7 @@ pub async fn close_vkbd_forever(xs: Arc<XenStore>, domid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xenstore::testing::FakeXenstored;
+    use crate::xen::xenstore::testing::FakeXenstored;
 
     #[test]
     fn only_initialising_backends_are_closed() {
@@ -98,8 +98,16 @@ mod tests {
         fake.write("/local/domain/0/backend/vkbd/4/0/state", "1");
         assert_eq!(close_unserved(&xs, "vkbd", 3).unwrap(), vec!["0".to_string()]);
         assert_eq!(fake.read("/local/domain/0/backend/vkbd/3/0/state").as_deref(), Some(&b"6"[..]));
-        assert_eq!(fake.read("/local/domain/0/backend/vkbd/3/1/state").as_deref(), Some(&b"4"[..]), "a served device is left alone");
-        assert_eq!(fake.read("/local/domain/0/backend/vkbd/4/0/state").as_deref(), Some(&b"1"[..]), "other guests are left alone");
+        assert_eq!(
+            fake.read("/local/domain/0/backend/vkbd/3/1/state").as_deref(),
+            Some(&b"4"[..]),
+            "a served device is left alone"
+        );
+        assert_eq!(
+            fake.read("/local/domain/0/backend/vkbd/4/0/state").as_deref(),
+            Some(&b"1"[..]),
+            "other guests are left alone"
+        );
         assert!(close_unserved(&xs, "vkbd", 3).unwrap().is_empty(), "idempotent");
     }
 

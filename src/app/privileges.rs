@@ -79,8 +79,10 @@ fn sys(call: impl Into<String>, rc: libc::c_int) -> Result<(), PrivError> {
 /// # Errors
 /// If either call fails (the message names the directory).
 pub fn chroot(dir: &Path) -> Result<(), PrivError> {
-    let c = CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| PrivError::Sys { call: format!("chroot({})", dir.display()), source: std::io::ErrorKind::InvalidInput.into() })?;
+    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| PrivError::Sys {
+        call: format!("chroot({})", dir.display()),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })?;
     // SAFETY: valid NUL-terminated path; chroot does not retain the pointer.
     sys(format!("chroot({})", dir.display()), unsafe { libc::chroot(c.as_ptr()) })?;
     // SAFETY: static NUL-terminated string.
@@ -110,7 +112,10 @@ pub fn become_user(r: &RunAs) -> Result<(), PrivError> {
     sys(format!("setuid({})", r.uid), unsafe { libc::setuid(r.uid) })?;
     // SAFETY: plain integer argument; we expect failure.
     if unsafe { libc::setuid(0) } == 0 {
-        return Err(PrivError::Sys { call: "setuid(0) after dropping".into(), source: std::io::ErrorKind::PermissionDenied.into() });
+        return Err(PrivError::Sys {
+            call: "setuid(0) after dropping".into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        });
     }
     Ok(())
 }

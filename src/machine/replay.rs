@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use xendm_devices::{GuestMemory, Hypervisor};
 
 use crate::cli::{self, Command};
-use crate::engine::{Engine, NoHooks};
+use crate::ioreq::engine::{Engine, NoHooks};
 use crate::machine::{self, Inputs};
 use crate::trace::{Header, ReplayMachine};
 
@@ -87,7 +87,7 @@ impl ReplayMachine for XendmReplay {
             Command::Run(c) => c,
             _ => return Err("trace argv does not run a device model".into()),
         };
-        let sinks = cfg.serial_ports().map(|_| Box::new(xendm_devices::uart::NullSink) as _).collect();
+        let sinks = cfg.serial_ports().map(|_| Box::new(xendm_devices::pc::uart::NullSink) as _).collect();
         let m = machine::build(&cfg, Inputs { hv, mem, hooks: Box::new(NoHooks), serial_sinks: sinks })
             .map_err(|e| e.to_string())?;
         Ok(m.engine)

@@ -40,16 +40,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use xendm_devices::sync::{lock, wait_timeout};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::pty::OpenptFlags;
 use rustix::termios::OptionalActions;
+use xendm_devices::pc::uart::{NullSink, SerialSink, Uart};
 use xendm_devices::ratelimit::RateLimit;
-use xendm_devices::uart::{NullSink, SerialSink, Uart};
 
 /// Output bytes buffered per backend before the oldest are dropped.
 pub const OUTPUT_BUFFER: usize = 64 * 1024;
@@ -150,17 +151,6 @@ impl FromStr for ChardevSpec {
         }
         let backend = s.split(':').next().unwrap_or(s);
         Err(err(&format!("backend {backend:?} is not supported (use pty, file:PATH, stdio, null, none or unix:PATH)")))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn wait_timeout<'a, T>(c: &Condvar, g: MutexGuard<'a, T>, d: Duration) -> MutexGuard<'a, T> {
-    match c.wait_timeout(g, d) {
-        Ok((g, _)) => g,
-        Err(e) => e.into_inner().0,
     }
 }
 
@@ -294,7 +284,11 @@ fn write_unix(conn: &UnixConn, mut data: &[u8], stop: &AtomicBool) -> Sent {
                 return Sent::Lost(data.len());
             }
             Ok(n) => data = data.get(n..).unwrap_or_default(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 tracing::info!(path = %conn.path.display(), error = %e, "serial socket peer went away");
                 conn.disconnect(&stream);
@@ -322,7 +316,11 @@ fn writer_loop(q: Arc<OutQueue>, target: OutTarget, stop: Arc<AtomicBool>) {
         let dropped = lock(&q.st).dropped;
         if dropped != reported {
             if let Some(suppressed) = log.check() {
-                tracing::warn!(dropped_total = dropped, suppressed, "serial output dropped (no reader, or the backend failed)");
+                tracing::warn!(
+                    dropped_total = dropped,
+                    suppressed,
+                    "serial output dropped (no reader, or the backend failed)"
+                );
                 reported = dropped;
             }
         }
@@ -490,7 +488,16 @@ impl InSource {
                         }
                     }
                     Ok(n) => Got::Data(n),
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => Got::Idle,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        Got::Idle
+                    }
                     Err(e) => {
                         tracing::info!(path = %conn.path.display(), error = %e, "serial socket read failed");
                         conn.disconnect(&stream);
@@ -547,11 +554,13 @@ fn pty_err(op: &'static str) -> impl FnOnce(Errno) -> ChardevError {
 
 /// Opens a pty pair in raw mode: (non-blocking master, slave, slave path).
 fn open_pty() -> Result<(OwnedFd, OwnedFd, PathBuf), ChardevError> {
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).map_err(pty_err("posix_openpt"))?;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .map_err(pty_err("posix_openpt"))?;
     rustix::pty::grantpt(&master).map_err(pty_err("grantpt"))?;
     rustix::pty::unlockpt(&master).map_err(pty_err("unlockpt"))?;
     let name = rustix::pty::ptsname(&master, Vec::new()).map_err(pty_err("ptsname"))?;
-    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty()).map_err(pty_err("open slave"))?;
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(pty_err("open slave"))?;
     let mut t = rustix::termios::tcgetattr(&slave).map_err(pty_err("tcgetattr"))?;
     t.make_raw();
     rustix::termios::tcsetattr(&slave, OptionalActions::Now, &t).map_err(pty_err("tcsetattr"))?;
@@ -597,7 +606,8 @@ impl Chardev {
                 Some(OutTarget::Fd(master))
             }
             ChardevSpec::Stdio => {
-                let dup = |fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| ChardevError::Stdio { source: e.into() });
+                let dup =
+                    |fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| ChardevError::Stdio { source: e.into() });
                 let out = dup(rustix::stdio::stdout())?;
                 let inp = dup(rustix::stdio::stdin())?;
                 *lock(&dev.input) = Some(InSource::Fd(Arc::new(inp)));
@@ -613,19 +623,30 @@ impl Chardev {
                 Some(OutTarget::Fd(Arc::new(OwnedFd::from(f))))
             }
             ChardevSpec::Unix { path, server, wait } => {
-                let conn = Arc::new(UnixConn { path: path.clone(), server: *server, slot: Mutex::new(None), cond: Condvar::new(), stop: stop.clone() });
+                let conn = Arc::new(UnixConn {
+                    path: path.clone(),
+                    server: *server,
+                    slot: Mutex::new(None),
+                    cond: Condvar::new(),
+                    stop: stop.clone(),
+                });
                 if *server {
-                    let listener = UnixListener::bind(path).map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
+                    let listener = UnixListener::bind(path)
+                        .map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
                     if *wait {
                         tracing::info!(path = %path.display(), "serial: waiting for a connection");
-                        let (s, _) = listener.accept().map_err(|source| ChardevError::Accept { path: path.clone(), source })?;
+                        let (s, _) =
+                            listener.accept().map_err(|source| ChardevError::Accept { path: path.clone(), source })?;
                         conn.set(s);
                     }
-                    listener.set_nonblocking(true).map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
+                    listener
+                        .set_nonblocking(true)
+                        .map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
                     let c = conn.clone();
                     spawn("accept", move || acceptor_loop(c, listener))?;
                 } else {
-                    let s = UnixStream::connect(path).map_err(|source| ChardevError::Connect { path: path.clone(), source })?;
+                    let s = UnixStream::connect(path)
+                        .map_err(|source| ChardevError::Connect { path: path.clone(), source })?;
                     conn.set(s);
                 }
                 *lock(&dev.input) = Some(InSource::Unix(conn.clone()));
@@ -805,12 +826,26 @@ mod tests {
         assert_eq!(p("null").unwrap(), ChardevSpec::Null);
         assert_eq!(p("none").unwrap(), ChardevSpec::None);
         assert_eq!(p("stdio").unwrap(), ChardevSpec::Stdio);
-        assert_eq!(p("file:/tmp/guest-serial-hvm1.log").unwrap(), ChardevSpec::File("/tmp/guest-serial-hvm1.log".into()));
+        assert_eq!(
+            p("file:/tmp/guest-serial-hvm1.log").unwrap(),
+            ChardevSpec::File("/tmp/guest-serial-hvm1.log".into())
+        );
         assert_eq!(p("unix:/run/s").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: false, wait: false });
-        assert_eq!(p("unix:/run/s,server").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: true });
-        assert_eq!(p("unix:/run/s,server,nowait").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false });
-        assert_eq!(p("unix:/run/s,server=on,wait=off").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false });
-        for bad in ["file:", "unix:", "unix:/s,server=maybe", "unix:/s,telnet", "tcp:localhost:4444", "vc", "/dev/ttyS0", ""] {
+        assert_eq!(
+            p("unix:/run/s,server").unwrap(),
+            ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: true }
+        );
+        assert_eq!(
+            p("unix:/run/s,server,nowait").unwrap(),
+            ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false }
+        );
+        assert_eq!(
+            p("unix:/run/s,server=on,wait=off").unwrap(),
+            ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false }
+        );
+        for bad in
+            ["file:", "unix:", "unix:/s,server=maybe", "unix:/s,telnet", "tcp:localhost:4444", "vc", "/dev/ttyS0", ""]
+        {
             let e = p(bad).unwrap_err();
             assert!(e.to_string().contains("-serial"), "{bad}: {e}");
         }
@@ -989,7 +1024,9 @@ mod tests {
         drop(peer);
         drop(listener);
         guest_write(&uart, &[b'z'; 5000]);
-        let e = Chardev::open(&format!("unix:{}", dir.path().join("absent.sock").display()).parse().unwrap()).err().unwrap();
+        let e = Chardev::open(&format!("unix:{}", dir.path().join("absent.sock").display()).parse().unwrap())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("absent.sock"), "{e}");
     }
 

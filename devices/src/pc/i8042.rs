@@ -607,7 +607,11 @@ impl I8042 {
             CCMD_DISABLE_A20 => self.st.outport &= !OUT_A20,
             _ => {
                 if let Some(suppressed) = self.log.check() {
-                    tracing::debug!(cmd = format_args!("{cmd:#04x}"), suppressed, "i8042: unsupported controller command");
+                    tracing::debug!(
+                        cmd = format_args!("{cmd:#04x}"),
+                        suppressed,
+                        "i8042: unsupported controller command"
+                    );
                 }
             }
         }
@@ -727,7 +731,8 @@ impl Snapshot for I8042 {
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
         let s: I8042State = serde_json::from_value(state.clone()).map_err(|e| SnapshotError::malformed("i8042", e))?;
         let bad = |reason: &str| SnapshotError::Malformed { device: "i8042", reason: reason.to_string() };
-        if s.kbd.len() > PS2_QUEUE_SIZE || s.kbd.replies.len() > KBD_MAX_REPLIES || s.mouse.queue.len() > PS2_QUEUE_SIZE {
+        if s.kbd.len() > PS2_QUEUE_SIZE || s.kbd.replies.len() > KBD_MAX_REPLIES || s.mouse.queue.len() > PS2_QUEUE_SIZE
+        {
             return Err(bad("a PS/2 queue is longer than the device allows"));
         }
         if !(1..=3).contains(&s.kbd.scancode_set) {

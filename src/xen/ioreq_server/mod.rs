@@ -106,11 +106,11 @@ use super::sys::{
     IOREQ_SERVER_FRAME_IOREQ, XENMEM_RESOURCE_IOREQ_SERVER, XEN_PAGE_SIZE,
 };
 use super::XenError;
-use crate::abi::{
+use crate::ioreq::abi::{
     Ioreq, IoreqRaw, BUF_READ_POINTER_OFFSET, BUF_SLOTS_OFFSET, BUF_WRITE_POINTER_OFFSET, FLAG_STATE_MASK,
     IOREQ_BUFFER_SLOT_NUM, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY,
 };
-use crate::engine::{BufferedRing, Engine};
+use crate::ioreq::engine::{BufferedRing, Engine};
 
 /// vCPU slots in the synchronous page (`HVM_MAX_VCPUS`: 4096 / 32).
 pub const MAX_VCPUS: u32 = (XEN_PAGE_SIZE / std::mem::size_of::<IoreqRaw>()) as u32;
@@ -324,8 +324,9 @@ impl StopHandle {
     /// # Errors
     /// If no eventfd can be created.
     pub fn new() -> Result<Self, XenError> {
-        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-            .map_err(|e| XenError::Call { call: "eventfd", errno: e.raw_os_error() })?;
+        let fd =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+                .map_err(|e| XenError::Call { call: "eventfd", errno: e.raw_os_error() })?;
         Ok(Self { fd: Arc::new(fd), stopped: Arc::new(AtomicBool::new(false)) })
     }
 
@@ -788,7 +789,12 @@ impl IoreqServer {
     ///
     /// # Errors
     /// The first failing call.
-    pub fn create(dm: Arc<DeviceModel>, fmem: Arc<ForeignMemory>, evtchn: EventChannels, max_cpus: u32) -> Result<Self, XenError> {
+    pub fn create(
+        dm: Arc<DeviceModel>,
+        fmem: Arc<ForeignMemory>,
+        evtchn: EventChannels,
+        max_cpus: u32,
+    ) -> Result<Self, XenError> {
         evtchn.set_nonblocking()?;
         let ops = XenSetup { dm: &dm, fmem: &fmem, evtchn: &evtchn };
         let done = setup(&ops, max_cpus)?;
@@ -888,8 +894,8 @@ impl Drop for IoreqServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::{BufSlot, IOREQ_TYPE_COPY, IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET, STATE_IOREQ_NONE};
-    use crate::engine::EngineHooks;
+    use crate::ioreq::abi::{BufSlot, IOREQ_TYPE_COPY, IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET, STATE_IOREQ_NONE};
+    use crate::ioreq::engine::EngineHooks;
     use std::collections::VecDeque;
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
@@ -1073,7 +1079,7 @@ mod tests {
         assert_eq!(s.state(), STATE_IORESP_READY);
         assert_eq!(s.data, 0x4242, "device read at offset 2, two bytes");
         assert_eq!(s.vp_eport, 7, "vp_eport untouched");
-        assert_eq!(s.flags & !FLAG_STATE_MASK, crate::abi::FLAG_DIR_READ, "dir bit preserved");
+        assert_eq!(s.flags & !FLAG_STATE_MASK, crate::ioreq::abi::FLAG_DIR_READ, "dir bit preserved");
         assert_eq!(r.t.unmasked, vec![100]);
         assert_eq!(r.t.notified, vec![100]);
         assert_eq!(r.t.states_at_notify, vec![STATE_IORESP_READY], "state published before notify");
@@ -1185,7 +1191,8 @@ mod tests {
         // TIMEOFFSET of -2 seconds: low half then high half.
         let off = (-2i64) as u64;
         let lo = BufSlot { kind: IOREQ_TYPE_TIMEOFFSET, is_read: false, size: 8, addr: 0, data: off as u32 }.encode();
-        let hi = BufSlot { kind: IOREQ_TYPE_TIMEOFFSET, is_read: false, size: 8, addr: 0, data: (off >> 32) as u32 }.encode();
+        let hi = BufSlot { kind: IOREQ_TYPE_TIMEOFFSET, is_read: false, size: 8, addr: 0, data: (off >> 32) as u32 }
+            .encode();
         // An 8-byte MMIO write too.
         let m_lo = buf_write(0xa0010, 8, 0x4433_2211);
         let m_hi = buf_write(0xa0010, 8, 0x8877_6655);
@@ -1307,7 +1314,7 @@ mod tests {
             data_is_ptr: false,
             is_read: false,
             df: false,
-            kind: crate::abi::IOREQ_TYPE_PCI_CONFIG,
+            kind: crate::ioreq::abi::IOREQ_TYPE_PCI_CONFIG,
         };
         r.xen.post(0, &cfg, 7);
         r.ports(&[100]);

@@ -35,8 +35,6 @@
 //! operation at that element: device reads already made are not undone
 //! (as on hardware, where the fault comes after the port read), and no
 //! device sees a write of data that could not be read.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
-
 use std::sync::Arc;
 
 use vm_memory::GuestAddress;
@@ -44,7 +42,7 @@ use xendm_devices::bus::{le_value, put_le, Sbdf};
 use xendm_devices::ratelimit::RateLimit;
 use xendm_devices::{Bus, GuestMemory};
 
-use crate::abi::{
+use crate::ioreq::abi::{
     BufSlot, Ioreq, IOREQ_BUFFER_SLOT_NUM, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG,
     IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
 };
@@ -232,7 +230,7 @@ impl Engine {
     fn refuse(&mut self, req: &Ioreq, why: &str) -> u64 {
         let msg = format!(
             "{why} (type {} addr {:#x} size {} count {} ptr {} read {})",
-            crate::abi::kind_name(req.kind),
+            crate::ioreq::abi::kind_name(req.kind),
             req.addr,
             req.size,
             req.count,
@@ -483,7 +481,7 @@ fn ones(size: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::IoreqRaw;
+    use crate::ioreq::abi::IoreqRaw;
     use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
     use std::sync::Mutex;
     use xendm_devices::bus::BusDevice;
@@ -622,7 +620,16 @@ mod tests {
         let w = f.dev.lock().unwrap().writes.clone();
         assert_eq!(w, vec![(0x10, vec![0xb0, 0xb1, 0xb2, 0xb3]), (0xc, vec![0xa0, 0xa1, 0xa2, 0xa3])]);
         // Without a pointer: count writes of `data`, and 8-byte MMIO.
-        let q = Ioreq { addr: 0xfed0_0020, data: 0x1122334455667788, count: 2, size: 8, data_is_ptr: false, is_read: false, df: false, kind: IOREQ_TYPE_COPY };
+        let q = Ioreq {
+            addr: 0xfed0_0020,
+            data: 0x1122334455667788,
+            count: 2,
+            size: 8,
+            data_is_ptr: false,
+            is_read: false,
+            df: false,
+            kind: IOREQ_TYPE_COPY,
+        };
         f.engine.handle(0, &q);
         let w = f.dev.lock().unwrap().writes.clone();
         assert_eq!(w[2], (0x20, 0x1122334455667788u64.to_le_bytes().to_vec()));
@@ -650,7 +657,16 @@ mod tests {
         let mut f = fixture();
         f.engine.bus_mut().register_pci(Sbdf::new(1, 3), "pm", Arc::new(Mutex::new(Cfg))).unwrap();
         let addr = (u64::from(Sbdf::new(1, 3).to_u32()) << 32) | 0x40;
-        let r = Ioreq { addr, data: 0, count: 1, size: 4, data_is_ptr: false, is_read: true, df: false, kind: IOREQ_TYPE_PCI_CONFIG };
+        let r = Ioreq {
+            addr,
+            data: 0,
+            count: 1,
+            size: 4,
+            data_is_ptr: false,
+            is_read: true,
+            df: false,
+            kind: IOREQ_TYPE_PCI_CONFIG,
+        };
         assert_eq!(f.engine.handle(0, &r), 0x4342_4140);
         let absent = Ioreq { addr: (u64::from(Sbdf::new(9, 0).to_u32()) << 32), ..r };
         assert_eq!(f.engine.handle(0, &absent), 0xffff_ffff);
@@ -661,7 +677,16 @@ mod tests {
     #[test]
     fn invalidate_and_timeoffset_reach_the_hooks() {
         let mut f = fixture();
-        let inv = Ioreq { addr: 0, data: !0, count: 1, size: 4, data_is_ptr: false, is_read: false, df: false, kind: IOREQ_TYPE_INVALIDATE };
+        let inv = Ioreq {
+            addr: 0,
+            data: !0,
+            count: 1,
+            size: 4,
+            data_is_ptr: false,
+            is_read: false,
+            df: false,
+            kind: IOREQ_TYPE_INVALIDATE,
+        };
         f.engine.handle(0, &inv);
         f.engine.handle(1, &inv);
         assert_eq!(f.invalidations.load(Ordering::SeqCst), 2);
@@ -761,7 +786,10 @@ mod tests {
         ring.rp.store(510, Ordering::SeqCst);
         ring.wp.store(510, Ordering::SeqCst);
         ring.push(BufSlot { kind: IOREQ_TYPE_PIO, is_read: false, size: 1, addr: 0x511, data: 0x42 }, None);
-        ring.push(BufSlot { kind: IOREQ_TYPE_COPY, is_read: false, size: 8, addr: 0xb8000, data: 0x4433_2211 }, Some(0x8877_6655));
+        ring.push(
+            BufSlot { kind: IOREQ_TYPE_COPY, is_read: false, size: 8, addr: 0xb8000, data: 0x4433_2211 },
+            Some(0x8877_6655),
+        );
         // Give the 8-byte write a target.
         f.engine.bus_mut().register_mmio(0xb8000, 8, "vga", f.dev.clone(), 0).unwrap();
         assert_eq!(f.engine.drain_buffered(&ring), 2);
@@ -775,7 +803,8 @@ mod tests {
     fn buffered_quad_waits_for_its_second_slot() {
         let mut f = fixture();
         let ring = Ring::new();
-        ring.slots.lock().unwrap()[0] = BufSlot { kind: IOREQ_TYPE_PIO, is_read: false, size: 8, addr: 0x511, data: 1 }.encode();
+        ring.slots.lock().unwrap()[0] =
+            BufSlot { kind: IOREQ_TYPE_PIO, is_read: false, size: 8, addr: 0x511, data: 1 }.encode();
         ring.wp.store(1, Ordering::SeqCst);
         assert_eq!(f.engine.drain_buffered(&ring), 0);
         assert_eq!(ring.rp.load(Ordering::SeqCst), 0);

@@ -27,17 +27,19 @@
 //! the Xen hypervisor afterwards, so a bad kernel path or option is reported
 //! without touching the guest.
 
+pub mod replay;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::GuestAddress;
 use xendm_devices::hv::IsaIrq;
-use xendm_devices::uart::{SerialSink, Uart};
+use xendm_devices::pc::uart::{SerialSink, Uart};
 use xendm_devices::{Bus, GuestMemory, Hypervisor, IrqLine, MemError, ShutdownReason};
 use xendm_fw_cfg::{BootFiles, BootPlan, FwCfg, FwCfgOptions, RamLayout};
 
 use crate::cli::{Config, MachineKind};
-use crate::engine::{Engine, EngineHooks};
+use crate::ioreq::engine::{Engine, EngineHooks};
 
 /// QEMU's default `-m`.
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -51,7 +53,7 @@ pub enum MachineError {
     #[error(transparent)]
     Bus(#[from] xendm_devices::BusError),
     #[error(transparent)]
-    Cmos(#[from] xendm_devices::cmos::CmosError),
+    Cmos(#[from] xendm_devices::pc::cmos::CmosError),
     #[error("fw_cfg: {0}")]
     FwCfg(#[from] xendm_fw_cfg::FwCfgError),
     #[error(transparent)]
@@ -87,7 +89,7 @@ pub struct Inputs {
     pub hv: Arc<dyn Hypervisor>,
     pub mem: Arc<dyn GuestMemory>,
     pub hooks: Box<dyn EngineHooks>,
-    /// One sink per `-serial` port (a [`xendm_devices::uart::NullSink`] where
+    /// One sink per `-serial` port (a [`xendm_devices::pc::uart::NullSink`] where
     /// there is no backend, e.g. in replay).
     pub serial_sinks: Vec<Box<dyn SerialSink>>,
 }
@@ -118,41 +120,41 @@ pub fn build(config: &Config, inputs: Inputs) -> Result<Machine, MachineError> {
     let mut bus = Bus::new();
 
     // PCI: host bridge (with CF8/CFC), ISA bridge (with 0xCF9), PM, platform.
-    xendm_devices::i440fx::register(&mut bus, layout.below_4g.saturating_add(layout.above_4g))?;
-    xendm_devices::piix3::register(&mut bus, hv.clone())?;
+    xendm_devices::pc::i440fx::register(&mut bus, layout.below_4g.saturating_add(layout.above_4g))?;
+    xendm_devices::pc::piix3::register(&mut bus, hv.clone())?;
     if !config.no_acpi {
-        let pm = xendm_devices::piix4_pm::Piix4PmConfig {
+        let pm = xendm_devices::pc::piix4_pm::Piix4PmConfig {
             smb_io_base: 0xb100,
             com1: !serials.is_empty(),
             com2: serials.len() > 1,
             lpt1: false,
         };
-        xendm_devices::piix4_pm::register(&mut bus, hv.clone(), &pm)?;
+        xendm_devices::pc::piix4_pm::register(&mut bus, hv.clone(), &pm)?;
     }
     if config.machine.kind == MachineKind::Xenfv {
-        xendm_devices::xen_platform::register(&mut bus)?;
+        xendm_devices::pc::xen_platform::register(&mut bus)?;
     }
 
     // ISA.
-    let cmos = xendm_devices::cmos::CmosConfig {
+    let cmos = xendm_devices::pc::cmos::CmosConfig {
         ram_bytes_below_4g: layout.below_4g,
         ram_bytes_above_4g: layout.above_4g,
         boot_order: config.boot_order.clone().unwrap_or_else(|| "cda".to_string()),
         smp_cpus: vcpus,
         fd_bootchk: true,
     };
-    xendm_devices::cmos::register(&mut bus, &cmos)?;
-    xendm_devices::port92::register(&mut bus, hv.clone())?;
+    xendm_devices::pc::cmos::register(&mut bus, &cmos)?;
+    xendm_devices::pc::port92::register(&mut bus, hv.clone())?;
     let kbd_irq: Arc<dyn IrqLine> = Arc::new(IsaIrq::new(hv.clone(), 1));
     let aux_irq: Arc<dyn IrqLine> = Arc::new(IsaIrq::new(hv.clone(), 12));
-    let i8042 = Arc::new(Mutex::new(xendm_devices::i8042::I8042::new(hv.clone(), kbd_irq, aux_irq)));
+    let i8042 = Arc::new(Mutex::new(xendm_devices::pc::i8042::I8042::new(hv.clone(), kbd_irq, aux_irq)));
     bus.register_pio(0x60, 1, "i8042 data", i8042.clone(), 0)?;
     bus.register_pio(0x64, 1, "i8042 command", i8042, 4)?;
 
     let mut uarts = Vec::new();
     let mut sinks = serial_sinks.into_iter();
     for (i, &(port, irq)) in COM_PORTS.iter().take(serials.len()).enumerate() {
-        let sink: Box<dyn SerialSink> = sinks.next().unwrap_or_else(|| Box::new(xendm_devices::uart::NullSink));
+        let sink: Box<dyn SerialSink> = sinks.next().unwrap_or_else(|| Box::new(xendm_devices::pc::uart::NullSink));
         let line: Arc<dyn IrqLine> = Arc::new(IsaIrq::new(hv.clone(), irq));
         let uart = Arc::new(Mutex::new(Uart::new(line, sink)));
         bus.register_pio(port, 8, &format!("serial{i}"), uart.clone(), 0)?;
@@ -285,8 +287,8 @@ pub fn boot_file_paths(config: &Config) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::{Ioreq, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO};
-    use crate::engine::NoHooks;
+    use crate::ioreq::abi::{Ioreq, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO};
+    use crate::ioreq::engine::NoHooks;
     use xendm_devices::hv::FakeHypervisor;
     use xendm_devices::mem::TestMemory;
     use xendm_devices::Sbdf;
@@ -361,7 +363,16 @@ mod tests {
         let mut inp = inputs(hv.clone());
         inp.serial_sinks = vec![Box::new(Sink(out.clone()))];
         let mut m = build(&config(&["-xen-domid", "1", "-serial", "pty"]), inp).unwrap();
-        let w = |port, data| Ioreq { addr: port, data, count: 1, size: 1, data_is_ptr: false, is_read: false, df: false, kind: IOREQ_TYPE_PIO };
+        let w = |port, data| Ioreq {
+            addr: port,
+            data,
+            count: 1,
+            size: 1,
+            data_is_ptr: false,
+            is_read: false,
+            df: false,
+            kind: IOREQ_TYPE_PIO,
+        };
         m.engine.handle(0, &w(0x3f9, 2)); // IER: THR empty interrupt
         m.engine.handle(0, &w(0x3fc, 8)); // MCR OUT2
         m.engine.handle(0, &w(0x3f8, u64::from(b'x')));

@@ -26,7 +26,6 @@
 
 use std::sync::{Arc, Mutex};
 
-
 use crate::bus::{Bus, BusError, PciFunction, PciRegion, Sbdf};
 use crate::pci_config::{PciConfig, PciIdentity, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR};
 use crate::snapshot::{Snapshot, SnapshotError};

@@ -61,7 +61,8 @@
 //! this function out with `-no-acpi`; so does the wiring (do not call
 //! [`register`]).
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use crate::sync::lock;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -186,7 +187,7 @@ impl Piix4Pm {
     /// The function in QEMU's post-reset state for `machine`.
     pub fn new(hv: Arc<dyn Hypervisor>, machine: &Piix4PmConfig) -> Self {
         let mut cfg = PciConfig::new(&PciIdentity {
-            vendor: crate::i440fx::VENDOR_INTEL,
+            vendor: crate::pc::i440fx::VENDOR_INTEL,
             device: DEVICE_ID_82371AB_3,
             revision: REVISION,
             base_class: 0x06,
@@ -245,7 +246,11 @@ impl Piix4Pm {
         match (val >> SLP_TYP_SHIFT) & SLP_TYP_MASK {
             SLP_TYP_S5 | SLP_TYP_QEMU_S4 => {
                 if let Some(suppressed) = self.log.check() {
-                    tracing::info!(pm1_cnt = format_args!("{val:#06x}"), suppressed, "guest entered ACPI soft-off: powering off");
+                    tracing::info!(
+                        pm1_cnt = format_args!("{val:#06x}"),
+                        suppressed,
+                        "guest entered ACPI soft-off: powering off"
+                    );
                 }
                 self.hv.shutdown(ShutdownReason::Poweroff);
             }
@@ -258,7 +263,10 @@ impl Piix4Pm {
                 }
                 None => {
                     if let Some(suppressed) = self.log.check() {
-                        tracing::warn!(suppressed, "guest asked for ACPI S3, which this device model cannot do; ignored");
+                        tracing::warn!(
+                            suppressed,
+                            "guest asked for ACPI S3, which this device model cannot do; ignored"
+                        );
                     }
                 }
             },
@@ -308,7 +316,12 @@ impl Piix4Pm {
         }
         if other {
             if let Some(suppressed) = self.log.check() {
-                tracing::debug!(offset, len = data.len(), suppressed, "write to a PM register this device model does not own; dropped");
+                tracing::debug!(
+                    offset,
+                    len = data.len(),
+                    suppressed,
+                    "write to a PM register this device model does not own; dropped"
+                );
             }
         }
         if hit {
@@ -446,10 +459,6 @@ impl Snapshot for Piix4Pm {
     }
 }
 
-fn lock(m: &Mutex<Piix4Pm>) -> MutexGuard<'_, Piix4Pm> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The APM ports as a [`BusDevice`] (offset 0 = 0xB2), sharing the PM state.
 pub struct Apm {
     pm: Arc<Mutex<Piix4Pm>>,
@@ -550,7 +559,19 @@ mod tests {
         let mut all = [0u8; 256];
         bus.pci_config_read(SBDF, 0, &mut all);
         let got: Vec<(usize, u8)> = (0x40..256).filter(|&i| all[i] != 0).map(|i| (i, all[i])).collect();
-        assert_eq!(got, vec![(0x40, 0x01), (0x5b, 0x02), (0x5f, 0x10), (0x63, 0x60), (0x67, 0x08), (0x90, 0x01), (0x91, 0xb1), (0xd2, 0x09)]);
+        assert_eq!(
+            got,
+            vec![
+                (0x40, 0x01),
+                (0x5b, 0x02),
+                (0x5f, 0x10),
+                (0x63, 0x60),
+                (0x67, 0x08),
+                (0x90, 0x01),
+                (0x91, 0xb1),
+                (0xd2, 0x09)
+            ]
+        );
         assert!(bus.take_changes().is_empty(), "PM block not decoded at reset");
         assert_eq!(inb(&mut bus, 0xb2), 0);
         assert_eq!(inb(&mut bus, 0xb3), 0);
@@ -815,7 +836,7 @@ mod tests {
     /// the lab capture).
     #[test]
     fn golden_hvmloader_full_chipset() {
-        use crate::{cmos, i440fx, piix3, port92, xen_platform};
+        use crate::pc::{cmos, i440fx, piix3, port92, xen_platform};
         let hv = Arc::new(FakeHypervisor::new());
         let mut bus = Bus::new();
         i440fx::register(&mut bus, 1 << 30).unwrap();
@@ -929,7 +950,16 @@ mod tests {
         let low: u64 = 0x3f80_0000;
         let ext = ((low - (1 << 20)) >> 10).min(0xffff);
         let above16 = (low - (16 << 20)) >> 16;
-        for (idx, v) in [(0x15u8, 0x80u8), (0x16, 0x02), (0x17, ext as u8), (0x18, (ext >> 8) as u8), (0x30, ext as u8), (0x31, (ext >> 8) as u8), (0x34, above16 as u8), (0x35, (above16 >> 8) as u8)] {
+        for (idx, v) in [
+            (0x15u8, 0x80u8),
+            (0x16, 0x02),
+            (0x17, ext as u8),
+            (0x18, (ext >> 8) as u8),
+            (0x30, ext as u8),
+            (0x31, (ext >> 8) as u8),
+            (0x34, above16 as u8),
+            (0x35, (above16 >> 8) as u8),
+        ] {
             bus.pio_write(0x70, &[idx]);
             bus.pio_write(0x71, &[v]);
         }
@@ -961,7 +991,10 @@ mod tests {
         let saved = h.pm.lock().unwrap().snapshot();
         let (mut bus2, _, h2) = setup();
         h2.pm.lock().unwrap().restore(&saved).unwrap();
-        assert_eq!(h2.pm.lock().unwrap().regions(), vec![PciRegion { id: 0, space: Space::Pio, base: 0xb000, len: 64 }]);
+        assert_eq!(
+            h2.pm.lock().unwrap().regions(),
+            vec![PciRegion { id: 0, space: Space::Pio, base: 0xb000, len: 64 }]
+        );
         // A config write (any) makes the bus pick up the restored window.
         bus2.pci_config_write(SBDF, 0x0c, &[0]);
         assert_eq!(inw(&mut bus2, 0xb004), SCI_EN);

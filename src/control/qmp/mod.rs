@@ -32,13 +32,6 @@
 //!   so a request trickled in byte by byte costs linear work; a syntax error
 //!   inside a request still open across reads is therefore reported at the
 //!   latest when the request closes or its bytes double, not at once.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -100,16 +93,12 @@ fn bind_path(path: &Path) -> io::Result<StdUnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             tracing::debug!(path = %path.display(), "removing stale QMP socket");
-            std::fs::remove_file(path)
-                .map_err(|e| with_path(e, "unlink stale QMP socket", path))?;
+            std::fs::remove_file(path).map_err(|e| with_path(e, "unlink stale QMP socket", path))?;
         }
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!(
-                    "QMP socket path {} exists and is not a socket",
-                    path.display()
-                ),
+                format!("QMP socket path {} exists and is not a socket", path.display()),
             ));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -123,8 +112,7 @@ fn with_path(e: io::Error, op: &str, path: &Path) -> io::Error {
 }
 
 fn adopt_fd(fd: i32) -> io::Result<StdUnixListener> {
-    let invalid =
-        |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("QMP fd {fd}: {why}"));
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("QMP fd {fd}: {why}"));
     if fd < 0 {
         return Err(invalid("negative descriptor".into()));
     }
@@ -139,18 +127,16 @@ fn adopt_fd(fd: i32) -> io::Result<StdUnixListener> {
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
             return Err(invalid("not a socket".into()));
         }
-        let domain = rustix::net::sockopt::socket_domain(borrowed)
-            .map_err(|e| invalid(format!("SO_DOMAIN: {e}")))?;
+        let domain = rustix::net::sockopt::socket_domain(borrowed).map_err(|e| invalid(format!("SO_DOMAIN: {e}")))?;
         if domain != rustix::net::AddressFamily::UNIX {
             return Err(invalid("not an AF_UNIX socket".into()));
         }
-        let listening = rustix::net::sockopt::socket_acceptconn(borrowed)
-            .map_err(|e| invalid(format!("SO_ACCEPTCONN: {e}")))?;
+        let listening =
+            rustix::net::sockopt::socket_acceptconn(borrowed).map_err(|e| invalid(format!("SO_ACCEPTCONN: {e}")))?;
         if !listening {
             return Err(invalid("socket is not listening".into()));
         }
-        let flags =
-            rustix::io::fcntl_getfd(borrowed).map_err(|e| invalid(format!("F_GETFD: {e}")))?;
+        let flags = rustix::io::fcntl_getfd(borrowed).map_err(|e| invalid(format!("F_GETFD: {e}")))?;
         rustix::io::fcntl_setfd(borrowed, flags | rustix::io::FdFlags::CLOEXEC)
             .map_err(|e| invalid(format!("F_SETFD: {e}")))?;
     }
@@ -202,11 +188,7 @@ impl ChardevInfo {
     /// A serial port backed by a pty: `label` `serialN`, filename
     /// `pty:<path>` (libxl copies `<path>` to `serial/N/tty`).
     pub fn pty(label: impl Into<String>, pty_path: &Path) -> Self {
-        Self {
-            frontend_open: true,
-            filename: format!("pty:{}", pty_path.display()),
-            label: label.into(),
-        }
+        Self { frontend_open: true, filename: format!("pty:{}", pty_path.display()), label: label.into() }
     }
 
     /// A QMP monitor socket, as QEMU lists its own monitors:
@@ -405,22 +387,12 @@ enum Reply {
 }
 
 fn generic(desc: impl Into<String>) -> Reply {
-    Reply::Error {
-        class: "GenericError",
-        desc: desc.into(),
-    }
+    Reply::Error { class: "GenericError", desc: desc.into() }
 }
 
 impl Session {
     fn new() -> Self {
-        Self {
-            negotiated: false,
-            buf: Vec::new(),
-            skip_line: false,
-            scan: Scan::default(),
-            last_try: 0,
-            rework: 0,
-        }
+        Self { negotiated: false, buf: Vec::new(), skip_line: false, scan: Scan::default(), last_try: 0, rework: 0 }
     }
 
     fn feed(&mut self, mut data: &[u8], ctl: &dyn VmControl) -> Result<Output, QmpError> {
@@ -459,10 +431,7 @@ impl Session {
                 }
                 Some(Err(e)) if e.is_eof() => break,
                 Some(Err(e)) => {
-                    out.replies.push(encode_reply(
-                        &generic(format!("JSON parse error, {e}")),
-                        None,
-                    )?);
+                    out.replies.push(encode_reply(&generic(format!("JSON parse error, {e}")), None)?);
                     let at = error_offset(rest, e.line(), e.column());
                     match rest.get(at..).and_then(|r| r.iter().position(|&b| b == b'\n')) {
                         Some(nl) => {
@@ -490,14 +459,8 @@ impl Session {
     /// Refuses input that grew beyond [`MAX_INPUT`] and closes the connection.
     fn check_size(&mut self, mut out: Output) -> Result<Output, QmpError> {
         if self.buf.len() > MAX_INPUT {
-            tracing::warn!(
-                len = self.buf.len(),
-                "QMP request exceeds {MAX_INPUT} bytes; closing connection"
-            );
-            out.replies.push(encode_reply(
-                &generic(format!("QMP input exceeds {MAX_INPUT} bytes")),
-                None,
-            )?);
+            tracing::warn!(len = self.buf.len(), "QMP request exceeds {MAX_INPUT} bytes; closing connection");
+            out.replies.push(encode_reply(&generic(format!("QMP input exceeds {MAX_INPUT} bytes")), None)?);
             self.buf.clear();
             self.scan = Scan::default();
             self.last_try = 0;
@@ -507,17 +470,9 @@ impl Session {
     }
 
     /// Runs one request and queues its reply.
-    fn execute(
-        &mut self,
-        request: Value,
-        ctl: &dyn VmControl,
-        out: &mut Output,
-    ) -> Result<(), QmpError> {
+    fn execute(&mut self, request: Value, ctl: &dyn VmControl, out: &mut Output) -> Result<(), QmpError> {
         let Value::Object(request) = request else {
-            out.replies.push(encode_reply(
-                &generic("QMP input must be a JSON object"),
-                None,
-            )?);
+            out.replies.push(encode_reply(&generic("QMP input must be a JSON object"), None)?);
             return Ok(());
         };
         let id = request.get("id");
@@ -529,13 +484,7 @@ impl Session {
         Ok(())
     }
 
-    fn dispatch(
-        &mut self,
-        name: &str,
-        args: &Map<String, Value>,
-        ctl: &dyn VmControl,
-        out: &mut Output,
-    ) -> Reply {
+    fn dispatch(&mut self, name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, out: &mut Output) -> Reply {
         if !self.negotiated {
             if name != "qmp_capabilities" {
                 return Reply::Error {
@@ -552,10 +501,7 @@ impl Session {
             };
         }
         let Some(command) = COMMANDS.iter().find(|c| c.name == name) else {
-            return Reply::Error {
-                class: "CommandNotFound",
-                desc: format!("The command {name} has not been found"),
-            };
+            return Reply::Error { class: "CommandNotFound", desc: format!("The command {name} has not been found") };
         };
         if let Some(unexpected) = args.keys().find(|k| !command.params.contains(&k.as_str())) {
             return generic(format!("Parameter '{unexpected}' is unexpected"));
@@ -586,11 +532,7 @@ impl Session {
                 let cpus: Vec<CpuInfoFast> = (0..ctl.vcpus())
                     .map(|i| CpuInfoFast {
                         thread_id,
-                        props: CpuProps {
-                            core_id: 0,
-                            thread_id: 0,
-                            socket_id: i,
-                        },
+                        props: CpuProps { core_id: 0, thread_id: 0, socket_id: i },
                         qom_path: format!("/machine/unattached/device[{}]", u64::from(i) + 2),
                         cpu_index: i,
                         target: "i386",
@@ -600,10 +542,7 @@ impl Session {
             }
             "query-version" => to_return(&version_info()),
             "query-commands" => {
-                let names: Vec<CommandName> = COMMANDS
-                    .iter()
-                    .map(|c| CommandName { name: c.name })
-                    .collect();
+                let names: Vec<CommandName> = COMMANDS.iter().map(|c| CommandName { name: c.name }).collect();
                 to_return(&names)
             }
             "query-command-line-options" => match args.get("option") {
@@ -615,10 +554,7 @@ impl Session {
                 out.quit = true;
                 empty_return()
             }
-            other => Reply::Error {
-                class: "CommandNotFound",
-                desc: format!("The command {other} has not been found"),
-            },
+            other => Reply::Error { class: "CommandNotFound", desc: format!("The command {other} has not been found") },
         }
     }
 }
@@ -655,17 +591,13 @@ fn qmp_capabilities(args: &Map<String, Value>) -> Result<(), Reply> {
             return Err(generic(format!("Parameter '{key}' is unexpected")));
         }
         let Value::Array(caps) = value else {
-            return Err(generic(
-                "Invalid parameter type for 'enable', expected: array",
-            ));
+            return Err(generic("Invalid parameter type for 'enable', expected: array"));
         };
         // We offer no capabilities, so any element is an error.
         if let Some(cap) = caps.first() {
             return Err(match cap {
                 Value::String(s) if s == "oob" => generic("Capability oob not available"),
-                Value::String(s) => {
-                    generic(format!("Parameter 'enable[0]' does not accept value '{s}'"))
-                }
+                Value::String(s) => generic(format!("Parameter 'enable[0]' does not accept value '{s}'")),
                 _ => generic("Invalid parameter type for 'enable[0]', expected: string"),
             });
         }
@@ -680,50 +612,17 @@ struct Command {
 }
 
 const COMMANDS: &[Command] = &[
-    Command {
-        name: "qmp_capabilities",
-        params: &["enable"],
-    },
-    Command {
-        name: "query-status",
-        params: &[],
-    },
-    Command {
-        name: "cont",
-        params: &[],
-    },
-    Command {
-        name: "stop",
-        params: &[],
-    },
-    Command {
-        name: "query-chardev",
-        params: &[],
-    },
-    Command {
-        name: "query-vnc",
-        params: &[],
-    },
-    Command {
-        name: "query-cpus-fast",
-        params: &[],
-    },
-    Command {
-        name: "query-version",
-        params: &[],
-    },
-    Command {
-        name: "query-commands",
-        params: &[],
-    },
-    Command {
-        name: "query-command-line-options",
-        params: &["option"],
-    },
-    Command {
-        name: "quit",
-        params: &[],
-    },
+    Command { name: "qmp_capabilities", params: &["enable"] },
+    Command { name: "query-status", params: &[] },
+    Command { name: "cont", params: &[] },
+    Command { name: "stop", params: &[] },
+    Command { name: "query-chardev", params: &[] },
+    Command { name: "query-vnc", params: &[] },
+    Command { name: "query-cpus-fast", params: &[] },
+    Command { name: "query-version", params: &[] },
+    Command { name: "query-commands", params: &[] },
+    Command { name: "query-command-line-options", params: &["option"] },
+    Command { name: "quit", params: &[] },
 ];
 
 // Reply payloads, with members in QEMU's output order.
@@ -782,14 +681,7 @@ struct VersionInfo {
 
 fn version_info() -> VersionInfo {
     let (major, minor, micro) = QEMU_VERSION;
-    VersionInfo {
-        qemu: VersionTriple {
-            micro,
-            minor,
-            major,
-        },
-        package: format!("xendm {}", env!("CARGO_PKG_VERSION")),
-    }
+    VersionInfo { qemu: VersionTriple { micro, minor, major }, package: format!("xendm {}", env!("CARGO_PKG_VERSION")) }
 }
 
 #[derive(Serialize)]
@@ -805,12 +697,7 @@ struct Greeting {
 }
 
 fn greeting() -> Greeting {
-    Greeting {
-        qmp: GreetingBody {
-            version: version_info(),
-            capabilities: [],
-        },
-    }
+    Greeting { qmp: GreetingBody { version: version_info(), capabilities: [] } }
 }
 
 #[derive(Serialize)]
@@ -856,10 +743,7 @@ fn encode_reply(reply: &Reply, id: Option<&Value>) -> Result<Vec<u8>, QmpError> 
             out.extend_from_slice(b"}\r\n");
             Ok(out)
         }
-        Reply::Error { class, desc } => encode(&ErrorMsg {
-            error: ErrorBody { class, desc },
-            id,
-        }),
+        Reply::Error { class, desc } => encode(&ErrorMsg { error: ErrorBody { class, desc }, id }),
     }
 }
 
@@ -879,11 +763,7 @@ fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, QmpError> {
 struct QemuFormatter;
 
 impl serde_json::ser::Formatter for QemuFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -891,11 +771,7 @@ impl serde_json::ser::Formatter for QemuFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -922,19 +798,13 @@ fn error_offset(buf: &[u8], line: usize, column: usize) -> usize {
             offset = i + 1;
         }
     }
-    offset
-        .saturating_add(column.saturating_sub(1))
-        .min(buf.len())
+    offset.saturating_add(column.saturating_sub(1)).min(buf.len())
 }
 
 /// Returns the listening socket's path, for [`ChardevInfo::qmp_socket`]
 /// (useful in the fd form, where libxl chose the path).
 pub fn listener_path(listener: &StdUnixListener) -> Option<PathBuf> {
-    listener
-        .local_addr()
-        .ok()?
-        .as_pathname()
-        .map(Path::to_path_buf)
+    listener.local_addr().ok()?.as_pathname().map(Path::to_path_buf)
 }
 
 #[cfg(test)]
@@ -978,7 +848,8 @@ mod tests {
         let mut s = Session::new();
         s.feed(b"{\"execute\":\"qmp_capabilities\"}\r\n", &IdleVm).unwrap();
         let body = "a".repeat(20_000);
-        let req = format!("{{\"execute\":\"cont\",\"arguments\":{{\"s\":[\"{body}\\\"]}}\"], \"x\": [[]]}}, \"id\": 9}}\r\n");
+        let req =
+            format!("{{\"execute\":\"cont\",\"arguments\":{{\"s\":[\"{body}\\\"]}}\"], \"x\": [[]]}}, \"id\": 9}}\r\n");
         let mut replies = Vec::new();
         for b in req.as_bytes() {
             replies.extend(s.feed(&[*b], &IdleVm).unwrap().replies);
@@ -1054,16 +925,8 @@ mod tests {
     fn capture_chardevs() -> Vec<ChardevInfo> {
         vec![
             ChardevInfo::qmp_socket("libxl-cmd", Path::new("/var/run/xen/qmp-libxl-2"), true),
-            ChardevInfo::qmp_socket(
-                "libxenstat-cmd",
-                Path::new("/var/run/xen/qmp-libxenstat-2"),
-                false,
-            ),
-            ChardevInfo {
-                frontend_open: true,
-                filename: "file".into(),
-                label: "serial0".into(),
-            },
+            ChardevInfo::qmp_socket("libxenstat-cmd", Path::new("/var/run/xen/qmp-libxenstat-2"), false),
+            ChardevInfo { frontend_open: true, filename: "file".into(), label: "serial0".into() },
         ]
     }
 
@@ -1085,11 +948,7 @@ mod tests {
         let listener = bind(&QmpSocketSpec::Path(path.clone())).unwrap();
         let listener = UnixListener::from_std(listener).unwrap();
         let task = tokio::spawn(serve(listener, vm));
-        Server {
-            _dir: dir,
-            path,
-            task,
-        }
+        Server { _dir: dir, path, task }
     }
 
     /// A test client that checks CRLF framing on every message it reads.
@@ -1100,20 +959,14 @@ mod tests {
 
     impl Client {
         async fn connect(path: &Path) -> Self {
-            Self {
-                stream: UnixStream::connect(path).await.unwrap(),
-                pending: Vec::new(),
-            }
+            Self { stream: UnixStream::connect(path).await.unwrap(), pending: Vec::new() }
         }
 
         /// Connects and checks the greeting.
         async fn greeted(path: &Path) -> Self {
             let mut c = Self::connect(path).await;
             let g = c.recv_value().await;
-            assert_eq!(
-                g["QMP"]["version"]["qemu"],
-                serde_json::json!({"major": 7, "minor": 2, "micro": 0})
-            );
+            assert_eq!(g["QMP"]["version"]["qemu"], serde_json::json!({"major": 7, "minor": 2, "micro": 0}));
             assert_eq!(g["QMP"]["capabilities"], serde_json::json!([]));
             c
         }
@@ -1139,27 +992,18 @@ mod tests {
                 loop {
                     if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
                         let line: Vec<u8> = self.pending.drain(..=nl).collect();
-                        assert!(
-                            line.ends_with(b"\r\n"),
-                            "message not CRLF-terminated: {line:?}"
-                        );
+                        assert!(line.ends_with(b"\r\n"), "message not CRLF-terminated: {line:?}");
                         let text = String::from_utf8(line[..line.len() - 2].to_vec()).unwrap();
                         assert!(!text.contains('\r'), "stray CR in {text:?}");
                         return text;
                     }
                     let mut buf = [0u8; 4096];
                     let n = self.stream.read(&mut buf).await.unwrap();
-                    assert!(
-                        n > 0,
-                        "server closed the connection; pending {:?}",
-                        self.pending
-                    );
+                    assert!(n > 0, "server closed the connection; pending {:?}", self.pending);
                     self.pending.extend_from_slice(&buf[..n]);
                 }
             };
-            tokio::time::timeout(Duration::from_secs(5), fut)
-                .await
-                .expect("timed out waiting for a QMP message")
+            tokio::time::timeout(Duration::from_secs(5), fut).await.expect("timed out waiting for a QMP message")
         }
 
         async fn recv_value(&mut self) -> Value {
@@ -1174,10 +1018,8 @@ mod tests {
         /// Asserts the server closes the connection with nothing more to say.
         async fn expect_eof(&mut self) {
             let mut buf = [0u8; 64];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap_or(0);
+            let n =
+                tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await.unwrap().unwrap_or(0);
             assert_eq!(n, 0, "expected EOF, got {:?}", &buf[..n]);
         }
     }
@@ -1186,11 +1028,7 @@ mod tests {
         assert_eq!(reply["error"]["class"], class, "{reply}");
         assert_eq!(reply["error"]["desc"], desc, "{reply}");
         assert_eq!(reply.get("id").cloned(), id, "{reply}");
-        assert_eq!(
-            reply.as_object().unwrap().len(),
-            1 + usize::from(id.is_some()),
-            "{reply}"
-        );
+        assert_eq!(reply.as_object().unwrap().len(), 1 + usize::from(id.is_some()), "{reply}");
     }
 
     /// Replays libxl's three connections from the Xen lab capture
@@ -1199,7 +1037,7 @@ mod tests {
     /// thread id differ by design and are compared by shape).
     #[tokio::test]
     async fn replays_libxl_conversation_from_lab_capture() {
-        let capture = include_str!("../tests/data/qmp/libxl-conversation.txt");
+        let capture = include_str!("../../../tests/data/qmp/libxl-conversation.txt");
         let vm = Arc::new(FakeVm::new(1));
         let server = start(vm.clone());
         let mut client: Option<Client> = None;
@@ -1208,12 +1046,8 @@ mod tests {
         for line in capture.lines() {
             // `<time> <dir> fd<N> <text>`
             let mut fields = line.splitn(4, ' ');
-            let (_time, dir, fd, text) = (
-                fields.next().unwrap(),
-                fields.next().unwrap(),
-                fields.next().unwrap(),
-                fields.next().unwrap(),
-            );
+            let (_time, dir, fd, text) =
+                (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
             assert!(fd.starts_with("fd"), "{line}");
             let rest = format!("{dir} {text}");
             if rest.starts_with("== accept") {
@@ -1234,20 +1068,20 @@ mod tests {
                     assert!(exp.get("QMP").is_some());
                     assert_eq!(ours["QMP"]["version"]["qemu"]["major"], 7);
                     assert_eq!(ours["QMP"]["version"]["qemu"]["minor"], 2);
-                    assert!(ours["QMP"]["version"]["package"]
-                        .as_str()
-                        .unwrap()
-                        .starts_with("xendm "));
+                    assert!(ours["QMP"]["version"]["package"].as_str().unwrap().starts_with("xendm "));
                     assert_eq!(ours["QMP"]["capabilities"], serde_json::json!([]));
-                    assert!(got.starts_with(r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "xendm "#), "{got}");
+                    assert!(
+                        got.starts_with(
+                            r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "xendm "#
+                        ),
+                        "{got}"
+                    );
                 } else if expected.contains("thread-id") && expected.contains("cpu-index") {
                     let ours_tid = ours["return"][0]["thread-id"].as_u64().unwrap();
                     assert_eq!(ours_tid, u64::from(std::process::id()));
                     let exp_tid = exp["return"][0]["thread-id"].as_u64().unwrap();
-                    let normalised = expected.replace(
-                        &format!("\"thread-id\": {exp_tid},"),
-                        &format!("\"thread-id\": {ours_tid},"),
-                    );
+                    let normalised =
+                        expected.replace(&format!("\"thread-id\": {exp_tid},"), &format!("\"thread-id\": {ours_tid},"));
                     assert_eq!(got, normalised);
                 } else {
                     assert_eq!(got, expected, "reply differs from qemu-xen's");
@@ -1266,14 +1100,7 @@ mod tests {
         let server = start(Arc::new(FakeVm::new(1)));
         let mut c = Client::negotiated(&server.path).await;
         let req = br#"{"execute": "query-status", "id": 2020372736}"#;
-        for piece in [
-            &req[..1],
-            &req[1..17],
-            &req[17..30],
-            &req[30..],
-            b"\r",
-            b"\n",
-        ] {
+        for piece in [&req[..1], &req[1..17], &req[17..30], &req[30..], b"\r", b"\n"] {
             c.send_raw(piece).await;
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
@@ -1308,13 +1135,7 @@ mod tests {
         let mut c = Client::negotiated(&server.path).await;
         let r = c.call(r#"{"execute": oops, "id": 4}"#).await;
         assert_eq!(r["error"]["class"], "GenericError");
-        assert!(
-            r["error"]["desc"]
-                .as_str()
-                .unwrap()
-                .starts_with("JSON parse error"),
-            "{r}"
-        );
+        assert!(r["error"]["desc"].as_str().unwrap().starts_with("JSON parse error"), "{r}");
         assert!(r.get("id").is_none());
         // The next request on the same connection works.
         let r = c.call(r#"{"execute":"cont","id":5}"#).await;
@@ -1325,12 +1146,8 @@ mod tests {
         let r = c.recv_value().await;
         assert_eq!(r["error"]["class"], "GenericError");
         tokio::time::sleep(Duration::from_millis(20)).await;
-        c.send_raw(b"more garbage\r\n{\"execute\":\"stop\",\"id\":6}\r\n")
-            .await;
-        assert_eq!(
-            c.recv_value().await,
-            serde_json::json!({"return": {}, "id": 6})
-        );
+        c.send_raw(b"more garbage\r\n{\"execute\":\"stop\",\"id\":6}\r\n").await;
+        assert_eq!(c.recv_value().await, serde_json::json!({"return": {}, "id": 6}));
         assert_eq!(vm.calls(), vec!["cont", "stop"]);
     }
 
@@ -1338,18 +1155,8 @@ mod tests {
     async fn non_object_and_bad_members() {
         let server = start(Arc::new(FakeVm::new(1)));
         let mut c = Client::negotiated(&server.path).await;
-        assert_error(
-            &c.call("[1, 2]").await,
-            "GenericError",
-            "QMP input must be a JSON object",
-            None,
-        );
-        assert_error(
-            &c.call(r#"{"id": 7}"#).await,
-            "GenericError",
-            "QMP input lacks member 'execute'",
-            Some(7.into()),
-        );
+        assert_error(&c.call("[1, 2]").await, "GenericError", "QMP input must be a JSON object", None);
+        assert_error(&c.call(r#"{"id": 7}"#).await, "GenericError", "QMP input lacks member 'execute'", Some(7.into()));
         assert_error(
             &c.call(r#"{"execute": 3, "id": 8}"#).await,
             "GenericError",
@@ -1357,8 +1164,7 @@ mod tests {
             Some(8.into()),
         );
         assert_error(
-            &c.call(r#"{"execute": "cont", "arguments": [], "id": 9}"#)
-                .await,
+            &c.call(r#"{"execute": "cont", "arguments": [], "id": 9}"#).await,
             "GenericError",
             "QMP input member 'arguments' must be an object",
             Some(9.into()),
@@ -1370,8 +1176,7 @@ mod tests {
             Some(10.into()),
         );
         assert_error(
-            &c.call(r#"{"execute": "cont", "arguments": {"force": true}, "id": 11}"#)
-                .await,
+            &c.call(r#"{"execute": "cont", "arguments": {"force": true}, "id": 11}"#).await,
             "GenericError",
             "Parameter 'force' is unexpected",
             Some(11.into()),
@@ -1415,29 +1220,20 @@ mod tests {
         let server = start(Arc::new(FakeVm::new(1)));
         let mut c = Client::greeted(&server.path).await;
         assert_error(
-            &c.call(
-                r#"{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": 1}"#,
-            )
-            .await,
+            &c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": 1}"#).await,
             "GenericError",
             "Capability oob not available",
             Some(1.into()),
         );
         assert_error(
-            &c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": "oob"}, "id": 2}"#)
-                .await,
+            &c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": "oob"}, "id": 2}"#).await,
             "GenericError",
             "Invalid parameter type for 'enable', expected: array",
             Some(2.into()),
         );
         // Still negotiating: a failed qmp_capabilities does not complete it.
-        assert_eq!(
-            c.call(r#"{"execute": "query-version", "id": 3}"#).await["error"]["class"],
-            "CommandNotFound"
-        );
-        let r = c
-            .call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": []}, "id": 4}"#)
-            .await;
+        assert_eq!(c.call(r#"{"execute": "query-version", "id": 3}"#).await["error"]["class"], "CommandNotFound");
+        let r = c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": []}, "id": 4}"#).await;
         assert_eq!(r, serde_json::json!({"return": {}, "id": 4}));
     }
 
@@ -1445,30 +1241,16 @@ mod tests {
     async fn id_is_echoed_verbatim() {
         let server = start(Arc::new(FakeVm::new(1)));
         let mut c = Client::greeted(&server.path).await;
-        let r = c
-            .call(r#"{"execute": "qmp_capabilities", "id": "libvirt-1"}"#)
-            .await;
+        let r = c.call(r#"{"execute": "qmp_capabilities", "id": "libvirt-1"}"#).await;
         assert_eq!(r, serde_json::json!({"return": {}, "id": "libvirt-1"}));
-        for id in [
-            r#"{"a": [1, "x", null]}"#,
-            "18446744073709551615",
-            "-3",
-            "[]",
-            "null",
-            "1.5",
-        ] {
-            let r = c
-                .call(&format!(r#"{{"execute": "query-vnc", "id": {id}}}"#))
-                .await;
+        for id in [r#"{"a": [1, "x", null]}"#, "18446744073709551615", "-3", "[]", "null", "1.5"] {
+            let r = c.call(&format!(r#"{{"execute": "query-vnc", "id": {id}}}"#)).await;
             let expected: Value = serde_json::from_str(id).unwrap();
             assert_eq!(r["id"], expected);
             assert_eq!(r["return"], serde_json::json!({"enabled": false}));
         }
         // No id in, no id out.
-        assert_eq!(
-            c.call(r#"{"execute": "cont"}"#).await,
-            serde_json::json!({"return": {}})
-        );
+        assert_eq!(c.call(r#"{"execute": "cont"}"#).await, serde_json::json!({"return": {}}));
     }
 
     #[tokio::test]
@@ -1477,10 +1259,7 @@ mod tests {
         let server = start(vm.clone());
         for i in 0..5 {
             let mut c = Client::negotiated(&server.path).await;
-            assert_eq!(
-                c.call(&format!(r#"{{"execute":"cont","id":{i}}}"#)).await["id"],
-                i
-            );
+            assert_eq!(c.call(&format!(r#"{{"execute":"cont","id":{i}}}"#)).await["id"], i);
         }
         assert_eq!(vm.calls().len(), 5);
     }
@@ -1490,17 +1269,8 @@ mod tests {
         let server = start(Arc::new(FakeVm::new(2)));
         let mut a = Client::negotiated(&server.path).await;
         let mut b = Client::negotiated(&server.path).await;
-        assert_eq!(
-            b.call(r#"{"execute":"query-vnc","id":1}"#).await["return"]["enabled"],
-            false
-        );
-        assert_eq!(
-            a.call(r#"{"execute":"query-cpus-fast","id":2}"#).await["return"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(b.call(r#"{"execute":"query-vnc","id":1}"#).await["return"]["enabled"], false);
+        assert_eq!(a.call(r#"{"execute":"query-cpus-fast","id":2}"#).await["return"].as_array().unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -1508,41 +1278,15 @@ mod tests {
         let vm = Arc::new(FakeVm::new(1));
         let server = start(vm.clone());
         let mut c = Client::negotiated(&server.path).await;
-        let status = |v: &Value| {
-            (
-                v["return"]["status"].clone(),
-                v["return"]["running"].clone(),
-            )
-        };
-        assert_eq!(
-            status(&c.call(r#"{"execute":"query-status","id":1}"#).await),
-            ("prelaunch".into(), false.into())
-        );
-        assert_eq!(
-            c.call(r#"{"execute":"cont","id":2}"#).await,
-            serde_json::json!({"return": {}, "id": 2})
-        );
+        let status = |v: &Value| (v["return"]["status"].clone(), v["return"]["running"].clone());
+        assert_eq!(status(&c.call(r#"{"execute":"query-status","id":1}"#).await), ("prelaunch".into(), false.into()));
+        assert_eq!(c.call(r#"{"execute":"cont","id":2}"#).await, serde_json::json!({"return": {}, "id": 2}));
         // cont is idempotent.
-        assert_eq!(
-            c.call(r#"{"execute":"cont","id":3}"#).await,
-            serde_json::json!({"return": {}, "id": 3})
-        );
-        assert_eq!(
-            status(&c.call(r#"{"execute":"query-status","id":4}"#).await),
-            ("running".into(), true.into())
-        );
-        assert_eq!(
-            c.call(r#"{"execute":"stop","id":5}"#).await,
-            serde_json::json!({"return": {}, "id": 5})
-        );
-        assert_eq!(
-            status(&c.call(r#"{"execute":"query-status","id":6}"#).await),
-            ("paused".into(), false.into())
-        );
-        assert_eq!(
-            c.call(r#"{"execute":"quit","id":7}"#).await,
-            serde_json::json!({"return": {}, "id": 7})
-        );
+        assert_eq!(c.call(r#"{"execute":"cont","id":3}"#).await, serde_json::json!({"return": {}, "id": 3}));
+        assert_eq!(status(&c.call(r#"{"execute":"query-status","id":4}"#).await), ("running".into(), true.into()));
+        assert_eq!(c.call(r#"{"execute":"stop","id":5}"#).await, serde_json::json!({"return": {}, "id": 5}));
+        assert_eq!(status(&c.call(r#"{"execute":"query-status","id":6}"#).await), ("paused".into(), false.into()));
+        assert_eq!(c.call(r#"{"execute":"quit","id":7}"#).await, serde_json::json!({"return": {}, "id": 7}));
         assert_eq!(vm.calls(), vec!["cont", "cont", "stop", "quit"]);
     }
 
@@ -1566,8 +1310,7 @@ mod tests {
         let mut c = Client::negotiated(&server.path).await;
         // The Xen 4.20 probe: an empty list makes libxl fall back to -chroot/-runas.
         assert_eq!(
-            c.call(r#"{"execute":"query-command-line-options","id":1}"#)
-                .await,
+            c.call(r#"{"execute":"query-command-line-options","id":1}"#).await,
             serde_json::json!({"return": [], "id": 1})
         );
         assert_error(
@@ -1582,35 +1325,14 @@ mod tests {
         for (i, cpu) in cpus.iter().enumerate() {
             assert_eq!(cpu["cpu-index"], i);
             assert_eq!(cpu["target"], "i386");
-            assert_eq!(
-                cpu["qom-path"],
-                format!("/machine/unattached/device[{}]", i + 2)
-            );
-            assert_eq!(
-                cpu["props"],
-                serde_json::json!({"core-id": 0, "thread-id": 0, "socket-id": i})
-            );
+            assert_eq!(cpu["qom-path"], format!("/machine/unattached/device[{}]", i + 2));
+            assert_eq!(cpu["props"], serde_json::json!({"core-id": 0, "thread-id": 0, "socket-id": i}));
         }
         let v = c.call(r#"{"execute":"query-version","id":4}"#).await;
-        assert_eq!(
-            v["return"]["qemu"],
-            serde_json::json!({"major": 7, "minor": 2, "micro": 0})
-        );
+        assert_eq!(v["return"]["qemu"], serde_json::json!({"major": 7, "minor": 2, "micro": 0}));
         let cmds = c.call(r#"{"execute":"query-commands","id":5}"#).await;
-        let names: Vec<&str> = cmds["return"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        for n in [
-            "qmp_capabilities",
-            "query-chardev",
-            "cont",
-            "query-vnc",
-            "query-cpus-fast",
-            "quit",
-        ] {
+        let names: Vec<&str> = cmds["return"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        for n in ["qmp_capabilities", "query-chardev", "cont", "query-vnc", "query-cpus-fast", "quit"] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
     }
@@ -1625,19 +1347,11 @@ mod tests {
         // The server may close while we are still writing.
         let _ = c.stream.write_all(&big).await;
         let r = c.recv_value().await;
-        assert_error(
-            &r,
-            "GenericError",
-            &format!("QMP input exceeds {MAX_INPUT} bytes"),
-            None,
-        );
+        assert_error(&r, "GenericError", &format!("QMP input exceeds {MAX_INPUT} bytes"), None);
         c.expect_eof().await;
         // The server itself is still there.
         let mut c = Client::negotiated(&server.path).await;
-        assert_eq!(
-            c.call(r#"{"execute":"cont","id":1}"#).await["return"],
-            serde_json::json!({})
-        );
+        assert_eq!(c.call(r#"{"execute":"cont","id":1}"#).await["return"], serde_json::json!({}));
     }
 
     #[tokio::test]
@@ -1645,10 +1359,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp");
         drop(StdUnixListener::bind(&path).unwrap());
-        assert!(
-            path.exists(),
-            "a dropped listener leaves its socket file behind"
-        );
+        assert!(path.exists(), "a dropped listener leaves its socket file behind");
         let listener = bind(&QmpSocketSpec::Path(path.clone())).unwrap();
         assert_eq!(listener_path(&listener).as_deref(), Some(path.as_path()));
         let listener = UnixListener::from_std(listener).unwrap();
@@ -1678,9 +1389,7 @@ mod tests {
         rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty()).unwrap();
         let listener = bind(&QmpSocketSpec::Fd(fd)).unwrap();
         assert_eq!(listener.as_raw_fd(), fd);
-        assert!(rustix::io::fcntl_getfd(&listener)
-            .unwrap()
-            .contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(rustix::io::fcntl_getfd(&listener).unwrap().contains(rustix::io::FdFlags::CLOEXEC));
         let listener = UnixListener::from_std(listener).unwrap();
         let task = tokio::spawn(serve(listener, Arc::new(FakeVm::new(1))));
         Client::negotiated(&path).await;
@@ -1689,10 +1398,7 @@ mod tests {
 
     #[test]
     fn bad_fds_are_rejected_without_being_closed() {
-        assert_eq!(
-            bind(&QmpSocketSpec::Fd(-1)).unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
+        assert_eq!(bind(&QmpSocketSpec::Fd(-1)).unwrap_err().kind(), io::ErrorKind::InvalidInput);
         let file = tempfile::tempfile().unwrap();
         let err = bind(&QmpSocketSpec::Fd(file.as_raw_fd())).unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");

@@ -114,7 +114,7 @@ impl Piix3 {
     /// A bridge in its reset state; link routes go to `hv`.
     pub fn new(hv: Arc<dyn Hypervisor>) -> Self {
         let mut cfg = PciConfig::new(&PciIdentity {
-            vendor: crate::i440fx::VENDOR_INTEL,
+            vendor: crate::pc::i440fx::VENDOR_INTEL,
             device: DEVICE_ID_82371SB_0,
             revision: 0,
             base_class: 0x06,
@@ -201,7 +201,11 @@ impl BusDevice for ResetControl {
         let (0, Some(&v)) = (offset, data.first()) else { return };
         if v & RC_RCPU != 0 {
             if let Some(suppressed) = self.log.check() {
-                tracing::info!(value = format_args!("{v:#04x}"), suppressed, "guest requested a reset through port 0xcf9");
+                tracing::info!(
+                    value = format_args!("{v:#04x}"),
+                    suppressed,
+                    "guest requested a reset through port 0xcf9"
+                );
             }
             self.hv.shutdown(ShutdownReason::Reboot);
             // QEMU resets the machine (rcr = 0) before telling Xen.
@@ -238,7 +242,7 @@ pub struct Piix3Handles {
 
 /// Puts the ISA bridge at 00:01.0 and its reset control at port 0xCF9.
 ///
-/// If the bus already serves 0xCF8-0xCFF ([`crate::i440fx::register`] does
+/// If the bus already serves 0xCF8-0xCFF ([`crate::pc::i440fx::register`] does
 /// that), 0xCF9 is delegated with [`Bus::set_reset_control`]; otherwise the
 /// port is registered on its own (and enabling the host ports afterwards
 /// would then fail with an overlap).
@@ -249,10 +253,7 @@ pub fn register(bus: &mut Bus, hv: Arc<dyn Hypervisor>) -> Result<Piix3Handles, 
     let bridge = Arc::new(Mutex::new(Piix3::new(hv.clone())));
     let reset_control = Arc::new(Mutex::new(ResetControl::new(hv)));
     bus.register_pci(SBDF, NAME, bridge.clone())?;
-    let host_ports_served = bus
-        .pio_ranges()
-        .iter()
-        .any(|&(s, e)| s <= RESET_CONTROL_PORT && RESET_CONTROL_PORT <= e);
+    let host_ports_served = bus.pio_ranges().iter().any(|&(s, e)| s <= RESET_CONTROL_PORT && RESET_CONTROL_PORT <= e);
     if !host_ports_served {
         bus.register_pio(RESET_CONTROL_PORT, 1, "piix3 reset control", reset_control.clone(), 0)?;
     }
@@ -268,7 +269,7 @@ mod tests {
     fn setup() -> (Bus, Arc<FakeHypervisor>, Piix3Handles) {
         let hv = Arc::new(FakeHypervisor::new());
         let mut bus = Bus::new();
-        crate::i440fx::register(&mut bus, 1 << 30).unwrap();
+        crate::pc::i440fx::register(&mut bus, 1 << 30).unwrap();
         let h = register(&mut bus, hv.clone()).unwrap();
         (bus, hv, h)
     }
@@ -291,11 +292,8 @@ mod tests {
         assert_eq!(rd(&mut bus, 0x60, 4), 0x8080_8080);
         let mut all = [0u8; 256];
         bus.pci_config_read(SBDF, 0, &mut all);
-        let expect: Vec<(usize, u8)> = RESET_VALUES
-            .iter()
-            .filter(|&&(r, v)| r >= 0x40 && v != 0)
-            .map(|&(r, v)| (usize::from(r), v))
-            .collect();
+        let expect: Vec<(usize, u8)> =
+            RESET_VALUES.iter().filter(|&&(r, v)| r >= 0x40 && v != 0).map(|&(r, v)| (usize::from(r), v)).collect();
         let got: Vec<(usize, u8)> = (0x40..256).filter(|&i| all[i] != 0).map(|i| (i, all[i])).collect();
         assert_eq!(got, expect);
         assert_eq!(
@@ -457,11 +455,8 @@ mod tests {
         assert!(hv.take().is_empty());
     }
 
-    crate::snapshot_conformance!(
-        snapshot_conformance,
-        Piix3::new(Arc::new(FakeHypervisor::new())),
-        |d: &mut Piix3| d.config_write(0x60, &[0x05, 0x0a, 0x0b, 0x05])
-    );
+    crate::snapshot_conformance!(snapshot_conformance, Piix3::new(Arc::new(FakeHypervisor::new())), |d: &mut Piix3| d
+        .config_write(0x60, &[0x05, 0x0a, 0x0b, 0x05]));
 
     crate::snapshot_conformance!(
         reset_control_snapshot_conformance,

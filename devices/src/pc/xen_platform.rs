@@ -47,7 +47,8 @@
 //! Standard locations: 00:02.0 (`xenfv` creates it before any VGA) and ports
 //! 0x10-0x1F.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use crate::sync::lock;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -255,7 +256,11 @@ impl XenPlatform {
             (2, PORT_VERSION) => {
                 self.product = v as u16;
                 if let Some(suppressed) = self.log_limit.check() {
-                    tracing::info!(product = self.product, suppressed, "guest PV drivers announced their product number");
+                    tracing::info!(
+                        product = self.product,
+                        suppressed,
+                        "guest PV drivers announced their product number"
+                    );
                 }
             }
             (4, PORT_MAGIC) => {
@@ -357,10 +362,6 @@ impl Snapshot for XenPlatform {
         self.line.clear();
         Ok(())
     }
-}
-
-fn lock(m: &Mutex<XenPlatform>) -> MutexGuard<'_, XenPlatform> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Ports 0x10-0x1F as a [`BusDevice`], sharing the device's state.

@@ -1,0 +1,14 @@
+//! The PC chips of QEMU's `xenfv` machine: the i440FX host bridge, the PIIX3
+//! ISA bridge and PIIX4 power management functions, the Xen platform device,
+//! the CMOS NVRAM, the 16550A UART, the i8042 keyboard controller and port
+//! 0x92. Each is a plain state machine behind [`crate::BusDevice`] or
+//! [`crate::PciFunction`]; none knows where it sits.
+
+pub mod cmos;
+pub mod i440fx;
+pub mod i8042;
+pub mod piix3;
+pub mod piix4_pm;
+pub mod port92;
+pub mod uart;
+pub mod xen_platform;

@@ -1,0 +1,8 @@
+//! Xen's ioreq protocol, decoded once ([`abi`]), and the engine that serves
+//! one request against the device bus and guest memory ([`engine`]).
+//!
+//! Nothing here talks to Xen: the ioreq server in [`crate::xen`] hands
+//! requests in and writes the responses back.
+
+pub mod abi;
+pub mod engine;
