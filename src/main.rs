@@ -311,7 +311,7 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
         };
         let sink =
             FileSink::create(path, &header).with_context(|| format!("creating the ioreq trace {}", path.display()))?;
-        m.engine.set_recorder(Recorder::new(tap.clone(), Box::new(sink)));
+        m.engine.set_observer(Box::new(Recorder::new(tap.clone(), Box::new(sink))));
         info!(path = %path.display(), "recording ioreqs");
     }
 
@@ -426,7 +426,7 @@ fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     stop.stop();
     match ioreq_thread.join() {
         Ok((mut engine, _)) => {
-            if let Some(mut r) = engine.take_recorder() {
+            if let Some(mut r) = engine.take_observer() {
                 if let Err(e) = r.flush() {
                     warn!("{e}");
                 }

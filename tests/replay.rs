@@ -247,7 +247,7 @@ fn generate(out: &Path) {
     let hv: Arc<dyn Hypervisor> = Arc::new(RecordingHypervisor::new(Arc::new(FakeHypervisor::new()), tap.clone()));
     let machine = XendmReplay { dirs: vec![boot_dir()] };
     let mut engine = machine.build(&header, mem, hv).unwrap();
-    engine.set_recorder(Recorder::new(tap, Box::new(FileSink::create(out, &header).unwrap())));
+    engine.set_observer(Box::new(Recorder::new(tap, Box::new(FileSink::create(out, &header).unwrap()))));
     for (buffered, req, prep) in script() {
         for (gpa, bytes) in prep {
             ram.write(GuestAddress(gpa), &bytes).unwrap();
@@ -259,7 +259,7 @@ fn generate(out: &Path) {
         }
         engine.bus_mut().take_changes();
     }
-    engine.take_recorder().unwrap().flush().unwrap();
+    engine.take_observer().unwrap().flush().unwrap();
 }
 
 fn traces() -> Vec<PathBuf> {

@@ -46,7 +46,7 @@ use crate::ioreq::abi::{
     BufSlot, Ioreq, IOREQ_BUFFER_SLOT_NUM, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG,
     IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
 };
-use crate::trace::Recorder;
+use crate::ioreq::observer::{IoreqObserver, Served, BUFFERED_VCPU};
 
 /// Largest `count * size` served for one request.
 pub const MAX_REP_BYTES: u64 = 1 << 20;
@@ -90,7 +90,7 @@ pub struct Engine {
     bus: Bus,
     mem: Arc<dyn GuestMemory>,
     hooks: Box<dyn EngineHooks>,
-    recorder: Option<Recorder>,
+    observer: Option<Box<dyn IoreqObserver>>,
     bad_request_log: RateLimit,
     mem_fault_log: RateLimit,
 }
@@ -110,7 +110,7 @@ impl Engine {
             bus,
             mem,
             hooks,
-            recorder: None,
+            observer: None,
             bad_request_log: RateLimit::per_second(),
             mem_fault_log: RateLimit::per_second(),
         }
@@ -121,21 +121,22 @@ impl Engine {
         &mut self.bus
     }
 
-    /// Starts recording every request into `recorder`.
-    pub fn set_recorder(&mut self, recorder: Recorder) {
-        self.recorder = Some(recorder);
+    /// Reports every request served from now on to `observer` (the trace
+    /// recorder, when recording).
+    pub fn set_observer(&mut self, observer: Box<dyn IoreqObserver>) {
+        self.observer = Some(observer);
     }
 
-    /// Stops recording and returns the recorder (to flush it).
-    pub fn take_recorder(&mut self) -> Option<Recorder> {
-        self.recorder.take()
+    /// Stops reporting and returns the observer (to flush it).
+    pub fn take_observer(&mut self) -> Option<Box<dyn IoreqObserver>> {
+        self.observer.take()
     }
 
     /// Emulates one synchronous request for vCPU `vcpu` and returns the value
     /// for the response's `data` field (for writes and pointer requests, the
     /// request's own `data`).
     pub fn handle(&mut self, vcpu: u32, req: &Ioreq) -> u64 {
-        self.recorded(vcpu, false, req)
+        self.observed(vcpu, false, req)
     }
 
     /// Handles every buffered request now in the ring (at most
@@ -187,23 +188,23 @@ impl Engine {
                 df: false,
                 kind: slot.kind,
             };
-            self.recorded(u32::MAX, true, &req);
+            self.observed(BUFFERED_VCPU, true, &req);
             ring.advance_read_pointer(used);
             handled += 1;
         }
         handled
     }
 
-    /// Emulates `req`, recording it when a recorder is set. `vcpu` is
-    /// `u32::MAX` for buffered requests.
-    fn recorded(&mut self, vcpu: u32, buffered: bool, req: &Ioreq) -> u64 {
-        let Some(rec) = &mut self.recorder else { return self.emulate(req) };
-        rec.begin();
+    /// Emulates `req`, reporting it when an observer is set. `vcpu` is
+    /// [`BUFFERED_VCPU`] for buffered requests.
+    fn observed(&mut self, vcpu: u32, buffered: bool, req: &Ioreq) -> u64 {
+        let Some(obs) = &mut self.observer else { return self.emulate(req) };
+        obs.begin();
         let before = self.bus.pending_changes().len();
         let resp = self.emulate(req);
-        let changes = self.bus.pending_changes().get(before..).unwrap_or(&[]).to_vec();
-        if let Some(rec) = &mut self.recorder {
-            rec.finish(vcpu, buffered, req, resp, changes);
+        let ranges = self.bus.pending_changes().get(before..).unwrap_or(&[]);
+        if let Some(obs) = &mut self.observer {
+            obs.finish(&Served { vcpu, buffered, req, resp, ranges });
         }
         resp
     }
@@ -211,7 +212,7 @@ impl Engine {
     /// Emulates one buffered request (already decoded from the ring); for
     /// replay, which has no ring.
     pub fn handle_buffered_request(&mut self, req: &Ioreq) -> u64 {
-        self.recorded(u32::MAX, true, req)
+        self.observed(BUFFERED_VCPU, true, req)
     }
 
     fn log_bad(&mut self, what: &str) {

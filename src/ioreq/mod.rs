@@ -1,8 +1,10 @@
 //! Xen's ioreq protocol, decoded once ([`abi`]), and the engine that serves
-//! one request against the device bus and guest memory ([`engine`]).
+//! one request against the device bus and guest memory ([`engine`]); an
+//! [`observer`] sees each request served (the trace recorder is one).
 //!
 //! Nothing here talks to Xen: the ioreq server in [`crate::xen`] hands
 //! requests in and writes the responses back.
 
 pub mod abi;
 pub mod engine;
+pub mod observer;

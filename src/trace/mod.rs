@@ -35,6 +35,7 @@ use xendm_devices::bus::RangeChange;
 use xendm_devices::{GuestMemory, HvCall, Hypervisor, MemError, ShutdownReason};
 
 use crate::ioreq::abi::Ioreq;
+use crate::ioreq::observer::{FlushError, IoreqObserver, Served};
 
 /// Current trace format version.
 pub const TRACE_VERSION: u32 = 1;
@@ -302,36 +303,35 @@ impl Recorder {
     pub fn new(tap: Arc<Tap>, sink: Box<dyn RecordSink>) -> Self {
         Self { tap, sink, next: 0 }
     }
+}
 
+impl IoreqObserver for Recorder {
     /// Forgets anything the tap saw outside a request.
-    pub fn begin(&mut self) {
+    fn begin(&mut self) {
         *lock(&self.tap.state) = TapState::default();
     }
 
     /// Completes the record of the request just served.
-    pub fn finish(&mut self, vcpu: u32, buffered: bool, req: &Ioreq, resp: u64, ranges: Vec<RangeChange>) {
+    fn finish(&mut self, served: &Served<'_>) {
         let st = std::mem::take(&mut *lock(&self.tap.state));
         let r = Record {
             i: self.next,
-            vcpu,
-            buffered,
-            req: *req,
-            resp,
+            vcpu: served.vcpu,
+            buffered: served.buffered,
+            req: *served.req,
+            resp: served.resp,
             mem_reads: st.reads,
             mem_writes: st.writes,
             hv: st.hv,
-            ranges,
+            ranges: served.ranges.to_vec(),
         };
         self.next += 1;
         self.sink.record(&r);
     }
 
     /// Flushes the sink.
-    ///
-    /// # Errors
-    /// If the sink cannot be written.
-    pub fn flush(&mut self) -> Result<(), TraceError> {
-        self.sink.flush()
+    fn flush(&mut self) -> Result<(), FlushError> {
+        Ok(self.sink.flush()?)
     }
 }
 
@@ -570,7 +570,7 @@ pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary,
     let rec_mem: Arc<dyn GuestMemory> = Arc::new(RecordingMemory::new(mem.clone(), tap.clone()));
     let mut engine = machine.build(&header, rec_mem, hv).map_err(TraceError::Machine)?;
     let sink = VecSink::default();
-    engine.set_recorder(Recorder::new(tap, Box::new(sink.clone())));
+    engine.set_observer(Box::new(Recorder::new(tap, Box::new(sink.clone()))));
     let mut n = 0u64;
     for rec in reader {
         let expected = rec?;
@@ -648,11 +648,11 @@ mod tests {
         let hv: Arc<dyn Hypervisor> =
             Arc::new(RecordingHypervisor::new(Arc::new(xendm_devices::hv::FakeHypervisor::new()), tap.clone()));
         let mut e = EchoMachine.build(&header, mem, hv).unwrap();
-        e.set_recorder(Recorder::new(tap, Box::new(FileSink::create(path, &header).unwrap())));
+        e.set_observer(Box::new(Recorder::new(tap, Box::new(FileSink::create(path, &header).unwrap()))));
         for r in script {
             e.handle(0, r);
         }
-        e.take_recorder().unwrap().flush().unwrap();
+        e.take_observer().unwrap().flush().unwrap();
     }
 
     fn script() -> Vec<Ioreq> {
