@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use xendm::ioreq::abi::{Ioreq, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO};
+use xendm::ioreq::abi::{Ioreq, IoreqKind};
 use xendm::ioreq::engine::{Engine, NoHooks};
 use xendm_devices::bus::{BusDevice, PciFunction, PciRegion, Sbdf};
 use xendm_devices::mem::TestMemory;
@@ -84,7 +84,7 @@ fn main() {
         data_is_ptr: false,
         is_read: true,
         df: false,
-        kind: IOREQ_TYPE_PIO,
+        kind: IoreqKind::Pio,
     };
     let rep = Ioreq { data: 0x100_0000, count: 4059, data_is_ptr: true, ..base };
     bench("rep insb 4059 B", 4059, || {
@@ -97,7 +97,7 @@ fn main() {
     bench("inb", 0, || {
         black_box(e.handle(0, black_box(&base)));
     });
-    let pci = Ioreq { addr: 0, size: 4, kind: IOREQ_TYPE_PCI_CONFIG, ..base };
+    let pci = Ioreq { addr: 0, size: 4, kind: IoreqKind::PciConfig, ..base };
     bench("pci config read", 0, || {
         black_box(e.handle(0, black_box(&pci)));
     });

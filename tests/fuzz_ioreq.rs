@@ -26,10 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vm_memory::GuestAddress;
-use xendm::ioreq::abi::{
-    BufSlot, Ioreq, IOREQ_BUFFER_SLOT_NUM, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG,
-    IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
-};
+use xendm::ioreq::abi::{BufSlot, Ioreq, IoreqKind, IOREQ_BUFFER_SLOT_NUM};
 use xendm::ioreq::engine::{BufferedRing, Engine, NoHooks};
 use xendm::machine::{build, Inputs};
 use xendm_devices::hv::FakeHypervisor;
@@ -135,12 +132,12 @@ fn sbdf(r: &mut Rng) -> u64 {
 
 fn request(r: &mut Rng) -> Ioreq {
     let kind = match r.below(100) {
-        0..=64 => IOREQ_TYPE_PIO,
-        65..=79 => IOREQ_TYPE_COPY,
-        80..=95 => IOREQ_TYPE_PCI_CONFIG,
-        96 => IOREQ_TYPE_TIMEOFFSET,
-        97 => IOREQ_TYPE_INVALIDATE,
-        _ => r.next() as u8,
+        0..=64 => IoreqKind::Pio,
+        65..=79 => IoreqKind::Copy,
+        80..=95 => IoreqKind::PciConfig,
+        96 => IoreqKind::TimeOffset,
+        97 => IoreqKind::Invalidate,
+        _ => IoreqKind::from(r.next() as u8),
     };
     let mut req = Ioreq {
         addr: 0,
@@ -153,7 +150,7 @@ fn request(r: &mut Rng) -> Ioreq {
         kind,
     };
     match kind {
-        IOREQ_TYPE_PIO => {
+        IoreqKind::Pio => {
             req.addr = match r.below(20) {
                 0 => r.below(0x1_0000),
                 1 => r.next(),
@@ -161,12 +158,12 @@ fn request(r: &mut Rng) -> Ioreq {
             };
             req.size = size(r, false);
         }
-        IOREQ_TYPE_COPY => {
+        IoreqKind::Copy => {
             req.addr = if r.chance(10) { r.next() } else { r.pick(MMIO).wrapping_add(r.below(0x40)) };
             req.size = size(r, true);
             req.count = count(r);
         }
-        IOREQ_TYPE_PCI_CONFIG => {
+        IoreqKind::PciConfig => {
             let reg = if r.chance(95) { r.below(0x108) } else { u64::from(r.next() as u32) };
             req.addr = sbdf(r) << 32 | reg;
             req.size = size(r, false);
@@ -182,7 +179,7 @@ fn request(r: &mut Rng) -> Ioreq {
     }
     // Make the fw_cfg ports do something: select real items, point DMA at
     // the descriptor zone (the register holds the address big-endian).
-    if kind == IOREQ_TYPE_PIO && !req.data_is_ptr && !req.is_read {
+    if kind == IoreqKind::Pio && !req.data_is_ptr && !req.is_read {
         match req.addr {
             0x510 if r.chance(80) => {
                 req.size = 2;
@@ -261,8 +258,8 @@ fn junk_ring(r: &mut Rng) -> JunkRing {
     let slots = (0..IOREQ_BUFFER_SLOT_NUM)
         .map(|_| {
             if r.chance(50) {
-                let kind = r.pick(&[IOREQ_TYPE_PIO, IOREQ_TYPE_COPY]);
-                let addr = if kind == IOREQ_TYPE_PIO { r.pick(PORTS) as u32 } else { r.pick(MMIO) as u32 };
+                let kind = r.pick(&[IoreqKind::Pio, IoreqKind::Copy]);
+                let addr = if kind == IoreqKind::Pio { r.pick(PORTS) as u32 } else { r.pick(MMIO) as u32 };
                 BufSlot { kind, is_read: false, size: r.pick(&[1, 2, 4, 8]), addr, data: r.next() as u32 }.encode()
             } else {
                 r.next()
@@ -306,17 +303,17 @@ fn machine(mem: Arc<TestMemory>, hv: Arc<FakeHypervisor>) -> Engine {
 }
 
 fn pio(addr: u64, size: u32, is_read: bool, data: u64) -> Ioreq {
-    Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read, df: false, kind: IOREQ_TYPE_PIO }
+    Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read, df: false, kind: IoreqKind::Pio }
 }
 
 /// The response must be what the guest may architecturally see.
 fn check_response(i: u32, req: &Ioreq, resp: u64) {
-    let is_access = matches!(req.kind, IOREQ_TYPE_PIO | IOREQ_TYPE_COPY | IOREQ_TYPE_PCI_CONFIG);
+    let is_access = matches!(req.kind, IoreqKind::Pio | IoreqKind::Copy | IoreqKind::PciConfig);
     if is_access && req.is_read && !req.data_is_ptr {
         let bits = u64::from(req.size.min(8)) * 8;
         let fits = bits >= 64 || resp >> bits == 0;
         assert!(fits, "iteration {i}: read of size {} answered {resp:#x}: {req:?}", req.size);
-    } else if is_access || matches!(req.kind, IOREQ_TYPE_TIMEOFFSET | IOREQ_TYPE_INVALIDATE) {
+    } else if is_access || matches!(req.kind, IoreqKind::TimeOffset | IoreqKind::Invalidate) {
         assert_eq!(resp, req.data, "iteration {i}: a write or pointer request must answer its own data: {req:?}");
     }
 }
@@ -369,7 +366,7 @@ fn random_ioreqs_never_break_the_machine() {
             }))
             .map_err(|_| format!("request at iteration {i}: {req:?}"));
             let dma_kick =
-                req.kind == IOREQ_TYPE_PIO && req.addr == 0x518 && req.size == 4 && !req.is_read && !req.data_is_ptr;
+                req.kind == IoreqKind::Pio && req.addr == 0x518 && req.size == 4 && !req.is_read && !req.data_is_ptr;
             if dma_kick && result.is_ok() {
                 let desc = u64::from((req.data as u32).swap_bytes());
                 let mut ctl = [0u8; 4];
@@ -404,7 +401,7 @@ fn random_ioreqs_never_break_the_machine() {
     let sig: Vec<u8> = (0..4).map(|_| engine.handle(0, &pio(0x511, 1, true, 0)) as u8).collect();
     assert_eq!(sig, b"QEMU", "fw_cfg signature after the storm");
     let cfg =
-        |sbdf: Sbdf| Ioreq { addr: u64::from(sbdf.to_u32()) << 32, kind: IOREQ_TYPE_PCI_CONFIG, ..pio(0, 4, true, 0) };
+        |sbdf: Sbdf| Ioreq { addr: u64::from(sbdf.to_u32()) << 32, kind: IoreqKind::PciConfig, ..pio(0, 4, true, 0) };
     assert_eq!(engine.handle(0, &cfg(Sbdf::new(0, 0))), 0x1237_8086);
     assert_eq!(engine.handle(0, &cfg(Sbdf::new(1, 0))), 0x7000_8086);
     assert_eq!(engine.handle(0, &cfg(Sbdf::new(2, 0))), 0x0001_5853);

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vm_memory::GuestAddress;
-use xendm::ioreq::abi::{
-    Ioreq, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
-};
+use xendm::ioreq::abi::{Ioreq, IoreqKind};
 use xendm::machine::replay::XendmReplay;
 use xendm::trace::{
     self, FileSink, Header, Recorder, RecordingHypervisor, RecordingMemory, ReplayMachine, Tap, TraceReader,
@@ -68,11 +66,11 @@ fn write_if_changed(path: &Path, data: &[u8]) {
 }
 
 fn pio(addr: u64, size: u32, is_read: bool, data: u64) -> Ioreq {
-    Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read, df: false, kind: IOREQ_TYPE_PIO }
+    Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read, df: false, kind: IoreqKind::Pio }
 }
 
 fn cfg(sbdf: Sbdf, reg: u64, size: u32, is_read: bool, data: u64) -> Ioreq {
-    Ioreq { addr: (u64::from(sbdf.to_u32()) << 32) | reg, kind: IOREQ_TYPE_PCI_CONFIG, ..pio(0, size, is_read, data) }
+    Ioreq { addr: (u64::from(sbdf.to_u32()) << 32) | reg, kind: IoreqKind::PciConfig, ..pio(0, size, is_read, data) }
 }
 
 /// Guest memory to fill before a request: `(address, bytes)`.
@@ -166,18 +164,18 @@ fn script() -> Vec<(bool, Ioreq, Prep)> {
     add(Ioreq { count: 4, data_is_ptr: true, ..pio(0x3f8, 1, false, 0x4000) }, vec![(0x4000, b"rep\n".to_vec())]);
     add(Ioreq { count: 4, data_is_ptr: true, df: true, ..pio(0x3f8, 1, false, 0x4003) }, vec![]);
     // MMIO (COPY): unclaimed reads, a rep movs MMIO -> RAM, an 8-byte write.
-    let mmio = |addr, size, is_read, data| Ioreq { addr, kind: IOREQ_TYPE_COPY, ..pio(0, size, is_read, data) };
+    let mmio = |addr, size, is_read, data| Ioreq { addr, kind: IoreqKind::Copy, ..pio(0, size, is_read, data) };
     add(mmio(0xfee0_0000, 4, true, 0), vec![]);
     add(Ioreq { count: 4, data_is_ptr: true, ..mmio(0xf100_0000, 4, true, 0x3000) }, vec![]);
     add(mmio(0xf100_0008, 8, false, 0x1122_3344_5566_7788), vec![]);
     // INVALIDATE (sync) and TIMEOFFSET + a PIO write (buffered).
-    add(Ioreq { kind: IOREQ_TYPE_INVALIDATE, ..pio(0, 4, false, u64::from(u32::MAX)) }, vec![]);
-    s.push((true, Ioreq { kind: IOREQ_TYPE_TIMEOFFSET, ..pio(0, 8, false, (-3600i64) as u64) }, vec![]));
+    add(Ioreq { kind: IoreqKind::Invalidate, ..pio(0, 4, false, u64::from(u32::MAX)) }, vec![]);
+    s.push((true, Ioreq { kind: IoreqKind::TimeOffset, ..pio(0, 8, false, (-3600i64) as u64) }, vec![]));
     s.push((true, pio(0x70, 1, false, 0x41), vec![]));
     let mut add = |r: Ioreq| s.push((false, r, vec![]));
     // Hostile: bad size, unknown type, huge count, PCI register beyond 64 KiB.
     add(pio(0x3f8, 3, true, 0));
-    add(Ioreq { kind: 3, ..pio(0x3f8, 1, true, 0) });
+    add(Ioreq { kind: IoreqKind::Unknown(3), ..pio(0x3f8, 1, true, 0) });
     add(Ioreq { count: u32::MAX, data_is_ptr: true, ..pio(0x511, 1, true, 0x1000) });
     add(cfg(Sbdf::new(0, 0), 0x1_0000, 4, true, 0));
     // Reset control, then ACPI S5.
@@ -304,9 +302,9 @@ fn synthetic() -> PathBuf {
 fn synthetic_trace_covers_every_ioreq_type_and_replays() {
     let path = synthetic();
     let recs: Vec<trace::Record> = TraceReader::open(&path).unwrap().map(Result::unwrap).collect();
-    let kinds: std::collections::BTreeSet<u8> = recs.iter().map(|r| r.req.kind).collect();
-    for k in [IOREQ_TYPE_PIO, IOREQ_TYPE_COPY, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_TIMEOFFSET, IOREQ_TYPE_INVALIDATE] {
-        assert!(kinds.contains(&k), "trace lacks ioreq type {k}");
+    let kinds: std::collections::HashSet<IoreqKind> = recs.iter().map(|r| r.req.kind).collect();
+    for k in [IoreqKind::Pio, IoreqKind::Copy, IoreqKind::PciConfig, IoreqKind::TimeOffset, IoreqKind::Invalidate] {
+        assert!(kinds.contains(&k), "trace lacks ioreq type {k:?}");
     }
     let has = |f: &dyn Fn(&trace::Record) -> bool| recs.iter().any(f);
     assert!(has(&|r| r.buffered), "buffered requests");

@@ -16,6 +16,11 @@
 //!   the second holding the high half.
 //! * `buffered_iopage` (4096 bytes): `read_pointer` u32 @0, `write_pointer`
 //!   u32 @4, 511 slots from @8.
+//!
+//! The `type` byte is decoded once, into [`IoreqKind`]; traces store it as
+//! the raw number.
+use core::mem::offset_of;
+
 use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -24,9 +29,13 @@ pub const IOREQ_READ: u8 = 1;
 /// `dir`: the guest supplies data.
 pub const IOREQ_WRITE: u8 = 0;
 
+/// `state`: the slot is free (no request, or the response was consumed).
 pub const STATE_IOREQ_NONE: u8 = 0;
+/// `state`: Xen has posted a request and signalled the vCPU's port.
 pub const STATE_IOREQ_READY: u8 = 1;
+/// `state`: the device model has taken the request and is serving it.
 pub const STATE_IOREQ_INPROCESS: u8 = 2;
+/// `state`: the response (`data`) is written; Xen may resume the vCPU.
 pub const STATE_IORESP_READY: u8 = 3;
 
 /// Port I/O.
@@ -43,28 +52,118 @@ pub const IOREQ_TYPE_INVALIDATE: u8 = 8;
 /// Slots in the buffered ring.
 pub const IOREQ_BUFFER_SLOT_NUM: u32 = 511;
 
-/// Bits of [`IoreqRaw::flags`].
+/// Bits 0-3 of [`IoreqRaw::flags`]: `state` (`STATE_*`).
 pub const FLAG_STATE_MASK: u8 = 0x0f;
+/// Bit 4 of [`IoreqRaw::flags`]: `data_is_ptr`.
 pub const FLAG_DATA_IS_PTR: u8 = 1 << 4;
+/// Bit 5 of [`IoreqRaw::flags`]: `dir` is [`IOREQ_READ`].
 pub const FLAG_DIR_READ: u8 = 1 << 5;
+/// Bit 6 of [`IoreqRaw::flags`]: `df` (addresses step down).
 pub const FLAG_DF: u8 = 1 << 6;
 
 /// `ioreq_t` exactly as in shared memory.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct IoreqRaw {
+    /// Port, physical address, or `SBDF << 32 | register`.
     pub addr: u64,
+    /// The datum, or the guest-physical address of the buffer when
+    /// `data_is_ptr`; the response is written here.
     pub data: u64,
+    /// Repetitions (`rep` prefix).
     pub count: u32,
+    /// Bytes per access.
     pub size: u32,
+    /// Xen's event-channel port for this vCPU (written by Xen only).
     pub vp_eport: u32,
+    /// Padding.
     pub pad: u16,
-    /// Bits 0-3 state, 4 data_is_ptr, 5 dir, 6 df.
+    /// Bits 0-3 state, 4 data_is_ptr, 5 dir, 6 df (`FLAG_*`).
     pub flags: u8,
+    /// `type` (`IOREQ_TYPE_*`).
     pub kind: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<IoreqRaw>() == 32);
+const _: () = assert!(size_of::<IoreqRaw>() == 32);
+
+/// Size of one slot of the synchronous page.
+pub const SLOT_SIZE: usize = size_of::<IoreqRaw>();
+/// Offset of `data` in a slot (the response is written here).
+pub const SLOT_DATA_OFFSET: usize = offset_of!(IoreqRaw, data);
+/// Offset of `vp_eport` in a slot.
+pub const SLOT_EPORT_OFFSET: usize = offset_of!(IoreqRaw, vp_eport);
+/// Offset of the bitfield byte that holds `state` in a slot.
+pub const SLOT_FLAGS_OFFSET: usize = offset_of!(IoreqRaw, flags);
+
+/// What an ioreq asks for: its `type` byte, decoded.
+///
+/// Serialized as the raw number, so traces keep Xen's encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "u8", into = "u8")]
+pub enum IoreqKind {
+    /// [`IOREQ_TYPE_PIO`]: port I/O.
+    Pio,
+    /// [`IOREQ_TYPE_COPY`]: MMIO.
+    Copy,
+    /// [`IOREQ_TYPE_PCI_CONFIG`]: PCI config space.
+    PciConfig,
+    /// [`IOREQ_TYPE_TIMEOFFSET`]: the guest moved its RTC.
+    TimeOffset,
+    /// [`IOREQ_TYPE_INVALIDATE`]: drop cached guest mappings.
+    Invalidate,
+    /// Any other number (never one of the above: [`From<u8>`] decodes those).
+    Unknown(u8),
+}
+
+impl IoreqKind {
+    /// Human-readable name, for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pio => "pio",
+            Self::Copy => "mmio",
+            Self::PciConfig => "pci_config",
+            Self::TimeOffset => "timeoffset",
+            Self::Invalidate => "invalidate",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+
+    /// Decodes a `type` byte.
+    pub const fn from_raw(raw: u8) -> Self {
+        match raw {
+            IOREQ_TYPE_PIO => Self::Pio,
+            IOREQ_TYPE_COPY => Self::Copy,
+            IOREQ_TYPE_PCI_CONFIG => Self::PciConfig,
+            IOREQ_TYPE_TIMEOFFSET => Self::TimeOffset,
+            IOREQ_TYPE_INVALIDATE => Self::Invalidate,
+            n => Self::Unknown(n),
+        }
+    }
+
+    /// The `type` byte.
+    pub const fn to_raw(self) -> u8 {
+        match self {
+            Self::Pio => IOREQ_TYPE_PIO,
+            Self::Copy => IOREQ_TYPE_COPY,
+            Self::PciConfig => IOREQ_TYPE_PCI_CONFIG,
+            Self::TimeOffset => IOREQ_TYPE_TIMEOFFSET,
+            Self::Invalidate => IOREQ_TYPE_INVALIDATE,
+            Self::Unknown(n) => n,
+        }
+    }
+}
+
+impl From<u8> for IoreqKind {
+    fn from(raw: u8) -> Self {
+        Self::from_raw(raw)
+    }
+}
+
+impl From<IoreqKind> for u8 {
+    fn from(kind: IoreqKind) -> Self {
+        kind.to_raw()
+    }
+}
 
 impl IoreqRaw {
     /// The `state` bitfield.
@@ -83,7 +182,7 @@ pub struct Ioreq {
     pub data_is_ptr: bool,
     pub is_read: bool,
     pub df: bool,
-    pub kind: u8,
+    pub kind: IoreqKind,
 }
 
 impl Ioreq {
@@ -97,7 +196,7 @@ impl Ioreq {
             data_is_ptr: r.flags & FLAG_DATA_IS_PTR != 0,
             is_read: r.flags & FLAG_DIR_READ != 0,
             df: r.flags & FLAG_DF != 0,
-            kind: r.kind,
+            kind: IoreqKind::from_raw(r.kind),
         }
     }
 
@@ -121,7 +220,7 @@ impl Ioreq {
             vp_eport,
             pad: 0,
             flags,
-            kind: self.kind,
+            kind: self.kind.to_raw(),
         }
     }
 }
@@ -129,7 +228,7 @@ impl Ioreq {
 /// One decoded slot of the buffered ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufSlot {
-    pub kind: u8,
+    pub kind: IoreqKind,
     pub is_read: bool,
     /// Access size in bytes: 1, 2, 4 or 8 (8 takes two slots).
     pub size: u32,
@@ -144,7 +243,7 @@ impl BufSlot {
     pub const fn decode(raw: u64) -> Self {
         let w = raw as u32;
         Self {
-            kind: (w & 0xff) as u8,
+            kind: IoreqKind::from_raw((w & 0xff) as u8),
             is_read: (w >> 9) & 1 != 0,
             size: 1 << ((w >> 10) & 3),
             addr: w >> 12,
@@ -160,30 +259,36 @@ impl BufSlot {
             4 => 2,
             _ => 3,
         };
-        let w = (self.kind as u32) | ((self.is_read as u32) << 9) | (log2 << 10) | ((self.addr & 0xf_ffff) << 12);
+        let w =
+            (self.kind.to_raw() as u32) | ((self.is_read as u32) << 9) | (log2 << 10) | ((self.addr & 0xf_ffff) << 12);
         (w as u64) | ((self.data as u64) << 32)
     }
 }
 
-/// Offsets in `buffered_iopage`.
-pub const BUF_READ_POINTER_OFFSET: usize = 0;
-pub const BUF_WRITE_POINTER_OFFSET: usize = 4;
-pub const BUF_SLOTS_OFFSET: usize = 8;
-/// Size of `buffered_iopage`.
-pub const BUF_PAGE_SIZE: usize = BUF_SLOTS_OFFSET + 8 * IOREQ_BUFFER_SLOT_NUM as usize;
-const _: () = assert!(BUF_PAGE_SIZE == 4096);
-
-/// Human-readable name of an ioreq type, for logs and traces.
-pub const fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        IOREQ_TYPE_PIO => "pio",
-        IOREQ_TYPE_COPY => "mmio",
-        IOREQ_TYPE_PCI_CONFIG => "pci_config",
-        IOREQ_TYPE_TIMEOFFSET => "timeoffset",
-        IOREQ_TYPE_INVALIDATE => "invalidate",
-        _ => "unknown",
-    }
+/// `buffered_iopage_t` as in shared memory (its layout; the page itself is
+/// only ever accessed field by field, atomically or volatilely).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BufferedIopageRaw {
+    /// Next slot the device model consumes (it advances this).
+    pub read_pointer: u32,
+    /// Next slot Xen fills (Xen advances this).
+    pub write_pointer: u32,
+    /// The ring, each slot a little-endian [`BufSlot`] encoding.
+    pub buf_ioreq: [u64; IOREQ_BUFFER_SLOT_NUM as usize],
 }
+
+/// Offset of `read_pointer` in `buffered_iopage`.
+pub const BUF_READ_POINTER_OFFSET: usize = offset_of!(BufferedIopageRaw, read_pointer);
+/// Offset of `write_pointer` in `buffered_iopage`.
+pub const BUF_WRITE_POINTER_OFFSET: usize = offset_of!(BufferedIopageRaw, write_pointer);
+/// Offset of the first slot in `buffered_iopage`.
+pub const BUF_SLOTS_OFFSET: usize = offset_of!(BufferedIopageRaw, buf_ioreq);
+/// Size of one slot of the buffered ring.
+pub const BUF_SLOT_SIZE: usize = size_of::<u64>();
+/// Size of `buffered_iopage`.
+pub const BUF_PAGE_SIZE: usize = size_of::<BufferedIopageRaw>();
+const _: () = assert!(BUF_PAGE_SIZE == 4096);
 
 #[cfg(test)]
 mod tests {
@@ -241,7 +346,7 @@ mod tests {
             data_is_ptr: true,
             is_read: true,
             df: true,
-            kind: IOREQ_TYPE_INVALIDATE,
+            kind: IoreqKind::Invalidate,
         }
         .to_raw(STATE_IORESP_READY, 0x41424344);
         let consts = [
@@ -301,7 +406,7 @@ mod tests {
            offsetof(buffered_iopage_t, write_pointer), offsetof(buffered_iopage_t, buf_ioreq));
 "#,
         );
-        let slot = BufSlot { kind: IOREQ_TYPE_COPY, is_read: true, size: 8, addr: 0xabcde, data: 0xdeadbeef };
+        let slot = BufSlot { kind: IoreqKind::Copy, is_read: true, size: 8, addr: 0xabcde, data: 0xdeadbeef };
         let raw = slot.encode();
         let expect = format!(
             "8 {} {} {} {} {}\n",
@@ -313,6 +418,61 @@ mod tests {
         );
         assert_eq!(c, expect);
         assert_eq!(BufSlot::decode(raw), slot);
+    }
+
+    #[test]
+    fn slot_offsets_match_the_header() {
+        let c = run_c(
+            r#"
+    printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(ioreq_t), offsetof(ioreq_t, addr), offsetof(ioreq_t, data),
+           offsetof(ioreq_t, count), offsetof(ioreq_t, size), offsetof(ioreq_t, vp_eport), offsetof(ioreq_t, type));
+"#,
+        );
+        let ours = [
+            SLOT_SIZE,
+            offset_of!(IoreqRaw, addr),
+            SLOT_DATA_OFFSET,
+            offset_of!(IoreqRaw, count),
+            offset_of!(IoreqRaw, size),
+            SLOT_EPORT_OFFSET,
+            offset_of!(IoreqRaw, kind),
+        ];
+        let ours: Vec<String> = ours.iter().map(usize::to_string).collect();
+        assert_eq!(c, format!("{}\n", ours.join(" ")));
+        // The state bitfield shares the byte before `type` (C cannot take
+        // the offset of a bitfield; `each_ioreq_flag_bit_matches_the_header`
+        // checks that byte 30 holds it).
+        assert_eq!(SLOT_FLAGS_OFFSET, offset_of!(IoreqRaw, kind) - 1);
+        assert_eq!(SLOT_FLAGS_OFFSET, 30);
+    }
+
+    #[test]
+    fn kinds_decode_and_serialize_as_the_raw_byte() {
+        for raw in 0..=u8::MAX {
+            let kind = IoreqKind::from(raw);
+            assert_eq!(u8::from(kind), raw);
+            assert_eq!(serde_json::to_string(&kind).unwrap(), raw.to_string());
+            assert_eq!(serde_json::from_str::<IoreqKind>(&raw.to_string()).unwrap(), kind);
+        }
+        assert_eq!(IoreqKind::from(IOREQ_TYPE_PCI_CONFIG), IoreqKind::PciConfig);
+        assert_eq!(IoreqKind::from(3), IoreqKind::Unknown(3));
+        assert_eq!(IoreqKind::Copy.name(), "mmio");
+        let req = Ioreq {
+            addr: 1,
+            data: 2,
+            count: 3,
+            size: 4,
+            data_is_ptr: false,
+            is_read: true,
+            df: false,
+            kind: IoreqKind::TimeOffset,
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            json,
+            r#"{"addr":1,"data":2,"count":3,"size":4,"data_is_ptr":false,"is_read":true,"df":false,"kind":7}"#
+        );
+        assert!(serde_json::from_str::<IoreqKind>("256").is_err());
     }
 
     #[test]

@@ -42,10 +42,7 @@ use xendm_devices::bus::{le_value, put_le, Sbdf};
 use xendm_devices::ratelimit::RateLimit;
 use xendm_devices::{Bus, GuestMemory};
 
-use crate::ioreq::abi::{
-    BufSlot, Ioreq, IOREQ_BUFFER_SLOT_NUM, IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG,
-    IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET,
-};
+use crate::ioreq::abi::{BufSlot, Ioreq, IoreqKind, IOREQ_BUFFER_SLOT_NUM};
 use crate::ioreq::observer::{IoreqObserver, Served, BUFFERED_VCPU};
 
 /// Largest `count * size` served for one request.
@@ -93,14 +90,6 @@ pub struct Engine {
     observer: Option<Box<dyn IoreqObserver>>,
     bad_request_log: RateLimit,
     mem_fault_log: RateLimit,
-}
-
-/// Which side of a device access.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Pio,
-    Mmio,
-    Pci,
 }
 
 impl Engine {
@@ -231,7 +220,7 @@ impl Engine {
     fn refuse(&mut self, req: &Ioreq, why: &str) -> u64 {
         let msg = format!(
             "{why} (type {} addr {:#x} size {} count {} ptr {} read {})",
-            crate::ioreq::abi::kind_name(req.kind),
+            req.kind.name(),
             req.addr,
             req.size,
             req.count,
@@ -247,77 +236,80 @@ impl Engine {
     }
 
     fn emulate(&mut self, req: &Ioreq) -> u64 {
-        let target = match req.kind {
-            IOREQ_TYPE_PIO => Target::Pio,
-            IOREQ_TYPE_COPY => Target::Mmio,
-            IOREQ_TYPE_PCI_CONFIG => Target::Pci,
-            IOREQ_TYPE_TIMEOFFSET => {
+        let kind = req.kind;
+        let size_ok = match kind {
+            IoreqKind::Pio | IoreqKind::PciConfig => matches!(req.size, 1 | 2 | 4),
+            IoreqKind::Copy => (1..=8).contains(&req.size),
+            IoreqKind::TimeOffset => {
                 self.hooks.time_offset(req.data as i64);
                 return req.data;
             }
-            IOREQ_TYPE_INVALIDATE => {
+            IoreqKind::Invalidate => {
                 self.hooks.invalidate_mapcache();
                 return req.data;
             }
-            _ => return self.refuse(req, "unknown ioreq type"),
-        };
-        let size_ok = match target {
-            Target::Pio | Target::Pci => matches!(req.size, 1 | 2 | 4),
-            Target::Mmio => (1..=8).contains(&req.size),
+            IoreqKind::Unknown(_) => return self.refuse(req, "unknown ioreq type"),
         };
         if !size_ok {
             return self.refuse(req, "invalid access size");
         }
         let size = req.size as usize; // 1..=8
         if !req.data_is_ptr {
-            return self.single(target, req, size);
+            return self.single(kind, req, size);
         }
         let total = u64::from(req.count) * u64::from(req.size);
         if total > MAX_REP_BYTES {
             return self.refuse(req, "string operation too large");
         }
-        self.string(target, req, size);
+        self.string(kind, req, size);
         req.data
     }
 
     /// Device-side address of element `i`: ports and config registers stay
     /// put, MMIO steps with the direction flag.
-    fn device_addr(target: Target, req: &Ioreq, i: u64) -> u64 {
-        match target {
-            Target::Pio | Target::Pci => req.addr,
-            Target::Mmio => step(req.addr, i * u64::from(req.size), req.df),
+    ///
+    /// This and the device helpers below are reached only for the three
+    /// access kinds ([`Self::emulate`] answers the others first); for those
+    /// others they touch no device.
+    fn device_addr(kind: IoreqKind, req: &Ioreq, i: u64) -> u64 {
+        match kind {
+            IoreqKind::Copy => step(req.addr, i * u64::from(req.size), req.df),
+            IoreqKind::Pio | IoreqKind::PciConfig => req.addr,
+            IoreqKind::TimeOffset | IoreqKind::Invalidate | IoreqKind::Unknown(_) => req.addr,
         }
     }
 
-    fn device_read(&mut self, target: Target, addr: u64, buf: &mut [u8]) {
-        match target {
-            Target::Pio => self.bus.pio_read(addr, buf),
-            Target::Mmio => self.bus.mmio_read(addr, buf),
-            Target::Pci => match pci_split(addr) {
+    fn device_read(&mut self, kind: IoreqKind, addr: u64, buf: &mut [u8]) {
+        match kind {
+            IoreqKind::Pio => self.bus.pio_read(addr, buf),
+            IoreqKind::Copy => self.bus.mmio_read(addr, buf),
+            IoreqKind::PciConfig => match pci_split(addr) {
                 Some((sbdf, reg)) => self.bus.pci_config_read(sbdf, reg, buf),
                 None => buf.fill(0xff),
             },
+            IoreqKind::TimeOffset | IoreqKind::Invalidate | IoreqKind::Unknown(_) => buf.fill(0xff),
         }
     }
 
-    fn device_write(&mut self, target: Target, addr: u64, buf: &[u8]) {
-        match target {
-            Target::Pio => self.bus.pio_write(addr, buf),
-            Target::Mmio => self.bus.mmio_write(addr, buf),
-            Target::Pci => {
+    fn device_write(&mut self, kind: IoreqKind, addr: u64, buf: &[u8]) {
+        match kind {
+            IoreqKind::Pio => self.bus.pio_write(addr, buf),
+            IoreqKind::Copy => self.bus.mmio_write(addr, buf),
+            IoreqKind::PciConfig => {
                 if let Some((sbdf, reg)) = pci_split(addr) {
                     self.bus.pci_config_write(sbdf, reg, buf);
                 }
             }
+            IoreqKind::TimeOffset | IoreqKind::Invalidate | IoreqKind::Unknown(_) => {}
         }
     }
 
-    fn single(&mut self, target: Target, req: &Ioreq, size: usize) -> u64 {
+    fn single(&mut self, kind: IoreqKind, req: &Ioreq, size: usize) -> u64 {
         // PIO and PCI config ignore `count` without a pointer (QEMU does the
         // same); MMIO repeats the access (`rep stos` to MMIO).
-        let reps = match target {
-            Target::Mmio => u64::from(req.count.max(1)),
-            Target::Pio | Target::Pci => 1,
+        let reps = match kind {
+            IoreqKind::Copy => u64::from(req.count.max(1)),
+            _ => 1,
         };
         if reps * u64::from(req.size) > MAX_REP_BYTES {
             return self.refuse(req, "repeated access too large");
@@ -326,15 +318,15 @@ impl Engine {
         let Some(b) = buf.get_mut(..size) else { return req.data };
         if req.is_read {
             for i in 0..reps {
-                let a = Self::device_addr(target, req, i);
-                self.device_read(target, a, b);
+                let a = Self::device_addr(kind, req, i);
+                self.device_read(kind, a, b);
             }
             le_value(b)
         } else {
             put_le(b, req.data);
             for i in 0..reps {
-                let a = Self::device_addr(target, req, i);
-                self.device_write(target, a, b);
+                let a = Self::device_addr(kind, req, i);
+                self.device_write(kind, a, b);
             }
             req.data
         }
@@ -342,7 +334,7 @@ impl Engine {
 
     /// `rep ins/outs/movs`: elements of `size` bytes between the device and
     /// the guest buffer at `req.data`, in chunks of at most [`CHUNK_BYTES`].
-    fn string(&mut self, target: Target, req: &Ioreq, size: usize) {
+    fn string(&mut self, kind: IoreqKind, req: &Ioreq, size: usize) {
         let count = u64::from(req.count);
         let per_chunk = (CHUNK_BYTES / size) as u64;
         let mut chunk = [0u8; CHUNK_BYTES];
@@ -362,7 +354,7 @@ impl Engine {
                 pos..pos + size
             };
             if req.is_read {
-                self.device_read_elements(target, req, done, n, size, buf);
+                self.device_read_elements(kind, req, done, n, size, buf);
                 if let Err(e) = self.mem.write(GuestAddress(lo), buf) {
                     // Fall back to element by element, in logical order, so
                     // every element that can land does, up to the first fault.
@@ -390,7 +382,7 @@ impl Engine {
                         ok_elems += 1;
                     }
                 }
-                self.device_write_elements(target, req, done, ok_elems, size, buf);
+                self.device_write_elements(kind, req, done, ok_elems, size, buf);
                 if ok_elems < n {
                     return;
                 }
@@ -403,8 +395,8 @@ impl Engine {
 impl Engine {
     /// Reads elements `done..done+n` from the device into `buf`, which holds
     /// them in memory order (reversed when `df`).
-    fn device_read_elements(&mut self, target: Target, req: &Ioreq, done: u64, n: u64, size: usize, buf: &mut [u8]) {
-        if target == Target::Pio {
+    fn device_read_elements(&mut self, kind: IoreqKind, req: &Ioreq, done: u64, n: u64, size: usize, buf: &mut [u8]) {
+        if kind == IoreqKind::Pio {
             // One port for every element: one lookup, one lock.
             self.bus.read_repeated(xendm_devices::Space::Pio, req.addr, size, buf);
             if req.df {
@@ -413,19 +405,19 @@ impl Engine {
             return;
         }
         for k in 0..n {
-            let a = Self::device_addr(target, req, done + k);
+            let a = Self::device_addr(kind, req, done + k);
             let pos = if req.df { n - 1 - k } else { k } as usize * size;
             if let Some(e) = buf.get_mut(pos..pos + size) {
-                self.device_read(target, a, e);
+                self.device_read(kind, a, e);
             }
         }
     }
 
     /// Writes the first `n` logical elements (from `done`) held in `buf` in
     /// memory order to the device.
-    fn device_write_elements(&mut self, target: Target, req: &Ioreq, done: u64, n: u64, size: usize, buf: &mut [u8]) {
+    fn device_write_elements(&mut self, kind: IoreqKind, req: &Ioreq, done: u64, n: u64, size: usize, buf: &mut [u8]) {
         let total = n as usize * size;
-        if target == Target::Pio && !req.df {
+        if kind == IoreqKind::Pio && !req.df {
             if let Some(b) = buf.get(..total) {
                 self.bus.write_repeated(xendm_devices::Space::Pio, req.addr, size, b);
             }
@@ -433,12 +425,12 @@ impl Engine {
         }
         let count = buf.len() / size;
         for k in 0..n {
-            let a = Self::device_addr(target, req, done + k);
+            let a = Self::device_addr(kind, req, done + k);
             let pos = if req.df { count - 1 - k as usize } else { k as usize } * size;
             let mut v = [0u8; 8];
             let (Some(e), Some(src)) = (v.get_mut(..size), buf.get(pos..pos + size)) else { return };
             e.copy_from_slice(src);
-            self.device_write(target, a, e);
+            self.device_write(kind, a, e);
         }
     }
 }
@@ -536,7 +528,7 @@ mod tests {
     }
 
     fn pio(addr: u64, size: u32, is_read: bool, data: u64) -> Ioreq {
-        Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read, df: false, kind: IOREQ_TYPE_PIO }
+        Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read, df: false, kind: IoreqKind::Pio }
     }
 
     fn rd(m: &TestMemory, a: u64, n: usize) -> Vec<u8> {
@@ -608,7 +600,7 @@ mod tests {
             data_is_ptr: true,
             is_read: true,
             df: false,
-            kind: IOREQ_TYPE_COPY,
+            kind: IoreqKind::Copy,
         };
         f.engine.handle(0, &r);
         assert_eq!(rd(&f.mem, 0x5000, 8), (0x10..0x18).collect::<Vec<u8>>());
@@ -629,7 +621,7 @@ mod tests {
             data_is_ptr: false,
             is_read: false,
             df: false,
-            kind: IOREQ_TYPE_COPY,
+            kind: IoreqKind::Copy,
         };
         f.engine.handle(0, &q);
         let w = f.dev.lock().unwrap().writes.clone();
@@ -666,7 +658,7 @@ mod tests {
             data_is_ptr: false,
             is_read: true,
             df: false,
-            kind: IOREQ_TYPE_PCI_CONFIG,
+            kind: IoreqKind::PciConfig,
         };
         assert_eq!(f.engine.handle(0, &r), 0x4342_4140);
         let absent = Ioreq { addr: (u64::from(Sbdf::new(9, 0).to_u32()) << 32), ..r };
@@ -686,12 +678,12 @@ mod tests {
             data_is_ptr: false,
             is_read: false,
             df: false,
-            kind: IOREQ_TYPE_INVALIDATE,
+            kind: IoreqKind::Invalidate,
         };
         f.engine.handle(0, &inv);
         f.engine.handle(1, &inv);
         assert_eq!(f.invalidations.load(Ordering::SeqCst), 2);
-        let t = Ioreq { kind: IOREQ_TYPE_TIMEOFFSET, data: (-3600i64) as u64, size: 8, ..inv };
+        let t = Ioreq { kind: IoreqKind::TimeOffset, data: (-3600i64) as u64, size: 8, ..inv };
         assert_eq!(f.engine.handle(0, &t), (-3600i64) as u64);
     }
 
@@ -704,8 +696,8 @@ mod tests {
             (Ioreq { size: 3, ..base }, 0xff_ffff),
             (Ioreq { size: 8, ..base }, u64::MAX),
             (Ioreq { size: 0xffff_ffff, ..base }, u64::MAX),
-            (Ioreq { kind: 3, ..base }, 0xff),
-            (Ioreq { kind: 0xff, size: 4, ..base }, 0xffff_ffff),
+            (Ioreq { kind: IoreqKind::Unknown(3), ..base }, 0xff),
+            (Ioreq { kind: IoreqKind::Unknown(0xff), size: 4, ..base }, 0xffff_ffff),
         ] {
             assert_eq!(f.engine.handle(0, &req), want, "{req:?}");
         }
@@ -713,7 +705,7 @@ mod tests {
         let before = f.dev.lock().unwrap().next;
         let huge = Ioreq { data_is_ptr: true, count: u32::MAX, ..base };
         f.engine.handle(0, &huge);
-        let huge_mmio = Ioreq { kind: IOREQ_TYPE_COPY, addr: 0xfed0_0000, count: u32::MAX, ..base };
+        let huge_mmio = Ioreq { kind: IoreqKind::Copy, addr: 0xfed0_0000, count: u32::MAX, ..base };
         assert_eq!(f.engine.handle(0, &huge_mmio), 0xff);
         assert_eq!(f.dev.lock().unwrap().next, before);
         // A buffer in the VGA hole: no panic, nothing lands in the hole, and
@@ -786,12 +778,12 @@ mod tests {
         let ring = Ring::new();
         ring.rp.store(510, Ordering::SeqCst);
         ring.wp.store(510, Ordering::SeqCst);
-        ring.push(BufSlot { kind: IOREQ_TYPE_PIO, is_read: false, size: 1, addr: 0x511, data: 0x42 }, None);
+        ring.push(BufSlot { kind: IoreqKind::Pio, is_read: false, size: 1, addr: 0x511, data: 0x42 }, None);
         ring.push(
-            BufSlot { kind: IOREQ_TYPE_COPY, is_read: false, size: 8, addr: 0xb8000, data: 0x4433_2211 },
+            BufSlot { kind: IoreqKind::Copy, is_read: false, size: 8, addr: 0xb8000, data: 0x4433_2211 },
             Some(0x8877_6655),
         );
-        // Give the 8-byte write a target.
+        // Give the 8-byte write a kind.
         f.engine.bus_mut().register_mmio(0xb8000, 8, "vga", f.dev.clone(), 0).unwrap();
         assert_eq!(f.engine.drain_buffered(&ring), 2);
         assert_eq!(ring.rp.load(Ordering::SeqCst), 513);
@@ -805,7 +797,7 @@ mod tests {
         let mut f = fixture();
         let ring = Ring::new();
         ring.slots.lock().unwrap()[0] =
-            BufSlot { kind: IOREQ_TYPE_PIO, is_read: false, size: 8, addr: 0x511, data: 1 }.encode();
+            BufSlot { kind: IoreqKind::Pio, is_read: false, size: 8, addr: 0x511, data: 1 }.encode();
         ring.wp.store(1, Ordering::SeqCst);
         assert_eq!(f.engine.drain_buffered(&ring), 0);
         assert_eq!(ring.rp.load(Ordering::SeqCst), 0);
@@ -821,7 +813,16 @@ mod tests {
 
     #[test]
     fn raw_round_trip() {
-        let r = Ioreq { addr: 1, data: 2, count: 3, size: 4, data_is_ptr: true, is_read: false, df: true, kind: 1 };
+        let r = Ioreq {
+            addr: 1,
+            data: 2,
+            count: 3,
+            size: 4,
+            data_is_ptr: true,
+            is_read: false,
+            df: true,
+            kind: IoreqKind::Copy,
+        };
         let raw: IoreqRaw = r.to_raw(1, 9);
         assert_eq!(Ioreq::from_raw(&raw), r);
         assert_eq!(raw.state(), 1);

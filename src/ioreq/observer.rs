@@ -3,7 +3,7 @@
 //! The engine calls [`IoreqObserver::begin`] before it emulates a request and
 //! [`IoreqObserver::finish`] after, with the request, the response and the
 //! range changes the request caused. The trace recorder
-//! (`crate::trace::Recorder`) is the observer of a recording run; the engine
+//! (`Recorder` in the trace module) is the observer of a recording run; the engine
 //! knows nothing of traces, so `ioreq` does not depend on `trace`.
 //!
 //! Observing costs nothing when no observer is set: the engine then does not

@@ -287,7 +287,7 @@ pub fn boot_file_paths(config: &Config) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ioreq::abi::{Ioreq, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO};
+    use crate::ioreq::abi::{Ioreq, IoreqKind};
     use crate::ioreq::engine::NoHooks;
     use xendm_devices::hv::FakeHypervisor;
     use xendm_devices::mem::TestMemory;
@@ -318,7 +318,7 @@ mod tests {
             data_is_ptr: false,
             is_read: true,
             df: false,
-            kind: IOREQ_TYPE_PCI_CONFIG,
+            kind: IoreqKind::PciConfig,
         };
         e.handle(0, &req)
     }
@@ -371,7 +371,7 @@ mod tests {
             data_is_ptr: false,
             is_read: false,
             df: false,
-            kind: IOREQ_TYPE_PIO,
+            kind: IoreqKind::Pio,
         };
         m.engine.handle(0, &w(0x3f9, 2)); // IER: THR empty interrupt
         m.engine.handle(0, &w(0x3fc, 8)); // MCR OUT2

@@ -599,7 +599,7 @@ pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ioreq::abi::IOREQ_TYPE_PIO;
+    use crate::ioreq::abi::IoreqKind;
     use crate::ioreq::engine::{Engine, NoHooks};
     use xendm_devices::bus::BusDevice;
     use xendm_devices::Bus;
@@ -664,7 +664,7 @@ mod tests {
             data_is_ptr: false,
             is_read: false,
             df: false,
-            kind: IOREQ_TYPE_PIO,
+            kind: IoreqKind::Pio,
         };
         vec![w(7), Ioreq { is_read: true, ..w(0) }, Ioreq { addr: 0x81, ..w(1) }, w(0xee)]
     }

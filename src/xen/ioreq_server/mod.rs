@@ -107,22 +107,18 @@ use super::sys::{
 };
 use super::XenError;
 use crate::ioreq::abi::{
-    Ioreq, IoreqRaw, BUF_READ_POINTER_OFFSET, BUF_SLOTS_OFFSET, BUF_WRITE_POINTER_OFFSET, FLAG_STATE_MASK,
-    IOREQ_BUFFER_SLOT_NUM, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY,
+    Ioreq, IoreqRaw, BUF_READ_POINTER_OFFSET, BUF_SLOTS_OFFSET, BUF_SLOT_SIZE, BUF_WRITE_POINTER_OFFSET,
+    FLAG_STATE_MASK, IOREQ_BUFFER_SLOT_NUM, SLOT_DATA_OFFSET, SLOT_EPORT_OFFSET, SLOT_FLAGS_OFFSET, SLOT_SIZE,
+    STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY,
 };
 use crate::ioreq::engine::{BufferedRing, Engine};
 
 /// vCPU slots in the synchronous page (`HVM_MAX_VCPUS`: 4096 / 32).
-pub const MAX_VCPUS: u32 = (XEN_PAGE_SIZE / std::mem::size_of::<IoreqRaw>()) as u32;
+pub const MAX_VCPUS: u32 = (XEN_PAGE_SIZE / SLOT_SIZE) as u32;
 /// Most pending ports read per wakeup: every vCPU plus the buffered port.
 pub const MAX_PORTS_PER_WAKEUP: usize = MAX_VCPUS as usize + 1;
 /// Re-drain period for the buffered ring while it has work (QEMU's `BUFFER_IO_MAX_DELAY`).
 pub const BUFFERED_POLL: Duration = Duration::from_millis(100);
-
-const SLOT_SIZE: usize = std::mem::size_of::<IoreqRaw>();
-const SLOT_DATA_OFFSET: usize = 8;
-const SLOT_EPORT_OFFSET: usize = 24;
-const SLOT_FLAGS_OFFSET: usize = 30;
 
 /// The synchronous page (`shared_iopage_t`): one [`IoreqRaw`] per vCPU.
 ///
@@ -192,13 +188,13 @@ impl SyncPage {
     /// The slot's `vp_eport` (Xen's port for this vCPU).
     pub fn vp_eport(&self, vcpu: u32) -> Option<u32> {
         let p = self.at(vcpu, SLOT_EPORT_OFFSET)?;
-        // SAFETY: offset 24 of an 8-aligned slot is 4-aligned and in bounds.
+        // SAFETY: `vp_eport`'s offset (24) in an 8-aligned slot is 4-aligned and in bounds.
         Some(u32::from_le(unsafe { std::ptr::read_volatile(p.cast::<u32>()) }))
     }
 
     fn write_data(&self, vcpu: u32, data: u64) {
         if let Some(p) = self.at(vcpu, SLOT_DATA_OFFSET) {
-            // SAFETY: offset 8 of an 8-aligned slot is 8-aligned and in bounds.
+            // SAFETY: `data`'s offset (8) in an 8-aligned slot is 8-aligned and in bounds.
             unsafe { std::ptr::write_volatile(p.cast::<u64>(), data.to_le()) };
         }
     }
@@ -241,9 +237,10 @@ impl BufferedRing for BufferedPage {
 
     fn slot(&self, index: u32) -> u64 {
         let i = (index % IOREQ_BUFFER_SLOT_NUM) as usize;
+        let off = BUF_SLOTS_OFFSET + BUF_SLOT_SIZE * i;
         // SAFETY: i < 511, so 8 + 8*i + 8 <= 4096; 8-aligned; volatile
         // because Xen writes the slots.
-        u64::from_le(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(BUF_SLOTS_OFFSET + 8 * i).cast::<u64>()) })
+        u64::from_le(unsafe { std::ptr::read_volatile(self.base.as_ptr().add(off).cast::<u64>()) })
     }
 
     fn advance_read_pointer(&self, n: u32) {
@@ -894,7 +891,7 @@ impl Drop for IoreqServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ioreq::abi::{BufSlot, IOREQ_TYPE_COPY, IOREQ_TYPE_PIO, IOREQ_TYPE_TIMEOFFSET, STATE_IOREQ_NONE};
+    use crate::ioreq::abi::{BufSlot, IoreqKind, STATE_IOREQ_NONE};
     use crate::ioreq::engine::EngineHooks;
     use std::collections::VecDeque;
     use std::sync::atomic::AtomicU64;
@@ -940,7 +937,9 @@ mod tests {
         fn post(&self, v: u32, req: &Ioreq, eport: u32) {
             let raw = req.to_raw(STATE_IOREQ_NONE, eport);
             // SAFETY: slot `v` (< 128) of our page; volatile write of plain data.
-            unsafe { std::ptr::write_volatile(self.sync.ptr().as_ptr().add(v as usize * 32).cast::<IoreqRaw>(), raw) };
+            unsafe {
+                std::ptr::write_volatile(self.sync.ptr().as_ptr().add(v as usize * SLOT_SIZE).cast::<IoreqRaw>(), raw)
+            };
             fence(Ordering::Release);
             self.sync_page().set_state(v, STATE_IOREQ_READY, Ordering::Release);
         }
@@ -1061,7 +1060,7 @@ mod tests {
     }
 
     fn pio(addr: u64, size: u32, read: bool, data: u64) -> Ioreq {
-        Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read: read, df: false, kind: IOREQ_TYPE_PIO }
+        Ioreq { addr, data, count: 1, size, data_is_ptr: false, is_read: read, df: false, kind: IoreqKind::Pio }
     }
 
     impl Rig {
@@ -1167,7 +1166,7 @@ mod tests {
     }
 
     fn buf_write(addr: u32, size: u32, data: u32) -> u64 {
-        BufSlot { kind: IOREQ_TYPE_COPY, is_read: false, size, addr, data }.encode()
+        BufSlot { kind: IoreqKind::Copy, is_read: false, size, addr, data }.encode()
     }
 
     #[test]
@@ -1190,8 +1189,8 @@ mod tests {
         let mut r = rig(1);
         // TIMEOFFSET of -2 seconds: low half then high half.
         let off = (-2i64) as u64;
-        let lo = BufSlot { kind: IOREQ_TYPE_TIMEOFFSET, is_read: false, size: 8, addr: 0, data: off as u32 }.encode();
-        let hi = BufSlot { kind: IOREQ_TYPE_TIMEOFFSET, is_read: false, size: 8, addr: 0, data: (off >> 32) as u32 }
+        let lo = BufSlot { kind: IoreqKind::TimeOffset, is_read: false, size: 8, addr: 0, data: off as u32 }.encode();
+        let hi = BufSlot { kind: IoreqKind::TimeOffset, is_read: false, size: 8, addr: 0, data: (off >> 32) as u32 }
             .encode();
         // An 8-byte MMIO write too.
         let m_lo = buf_write(0xa0010, 8, 0x4433_2211);
@@ -1314,7 +1313,7 @@ mod tests {
             data_is_ptr: false,
             is_read: false,
             df: false,
-            kind: crate::ioreq::abi::IOREQ_TYPE_PCI_CONFIG,
+            kind: crate::ioreq::abi::IoreqKind::PciConfig,
         };
         r.xen.post(0, &cfg, 7);
         r.ports(&[100]);
@@ -1385,7 +1384,12 @@ mod tests {
                 for v in 0..MAX_VCPUS {
                     let p = self.xen.sync.ptr().as_ptr();
                     // SAFETY: slot v's vp_eport field inside our page.
-                    unsafe { std::ptr::write_volatile(p.add(v as usize * 32 + 24).cast::<u32>(), 50 + v) };
+                    unsafe {
+                        std::ptr::write_volatile(
+                            p.add(v as usize * SLOT_SIZE + SLOT_EPORT_OFFSET).cast::<u32>(),
+                            50 + v,
+                        )
+                    };
                 }
             }
             Ok(())
