@@ -28,11 +28,12 @@ use tracing::{error, info, warn};
 use xendm::cli::{self, Command, Config, MachineKind, QmpSocket, SerialSpec};
 use xendm::control::chardev::{Chardev, ChardevSpec};
 use xendm::control::qmp::{self, ChardevInfo, QmpSocketSpec, RunState, VmControl};
+use xendm::machine::hooks::MapCacheHooks;
 use xendm::machine::{self, Inputs, LateHypervisor, LateMemory};
 use xendm::trace::{FileSink, Header, Recorder, RecordingHypervisor, RecordingMemory, Tap, TRACE_VERSION};
 use xendm::xen::hypervisor::XenHypervisor;
 use xendm::xen::ioreq_server::{IoreqServer, ServerControl, StopHandle};
-use xendm::xen::mapcache::{MapCache, MapCacheHooks};
+use xendm::xen::mapcache::MapCache;
 use xendm::xen::sys::{DeviceModel, EventChannels, ForeignMemory};
 use xendm_devices::{GuestMemory, Hypervisor};
 

@@ -27,7 +27,8 @@ use std::sync::Arc;
 
 use vm_memory::GuestAddress;
 use xendm::ioreq::abi::{BufSlot, Ioreq, IoreqKind, IOREQ_BUFFER_SLOT_NUM};
-use xendm::ioreq::engine::{BufferedRing, Engine, NoHooks};
+use xendm::ioreq::engine::{Engine, NoHooks};
+use xendm::ioreq::handler::BufferedRing;
 use xendm::machine::{build, Inputs};
 use xendm_devices::hv::FakeHypervisor;
 use xendm_devices::mem::TestMemory;

@@ -38,11 +38,12 @@
 use std::sync::Arc;
 
 use vm_memory::GuestAddress;
-use xendm_devices::bus::{le_value, put_le, Sbdf};
+use xendm_devices::bus::{le_value, put_le, RangeChange, Sbdf};
 use xendm_devices::ratelimit::RateLimit;
 use xendm_devices::{Bus, GuestMemory};
 
 use crate::ioreq::abi::{BufSlot, Ioreq, IoreqKind, IOREQ_BUFFER_SLOT_NUM};
+use crate::ioreq::handler::{BufferedRing, IoreqHandler};
 use crate::ioreq::observer::{IoreqObserver, Served, BUFFERED_VCPU};
 
 /// Largest `count * size` served for one request.
@@ -67,19 +68,6 @@ pub struct NoHooks;
 impl EngineHooks for NoHooks {
     fn invalidate_mapcache(&self) {}
     fn time_offset(&self, _seconds: i64) {}
-}
-
-/// The buffered ring (`buffered_iopage`) as the engine reads it.
-pub trait BufferedRing {
-    /// `read_pointer`, acquire load.
-    fn read_pointer(&self) -> u32;
-    /// `write_pointer`, acquire load.
-    fn write_pointer(&self) -> u32;
-    /// Raw little-endian slot `index` (0..511).
-    fn slot(&self, index: u32) -> u64;
-    /// Atomically adds `n` to `read_pointer` (Xen updates the pointer pair
-    /// with a 64-bit cmpxchg, so a plain store could undo its rebase).
-    fn advance_read_pointer(&self, n: u32);
 }
 
 /// Serves ioreqs against a bus and guest memory.
@@ -432,6 +420,18 @@ impl Engine {
             e.copy_from_slice(src);
             self.device_write(kind, a, e);
         }
+    }
+}
+
+impl IoreqHandler for Engine {
+    fn handle(&mut self, vcpu: u32, req: &Ioreq) -> u64 {
+        Self::handle(self, vcpu, req)
+    }
+    fn drain_buffered(&mut self, ring: &dyn BufferedRing) -> usize {
+        Self::drain_buffered(self, ring)
+    }
+    fn take_range_changes(&mut self) -> Vec<RangeChange> {
+        self.bus.take_changes()
     }
 }
 

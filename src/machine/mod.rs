@@ -27,6 +27,7 @@
 //! the Xen hypervisor afterwards, so a bad kernel path or option is reported
 //! without touching the guest.
 
+pub mod hooks;
 pub mod replay;
 
 use std::path::PathBuf;

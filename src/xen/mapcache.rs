@@ -43,7 +43,6 @@ use xendm_devices::{GuestMemory, MemError};
 
 use super::sys::{ForeignMemory, XEN_PAGE_SIZE};
 use super::XenError;
-use crate::ioreq::engine::EngineHooks;
 
 /// log2 of [`BUCKET_SIZE`].
 pub const BUCKET_SHIFT: u32 = 20;
@@ -332,30 +331,6 @@ impl<M: ForeignMapper> Drop for MapCache<M> {
     }
 }
 
-/// [`EngineHooks`] for a Xen machine: INVALIDATE empties the mapcache
-/// (before the request is answered, as Xen requires); TIMEOFFSET is only
-/// logged, as QEMU does (the guest's RTC offset lives in Xen's vRTC).
-pub struct MapCacheHooks<M: ForeignMapper> {
-    cache: Arc<MapCache<M>>,
-}
-
-impl<M: ForeignMapper> MapCacheHooks<M> {
-    /// Hooks that invalidate `cache`.
-    pub const fn new(cache: Arc<MapCache<M>>) -> Self {
-        Self { cache }
-    }
-}
-
-impl<M: ForeignMapper + 'static> EngineHooks for MapCacheHooks<M> {
-    fn invalidate_mapcache(&self) {
-        self.cache.invalidate();
-    }
-
-    fn time_offset(&self, seconds: i64) {
-        tracing::debug!(seconds, "guest RTC offset changed");
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -406,7 +381,7 @@ pub(crate) mod tests {
             self.holes.lock().unwrap().remove(&gfn);
         }
 
-        fn live(&self) -> usize {
+        pub(crate) fn live(&self) -> usize {
             self.maps.load(Ordering::SeqCst) - self.unmaps.load(Ordering::SeqCst)
         }
     }
@@ -591,17 +566,6 @@ pub(crate) mod tests {
         assert_eq!(m.live(), 1);
         drop(c);
         assert_eq!(m.live(), 0, "drop unmaps");
-    }
-
-    #[test]
-    fn the_invalidate_hook_empties_the_cache() {
-        let m = Arc::new(FakeMapper::new(2 * MIB, &[]));
-        let c = Arc::new(MapCache::new(m.clone()));
-        c.write(ga(0), b"x").unwrap();
-        let hooks = MapCacheHooks::new(c.clone());
-        hooks.invalidate_mapcache();
-        assert_eq!(m.live(), 0);
-        assert_eq!(c.stats().invalidations, 1);
     }
 
     #[test]

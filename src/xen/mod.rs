@@ -10,14 +10,16 @@
 //! * [`hypervisor`] - [`xendm_devices::Hypervisor`] (IRQs, MSI, shutdown)
 //!   over dm_ops;
 //! * [`ioreq_server`] - the ioreq server and its serving loop (Xen's
-//!   `public/hvm/ioreq.h` protocol) around the [`crate::ioreq::engine::Engine`].
+//!   `public/hvm/ioreq.h` protocol), handing requests to a
+//!   [`crate::ioreq::handler::IoreqHandler`].
 //!
 //! Facts come from Xen 4.17's public headers and libraries and from what
 //! QEMU's Xen support does (see the fact sheets); nothing here is specific to
 //! one device. Everything below the FFI is written against traits
 //! ([`mapcache::ForeignMapper`], [`ioreq_server::Transport`],
-//! [`ioreq_server::IoreqHandler`]) so that it is tested without Xen. The start-up
-//! order is shown on [`ioreq_server::IoreqServer`].
+//! [`crate::ioreq::handler::IoreqHandler`]) so that it is tested without Xen.
+//! Of the rest of the crate, `xen` uses only [`crate::ioreq::abi`] and
+//! [`crate::ioreq::handler`] (its tests also drive the real engine).
 pub mod hypervisor;
 pub mod ioreq_server;
 pub mod mapcache;
@@ -27,7 +29,7 @@ pub mod xenstore;
 
 pub use hypervisor::XenHypervisor;
 pub use ioreq_server::{IoreqServer, ServerControl, StopHandle};
-pub use mapcache::{ForeignMapper, MapCache, MapCacheHooks};
+pub use mapcache::{ForeignMapper, MapCache};
 pub use sys::{restrict_all, DeviceModel, DomId, EventChannels, ForeignMemory};
 
 /// A failed call into Xen's libraries (or the system calls around them).

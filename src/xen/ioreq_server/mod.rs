@@ -111,7 +111,7 @@ use crate::ioreq::abi::{
     FLAG_STATE_MASK, IOREQ_BUFFER_SLOT_NUM, SLOT_DATA_OFFSET, SLOT_EPORT_OFFSET, SLOT_FLAGS_OFFSET, SLOT_SIZE,
     STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY,
 };
-use crate::ioreq::engine::{BufferedRing, Engine};
+use crate::ioreq::handler::{BufferedRing, IoreqHandler};
 
 /// vCPU slots in the synchronous page (`HVM_MAX_VCPUS`: 4096 / 32).
 pub const MAX_VCPUS: u32 = (XEN_PAGE_SIZE / SLOT_SIZE) as u32;
@@ -245,28 +245,6 @@ impl BufferedRing for BufferedPage {
 
     fn advance_read_pointer(&self, n: u32) {
         self.pointer(BUF_READ_POINTER_OFFSET).fetch_add(n, Ordering::AcqRel);
-    }
-}
-
-/// What the serving loop asks of the engine; implemented by [`Engine`].
-pub trait IoreqHandler {
-    /// Emulates a synchronous request; returns the response's `data`.
-    fn handle(&mut self, vcpu: u32, req: &Ioreq) -> u64;
-    /// Consumes the buffered ring; returns how many requests were handled.
-    fn drain_buffered(&mut self, ring: &dyn BufferedRing) -> usize;
-    /// Range changes queued by the bus since the last call.
-    fn take_range_changes(&mut self) -> Vec<RangeChange>;
-}
-
-impl IoreqHandler for Engine {
-    fn handle(&mut self, vcpu: u32, req: &Ioreq) -> u64 {
-        Engine::handle(self, vcpu, req)
-    }
-    fn drain_buffered(&mut self, ring: &dyn BufferedRing) -> usize {
-        Engine::drain_buffered(self, ring)
-    }
-    fn take_range_changes(&mut self) -> Vec<RangeChange> {
-        self.bus_mut().take_changes()
     }
 }
 
@@ -842,18 +820,19 @@ impl IoreqServer {
         self.control.clone()
     }
 
-    /// Serves requests with `engine` until `stop` is signalled.
+    /// Serves requests with `handler` (the machine's engine) until `stop`
+    /// is signalled.
     ///
     /// # Errors
     /// If waiting for events fails (the event-channel descriptor broke).
-    pub fn run(&mut self, engine: &mut Engine, stop: &StopHandle) -> Result<(), XenError> {
+    pub fn run(&mut self, handler: &mut dyn IoreqHandler, stop: &StopHandle) -> Result<(), XenError> {
         // Claims made between `register` and now (none normally).
-        for change in engine.bus_mut().take_changes() {
+        for change in handler.take_range_changes() {
             if let Err(e) = self.transport.apply(change) {
                 tracing::warn!(error = %e, ?change, "range change failed");
             }
         }
-        self.core.run(engine, &mut self.transport, stop)
+        self.core.run(handler, &mut self.transport, stop)
     }
 
     /// Counters of the serving loop.
@@ -892,7 +871,7 @@ impl Drop for IoreqServer {
 mod tests {
     use super::*;
     use crate::ioreq::abi::{BufSlot, IoreqKind, STATE_IOREQ_NONE};
-    use crate::ioreq::engine::EngineHooks;
+    use crate::ioreq::engine::{Engine, EngineHooks};
     use std::collections::VecDeque;
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
