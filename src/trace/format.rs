@@ -27,7 +27,7 @@ pub const INLINE_WRITE_MAX: usize = 64;
 pub struct Header {
     /// Format version ([`TRACE_VERSION`]).
     pub xendm_trace: u32,
-    /// The DM's argv (without argv[0]) that built the recorded machine.
+    /// The DM's argv (without `argv[0]`) that built the recorded machine.
     pub argv: Vec<String>,
     /// SHA-256 of each file the DM read at start-up (kernel, initrd), by path.
     #[serde(default)]
