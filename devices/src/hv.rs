@@ -3,11 +3,15 @@
 //! The Xen implementation (in the binary crate) turns each call into a
 //! `xendevicemodel_*` dm_op (Xen `public/hvm/dm_op.h`: `set_isa_irq_level`,
 //! `set_pci_intx_level`, `set_pci_link_route`, `inject_msi`, `remote_shutdown`).
-//! [`FakeHypervisor`] records the calls for tests and for ioreq replay, where the
-//! recorded calls are compared with the ones a fresh device model makes.
+//! With the `testing` feature (tests only, never the release build),
+//! `FakeHypervisor` records the calls and `FakeIrq` the levels of one line.
 
+use std::sync::Arc;
+#[cfg(any(test, feature = "testing"))]
+use std::sync::Mutex;
+
+#[cfg(any(test, feature = "testing"))]
 use crate::sync::lock;
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -92,12 +96,14 @@ impl IrqLine for IsaIrq {
     }
 }
 
-/// Records every call; used by unit tests and by the replay runner.
+/// Records every call, for tests.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Default)]
 pub struct FakeHypervisor {
     calls: Mutex<Vec<HvCall>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeHypervisor {
     /// A fresh recorder.
     pub fn new() -> Self {
@@ -123,6 +129,7 @@ impl FakeHypervisor {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Hypervisor for FakeHypervisor {
     fn set_isa_irq_level(&self, irq: u8, level: bool) {
         self.push(HvCall::IsaIrq { irq, level });
@@ -142,11 +149,13 @@ impl Hypervisor for FakeHypervisor {
 }
 
 /// An IRQ line for unit tests that remembers every level it was driven to.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Default)]
 pub struct FakeIrq {
     levels: Mutex<Vec<bool>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeIrq {
     /// A fresh line, never driven.
     pub fn new() -> Self {
@@ -162,6 +171,7 @@ impl FakeIrq {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl IrqLine for FakeIrq {
     fn set_level(&self, level: bool) {
         lock(&self.levels).push(level);

@@ -1,9 +1,10 @@
 //! Guest-physical memory, as the device model reaches it.
 //!
 //! On Xen the implementation is a lazy mapcache of foreign mappings (in the
-//! binary crate); here is the interface plus [`TestMemory`], an in-memory
-//! implementation built on `vm-memory`'s anonymous-mmap backend, with holes
-//! wherever no region was given, as real HVM memory has (VGA hole, MMIO hole).
+//! binary crate); here is the interface, plus (with the `testing` feature,
+//! tests only) `TestMemory`, an in-memory implementation built on
+//! `vm-memory`'s anonymous-mmap backend, with holes wherever no region was
+//! given, as real HVM memory has (VGA hole, MMIO hole).
 //!
 //! Every access is checked: an address that is not backed gives a
 //! [`MemError`], never a fault. Devices must treat such an error as the guest's
@@ -11,7 +12,9 @@
 
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+#[cfg(any(test, feature = "testing"))]
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 /// Why a guest-memory access failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,11 +59,13 @@ pub fn check_range(addr: GuestAddress, len: usize) -> Result<(), MemError> {
     }
 }
 
-/// In-memory guest RAM for tests and replay: `vm-memory` anonymous regions.
+/// In-memory guest RAM for tests: `vm-memory` anonymous regions.
+#[cfg(any(test, feature = "testing"))]
 pub struct TestMemory {
     inner: GuestMemoryMmap<()>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl TestMemory {
     /// RAM at each `(start, len)`; everything else is a hole.
     ///
@@ -83,6 +88,7 @@ impl TestMemory {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl GuestMemory for TestMemory {
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemError> {
         check_range(addr, buf.len())?;

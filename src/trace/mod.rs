@@ -15,4 +15,4 @@ mod replay;
 pub use format::{Header, MemChunk, Record, TraceError, INLINE_WRITE_MAX, TRACE_VERSION};
 pub use reader::TraceReader;
 pub use record::{FileSink, RecordSink, Recorder, RecordingHypervisor, RecordingMemory, Tap, VecSink};
-pub use replay::{replay, ReplayMachine, ReplayMemory, ReplaySummary, REPLAY_MAX_PAGES};
+pub use replay::{replay, DiscardingHypervisor, ReplayMachine, ReplayMemory, ReplaySummary, REPLAY_MAX_PAGES};

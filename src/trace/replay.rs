@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestAddress;
 use xendm_devices::sync::lock;
-use xendm_devices::{GuestMemory, Hypervisor, MemError};
+use xendm_devices::{GuestMemory, Hypervisor, MemError, ShutdownReason};
 
 use super::format::{Header, Record, TraceError};
 use super::reader::TraceReader;
@@ -139,6 +139,18 @@ fn first_diff<T: PartialEq + std::fmt::Debug>(
     }
 }
 
+/// The hypervisor under replay's [`RecordingHypervisor`]: the recording is
+/// all a replay needs of a call, so the call itself goes nowhere.
+pub struct DiscardingHypervisor;
+
+impl Hypervisor for DiscardingHypervisor {
+    fn set_isa_irq_level(&self, _irq: u8, _level: bool) {}
+    fn set_pci_intx_level(&self, _device: u8, _intx: u8, _level: bool) {}
+    fn set_pci_link_route(&self, _link: u8, _irq: u8) {}
+    fn inject_msi(&self, _addr: u64, _data: u32) {}
+    fn shutdown(&self, _reason: ShutdownReason) {}
+}
+
 /// Replays the trace at `path` against a fresh machine built by `machine`;
 /// stops at the first divergence.
 ///
@@ -150,8 +162,7 @@ pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary,
     let header = reader.header.clone();
     let mem = Arc::new(ReplayMemory::default());
     let tap = Tap::new();
-    let hv: Arc<dyn Hypervisor> =
-        Arc::new(RecordingHypervisor::new(Arc::new(xendm_devices::hv::FakeHypervisor::new()), tap.clone()));
+    let hv: Arc<dyn Hypervisor> = Arc::new(RecordingHypervisor::new(Arc::new(DiscardingHypervisor), tap.clone()));
     let rec_mem: Arc<dyn GuestMemory> = Arc::new(RecordingMemory::new(mem.clone(), tap.clone()));
     let mut engine = machine.build(&header, rec_mem, hv).map_err(TraceError::Machine)?;
     let sink = VecSink::default();
@@ -189,7 +200,7 @@ mod tests {
     use crate::trace::{FileSink, TRACE_VERSION};
     use std::io::{BufRead, BufReader, Write};
     use xendm_devices::bus::BusDevice;
-    use xendm_devices::{Bus, HvCall, ShutdownReason};
+    use xendm_devices::{Bus, HvCall};
 
     /// Echo device: reads return the last byte written; a write of 0xEE
     /// powers off; rep reads DMA the offset into memory at 0x100.

@@ -84,7 +84,7 @@ pub async fn close_vkbd_forever(xs: Arc<XenStore>, domid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xen::xenstore::testing::FakeXenstored;
+    use crate::xen::xenstore::fake::FakeXenstored;
 
     #[test]
     fn only_initialising_backends_are_closed() {
