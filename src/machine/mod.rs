@@ -29,6 +29,7 @@
 
 pub mod pc;
 pub mod replay;
+pub mod state;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -82,7 +83,7 @@ pub struct Machine {
     pub max_vcpus: u32,
     /// The RAM layout assumed for `-m`.
     pub layout: RamLayout,
-    /// Every device, for the device-state walk.
+    /// Every device, for the device-state walk ([`state`]).
     pub devices: pc::PcDevices,
 }
 
