@@ -372,7 +372,10 @@ fn cycles(g: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<Vec<PathBuf>> {
 /// Imports of a module by its own parent (`mod.rs`/`lib.rs` re-exporting
 /// or calling a child) are how Rust modules are built, not a layering edge
 /// back; a child importing its parent's items is the edge that counts.
-fn without_parent_to_child(root: &Path, g: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+fn without_parent_to_child(
+    root: &Path,
+    g: &BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
     g.iter()
         .map(|(f, deps)| {
             let here = module_of(root, f);
@@ -436,15 +439,11 @@ fn folders_of_src_import_only_the_layers_below_them() {
 fn the_checker_sees_imports_groups_and_circles() {
     let text = strip("use crate::a::{b, c::{d, e}};\n// crate::zz\nlet s = \"crate::yy\"; super::f::g();");
     let p = paths(&text);
-    let want: Vec<Vec<String>> = [
-        vec!["crate", "a", "b"],
-        vec!["crate", "a", "c", "d"],
-        vec!["crate", "a", "c", "e"],
-        vec!["super", "f", "g"],
-    ]
-    .iter()
-    .map(|v| v.iter().map(|s| s.to_string()).collect())
-    .collect();
+    let want: Vec<Vec<String>> =
+        [vec!["crate", "a", "b"], vec!["crate", "a", "c", "d"], vec!["crate", "a", "c", "e"], vec!["super", "f", "g"]]
+            .iter()
+            .map(|v| v.iter().map(|s| s.to_string()).collect())
+            .collect();
     assert_eq!(p, want);
     assert_eq!(without_tests("a\n#[cfg(test)]\nmod tests { fn x() { crate::q(); } }\nb"), "a\n\nb");
     let mut g = BTreeMap::new();

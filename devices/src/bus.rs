@@ -28,6 +28,7 @@ use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::pc::layout;
 use crate::ratelimit::RateLimit;
 
 /// A device on the port or MMIO bus.
@@ -82,38 +83,7 @@ pub struct PciRegion {
     pub len: u64,
 }
 
-/// Segment, bus, device, function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sbdf {
-    pub seg: u16,
-    pub bus: u8,
-    pub dev: u8,
-    pub func: u8,
-}
-
-impl Sbdf {
-    /// Segment 0, bus 0.
-    pub const fn new(dev: u8, func: u8) -> Self {
-        Self { seg: 0, bus: 0, dev: dev & 0x1f, func: func & 7 }
-    }
-
-    /// Decodes Xen's packed form, `seg << 16 | bus << 8 | dev << 3 | fn`
-    /// (`XEN_DMOP_PCI_SBDF`, and the upper half of a PCI_CONFIG ioreq address).
-    pub const fn from_u32(v: u32) -> Self {
-        Self { seg: (v >> 16) as u16, bus: (v >> 8) as u8, dev: ((v >> 3) & 0x1f) as u8, func: (v & 7) as u8 }
-    }
-
-    /// Xen's packed form.
-    pub const fn to_u32(self) -> u32 {
-        (self.seg as u32) << 16 | (self.bus as u32) << 8 | ((self.dev as u32) & 0x1f) << 3 | (self.func as u32 & 7)
-    }
-}
-
-impl std::fmt::Display for Sbdf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:04x}:{:02x}:{:02x}.{}", self.seg, self.bus, self.dev, self.func)
-    }
-}
+pub use crate::sbdf::Sbdf;
 
 /// A change of the ranges the bus claims, for the hypervisor to mirror.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -138,10 +108,11 @@ pub enum BusError {
 
 /// Config-space size of a conventional PCI function.
 pub const PCI_CONFIG_SIZE: u16 = 256;
-/// First port of the host bridge's configuration mechanism #1.
-pub const PCI_HOST_PORT: u64 = 0xcf8;
-/// PIIX reset control register, inside the host bridge's port block.
-pub const RESET_CONTROL_PORT: u64 = 0xcf9;
+/// Offset of the PIIX reset control register (0xCF9) in the host bridge's
+/// port block (the ports themselves are in [`crate::pc::layout`]).
+const RESET_CONTROL_OFFSET: u64 = (layout::PORT_RESET_CONTROL - layout::PORT_PCI_CONFIG_ADDRESS) as u64;
+/// Offset of CONFIG_DATA in the host bridge's port block.
+const CONFIG_DATA_OFFSET: u64 = (layout::PORT_PCI_CONFIG_DATA - layout::PORT_PCI_CONFIG_ADDRESS) as u64;
 
 #[derive(Clone)]
 enum Target {
@@ -262,7 +233,8 @@ impl Bus {
     /// # Errors
     /// If any of those ports is already claimed.
     pub fn enable_pci_host_ports(&mut self) -> Result<(), BusError> {
-        self.insert(Space::Pio, PCI_HOST_PORT, 8, "pci-host", Target::PciHost)
+        let (start, len) = (u64::from(layout::PORT_PCI_CONFIG_ADDRESS), u64::from(layout::LEN_PCI_HOST));
+        self.insert(Space::Pio, start, len, "pci-host", Target::PciHost)
     }
 
     /// Delegates byte accesses to port 0xCF9 (inside the host bridge block)
@@ -282,6 +254,16 @@ impl Bus {
         self.pci.insert(sbdf, PciSlot { name: name.to_string(), dev, regions: Vec::new() });
         self.refresh_regions(sbdf);
         Ok(())
+    }
+
+    /// Re-reads the windows of every PCI function and moves the routes (with
+    /// queued [`RangeChange`]s), as after a config write. Needed after device
+    /// state was restored behind the bus's back.
+    pub fn refresh_pci_regions(&mut self) {
+        let all: Vec<Sbdf> = self.pci.keys().copied().collect();
+        for sbdf in all {
+            self.refresh_regions(sbdf);
+        }
     }
 
     /// Every claimed port range, inclusive, merged where adjacent.
@@ -447,13 +429,13 @@ impl Bus {
 
     /// `off` is relative to 0xCF8.
     fn host_port_read(&mut self, off: u64, data: &mut [u8]) {
-        if off == 1 && data.len() == 1 {
+        if off == RESET_CONTROL_OFFSET && data.len() == 1 {
             if let Some(rc) = &self.reset_control {
                 lock(&**rc).read(0, data);
                 return;
             }
         }
-        if off < 4 {
+        if off < CONFIG_DATA_OFFSET {
             // QEMU returns the latch for any read of its 4-byte index window.
             let latch = self.cf8.to_le_bytes();
             let start = usize::try_from(off).unwrap_or(0);
@@ -462,7 +444,7 @@ impl Bus {
             }
             return;
         }
-        let lane = off - 4;
+        let lane = off - CONFIG_DATA_OFFSET;
         match self.latched_target(lane) {
             Some((sbdf, reg)) => self.pci_config_read(sbdf, reg, data),
             None => data.fill(0xff),
@@ -470,7 +452,7 @@ impl Bus {
     }
 
     fn host_port_write(&mut self, off: u64, data: &[u8]) {
-        if off == 1 && data.len() == 1 {
+        if off == RESET_CONTROL_OFFSET && data.len() == 1 {
             if let Some(rc) = &self.reset_control {
                 lock(&**rc).write(0, data);
                 return;
@@ -480,10 +462,10 @@ impl Bus {
             self.cf8 = le_value(data) as u32;
             return;
         }
-        if off < 4 {
+        if off < CONFIG_DATA_OFFSET {
             return; // QEMU ignores other writes to the index window.
         }
-        if let Some((sbdf, reg)) = self.latched_target(off - 4) {
+        if let Some((sbdf, reg)) = self.latched_target(off - CONFIG_DATA_OFFSET) {
             self.pci_config_write(sbdf, reg, data);
         }
     }
@@ -788,6 +770,27 @@ mod tests {
         );
         bus.pio_read(0xc002, &mut v);
         assert_eq!(v, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn refresh_picks_up_windows_changed_behind_the_bus() {
+        let mut bus = Bus::new();
+        let sbdf = Sbdf::new(2, 0);
+        let f = Arc::new(Mutex::new(Func { cfg: [0; 256], io: [5, 6, 7, 8] }));
+        bus.register_pci(sbdf, "f", f.clone()).unwrap();
+        {
+            let mut d = f.lock().unwrap();
+            d.cfg[0x10..0x14].copy_from_slice(&0xc001u32.to_le_bytes());
+            d.cfg[4] = 1;
+        }
+        assert!(bus.take_changes().is_empty());
+        bus.refresh_pci_regions();
+        assert_eq!(bus.take_changes(), vec![RangeChange::Map { space: Space::Pio, start: 0xc000, end: 0xc003 }]);
+        let mut v = [0u8; 1];
+        bus.pio_read(0xc001, &mut v);
+        assert_eq!(v, [6]);
+        bus.refresh_pci_regions();
+        assert!(bus.take_changes().is_empty(), "nothing moved");
     }
 
     #[test]

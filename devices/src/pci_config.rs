@@ -26,12 +26,14 @@
 //! decoded when it reaches past port 0xFFFF, because ioreq port numbers are
 //! 16-bit (QEMU maps it, but outside its 64 KiB port space nothing sees it).
 //!
-//! Snapshots carry the 256 bytes as a hex string. [`PciConfig::restore_hex`]
-//! refuses an image whose read-only bits differ from the running function's,
-//! as QEMU's `get_pci_config_device` does with its `cmask`.
+//! Saved state ([`PciConfigState`]) carries the 256 bytes as a hex string.
+//! [`PciConfig::restore_hex`] refuses an image whose read-only bits differ
+//! from the running function's, as QEMU's `get_pci_config_device` does with
+//! its `cmask`.
+
+use serde::{Deserialize, Serialize};
 
 use crate::bus::{PciRegion, Space};
-use crate::snapshot::SnapshotError;
 
 /// Vendor ID (u16).
 pub const VENDOR_ID: u16 = 0x00;
@@ -116,9 +118,9 @@ pub enum PciConfigError {
     #[error("adding BAR {index}: the slot is already used")]
     BarTaken { index: usize },
     #[error("restoring PCI config: expected {expected} hex digits, got {got}")]
-    SnapshotLength { expected: usize, got: usize },
+    StateLength { expected: usize, got: usize },
     #[error("restoring PCI config: invalid hex digit at position {pos}")]
-    SnapshotHex { pos: usize },
+    StateHex { pos: usize },
     #[error("restoring PCI config: read-only byte {reg:#04x} is {got:#04x}, this function has {want:#04x}")]
     ReadOnlyMismatch { reg: usize, got: u8, want: u8 },
 }
@@ -182,6 +184,15 @@ impl BarKind {
 struct Bar {
     kind: BarKind,
     size: u64,
+}
+
+/// The saved state of a configuration space: the image as 512 lowercase hex
+/// digits (the masks are the function's own and are not saved). It is the
+/// whole state of functions that have no other (i440FX, PIIX3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciConfigState {
+    pub config: String,
 }
 
 /// A function's configuration space: the image and its masks.
@@ -450,25 +461,17 @@ impl PciConfig {
         s
     }
 
-    /// The saved state of a function whose only state is this image:
-    /// `{"config": "<512 hex digits>"}`.
-    pub fn snapshot_value(&self) -> serde_json::Value {
-        serde_json::json!({ "config": self.to_hex() })
+    /// The image as saved state.
+    pub fn save_state(&self) -> PciConfigState {
+        PciConfigState { config: self.to_hex() }
     }
 
-    /// Restores a state written by [`Self::snapshot_value`] for `device`.
+    /// Restores an image saved by [`Self::save_state`] (see [`Self::restore_hex`]).
     ///
     /// # Errors
-    /// If `state` has another shape, or its image is refused by
-    /// [`Self::restore_hex`].
-    pub fn restore_value(&mut self, device: &'static str, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct State {
-            config: String,
-        }
-        let s = <State as serde::Deserialize>::deserialize(state).map_err(|e| SnapshotError::malformed(device, e))?;
-        self.restore_hex(&s.config).map_err(|e| SnapshotError::malformed(device, e))
+    /// As [`Self::restore_hex`]; the image is then unchanged.
+    pub fn restore_state(&mut self, state: &PciConfigState) -> Result<(), PciConfigError> {
+        self.restore_hex(&state.config)
     }
 
     /// Replaces the image with one saved by [`Self::to_hex`].
@@ -479,13 +482,13 @@ impl PciConfig {
     pub fn restore_hex(&mut self, hex: &str) -> Result<(), PciConfigError> {
         let raw = hex.as_bytes();
         if raw.len() != CONFIG_SIZE * 2 {
-            return Err(PciConfigError::SnapshotLength { expected: CONFIG_SIZE * 2, got: raw.len() });
+            return Err(PciConfigError::StateLength { expected: CONFIG_SIZE * 2, got: raw.len() });
         }
         let mut new = [0u8; CONFIG_SIZE];
         for (i, (pair, out)) in raw.chunks_exact(2).zip(new.iter_mut()).enumerate() {
             let digit = |k: usize| -> Result<u8, PciConfigError> {
                 let c = pair.get(k).copied().unwrap_or(b'?');
-                char::from(c).to_digit(16).map(|d| d as u8).ok_or(PciConfigError::SnapshotHex { pos: 2 * i + k })
+                char::from(c).to_digit(16).map(|d| d as u8).ok_or(PciConfigError::StateHex { pos: 2 * i + k })
             };
             *out = digit(0)? << 4 | digit(1)?;
         }
@@ -653,10 +656,10 @@ mod tests {
         bad[0] = b'0'; // vendor low byte 0x34 -> 0x04
         let e = d.restore_hex(std::str::from_utf8(&bad).unwrap()).unwrap_err();
         assert_eq!(e, PciConfigError::ReadOnlyMismatch { reg: 0, got: 0x04, want: 0x34 });
-        assert!(matches!(d.restore_hex("00"), Err(PciConfigError::SnapshotLength { .. })));
+        assert!(matches!(d.restore_hex("00"), Err(PciConfigError::StateLength { .. })));
         let mut bad = hex.into_bytes();
         bad[100] = b'g';
-        assert_eq!(d.restore_hex(std::str::from_utf8(&bad).unwrap()), Err(PciConfigError::SnapshotHex { pos: 100 }));
+        assert_eq!(d.restore_hex(std::str::from_utf8(&bad).unwrap()), Err(PciConfigError::StateHex { pos: 100 }));
         // A multi-byte UTF-8 string of the right byte length is rejected, not sliced.
         let weird = "é".repeat(256);
         assert!(d.restore_hex(&weird).is_err());

@@ -40,13 +40,12 @@
 //!   `xenfv` uses); the legacy fixed-order table of pc <= 2.5 is not offered.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use xendm_devices::sync::lock;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestAddress;
 use xendm_devices::ratelimit::RateLimit;
-use xendm_devices::{Bus, BusDevice, BusError, GuestMemory, Snapshot, SnapshotError};
+use xendm_devices::{BusDevice, DeviceState, GuestMemory, StateError};
 use zerocopy::byteorder::big_endian::{U16 as Be16, U32 as Be32, U64 as Be64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -88,13 +87,13 @@ pub mod keys {
     pub const INVALID: u16 = 0xffff;
 }
 
-/// The I/O port of the selector (and data at +1).
-pub const PORT_SELECTOR: u64 = 0x510;
-/// The I/O port of the DMA address register's high half (low half at +4).
-pub const PORT_DMA: u64 = 0x514;
-
-/// Device offset at which the DMA window starts (see [`register`]).
-const DMA_BASE: u64 = 4;
+/// Device offset of the selector (16-bit write) and data (byte reads at 0
+/// and 1); 0x510 on a PC (`xendm_devices::pc::layout::PORT_FW_CFG`).
+pub const OFS_SELECTOR: u64 = 0;
+/// Device offset at which the 8-byte DMA address register starts; the
+/// machine registers the DMA window with this device base (0x514 on a PC).
+pub const OFS_DMA: u64 = 4;
+const DMA_BASE: u64 = OFS_DMA;
 const ENTRY_MASK: u16 = !(keys::ARCH_LOCAL | keys::WRITE_CHANNEL);
 /// Maximum file name length including the NUL (`FW_CFG_MAX_FILE_PATH`).
 pub const MAX_FILE_PATH: usize = 56;
@@ -714,69 +713,41 @@ impl BusDevice for FwCfg {
     }
 }
 
-/// Claims port 0x510 (2 bytes, device offset 0) and, with DMA, port 0x514
-/// (8 bytes, device offset 4) for `dev`.
-///
-/// # Errors
-/// If a port is taken.
-pub fn register(dev: Arc<Mutex<FwCfg>>, bus: &mut Bus) -> Result<(), BusError> {
-    let dma = lock(&dev).dma_enabled;
-    bus.register_pio(PORT_SELECTOR, 2, "fw_cfg", dev.clone(), 0)?;
-    if dma {
-        bus.register_pio(PORT_DMA, 8, "fw_cfg-dma", dev, DMA_BASE)?;
-    }
-    Ok(())
-}
-
-/// Saved state: what QEMU migrates (`cur_entry`, `cur_offset`, `dma_addr`)
-/// plus the contents of writable files, which the guest can change.
-#[derive(Debug, Serialize, Deserialize)]
+/// The saved state of [`FwCfg`]: what QEMU's `vmstate_fw_cfg` migrates
+/// (the current key and offset, and the `fw_cfg/dma` subsection's address
+/// register). The items themselves are rebuilt from the command line, as in
+/// QEMU, so a guest's writes to writable files are not carried over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct State {
+pub struct FwCfgState {
     cur_entry: u16,
     cur_offset: u32,
     dma_addr: u64,
-    writable_files: BTreeMap<String, Vec<u8>>,
 }
 
-const SNAPSHOT_NAME: &str = "fw_cfg";
+impl DeviceState for FwCfg {
+    type State = FwCfgState;
+    const KIND: &'static str = "fw_cfg";
+    const VERSION: u32 = 1;
 
-impl Snapshot for FwCfg {
-    fn snapshot(&self) -> serde_json::Value {
-        let state = State {
-            cur_entry: self.cur_entry,
-            cur_offset: self.cur_offset,
-            dma_addr: self.dma_addr,
-            writable_files: self
-                .files
-                .iter()
-                .filter(|f| f.item.writable)
-                .map(|f| (f.name.clone(), f.item.data.clone()))
-                .collect(),
-        };
-        serde_json::to_value(state).unwrap_or(serde_json::Value::Null)
+    fn save(&self) -> FwCfgState {
+        FwCfgState { cur_entry: self.cur_entry, cur_offset: self.cur_offset, dma_addr: self.dma_addr }
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s: State = serde_json::from_value(state.clone()).map_err(|e| SnapshotError::malformed(SNAPSHOT_NAME, e))?;
+    fn restore(&mut self, s: FwCfgState) -> Result<(), StateError> {
         if s.cur_entry != keys::INVALID && !self.valid_key(s.cur_entry) {
-            return Err(SnapshotError::malformed(SNAPSHOT_NAME, format!("invalid current key {:#06x}", s.cur_entry)));
+            return Err(StateError::malformed(Self::KIND, format!("invalid current key {:#06x}", s.cur_entry)));
         }
-        for (name, data) in &s.writable_files {
-            match self.files.iter().find(|f| &f.name == name) {
-                Some(f) if f.item.writable && f.item.data.len() == data.len() => {}
-                _ => {
-                    return Err(SnapshotError::malformed(
-                        SNAPSHOT_NAME,
-                        format!("{name:?} is not a writable file of {} bytes here", data.len()),
-                    ))
-                }
-            }
+        // The guest can only move the offset to the end of the item.
+        let len = self.lookup(s.cur_entry).map_or(0, |i| i.data.len());
+        if usize::try_from(s.cur_offset).map_or(true, |o| o > len) {
+            return Err(StateError::malformed(
+                Self::KIND,
+                format!("offset {} is past the end of item {:#06x} ({len} bytes)", s.cur_offset, s.cur_entry),
+            ));
         }
-        for (name, data) in s.writable_files {
-            if let Some(f) = self.files.iter_mut().find(|f| f.name == name) {
-                f.item.data = data;
-            }
+        if !self.dma_enabled && s.dma_addr != 0 {
+            return Err(StateError::malformed(Self::KIND, "a DMA address, but this fw_cfg has no DMA interface"));
         }
         self.cur_entry = s.cur_entry;
         self.cur_offset = s.cur_offset;
@@ -788,8 +759,10 @@ impl Snapshot for FwCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use xendm_devices::mem::TestMemory;
-    use xendm_devices::snapshot_conformance;
+    use xendm_devices::pc::layout;
+    use xendm_devices::{state_conformance, Bus};
 
     const RAM: usize = 2 << 20;
 
@@ -800,7 +773,14 @@ mod tests {
     fn dev_with(mem: Arc<TestMemory>, opts: FwCfgOptions) -> (Arc<Mutex<FwCfg>>, Bus) {
         let fw = Arc::new(Mutex::new(FwCfg::new(mem, opts).unwrap()));
         let mut bus = Bus::new();
-        register(fw.clone(), &mut bus).unwrap();
+        // Where the PC machine places it (src/machine/pc.rs).
+        let dma = fw.lock().unwrap().dma_enabled();
+        bus.register_pio(layout::PORT_FW_CFG.into(), layout::LEN_FW_CFG.into(), "fw_cfg", fw.clone(), OFS_SELECTOR)
+            .unwrap();
+        if dma {
+            let (port, len) = (layout::PORT_FW_CFG_DMA.into(), layout::LEN_FW_CFG_DMA.into());
+            bus.register_pio(port, len, "fw_cfg-dma", fw.clone(), OFS_DMA).unwrap();
+        }
         (fw, bus)
     }
 
@@ -1302,28 +1282,32 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_restore_checks() {
+    fn restore_checks_key_offset_and_dma() {
         let (fw, _) = dev(mem());
         let mut f = fw.lock().unwrap();
-        f.add_file_writable("etc/w", vec![0; 2]).unwrap();
-        let mut s = f.snapshot();
-        s["writable_files"]["etc/w"] = serde_json::json!([1, 2]);
-        f.restore(&s).unwrap();
-        assert_eq!(f.file_data("etc/w").unwrap(), [1, 2]);
-        s["writable_files"]["etc/w"] = serde_json::json!([1, 2, 3]);
-        assert!(f.restore(&s).is_err(), "size change refused");
-        s["writable_files"] = serde_json::json!({"bootorder": []});
-        assert!(f.restore(&s).is_err(), "read-only file refused");
-        s["writable_files"] = serde_json::json!({});
-        s["cur_entry"] = serde_json::json!(0x40);
-        assert!(f.restore(&s).is_err(), "invalid key refused");
+        let before = f.save();
+        let sig = FwCfgState { cur_entry: keys::SIGNATURE, cur_offset: 4, dma_addr: 0x1000 };
+        f.restore(sig.clone()).unwrap();
+        assert_eq!(f.save(), sig, "the offset may sit at the end of the item");
+        f.restore(before.clone()).unwrap();
+        let e = f.restore(FwCfgState { cur_offset: 5, ..sig.clone() }).unwrap_err();
+        assert!(e.to_string().contains("fw_cfg") && e.to_string().contains("past the end"), "{e}");
+        let e = f.restore(FwCfgState { cur_entry: 0x40, cur_offset: 0, dma_addr: 0 }).unwrap_err();
+        assert!(e.to_string().contains("invalid current key 0x0040"), "{e}");
+        assert!(f.restore(FwCfgState { cur_entry: keys::INVALID, cur_offset: 1, dma_addr: 0 }).is_err());
+        f.restore(FwCfgState { cur_entry: keys::INVALID, cur_offset: 0, dma_addr: 0 }).unwrap();
+        f.restore(before.clone()).unwrap();
+        assert_eq!(f.save(), before);
+        let (nodma, _) = dev_with(mem(), FwCfgOptions { dma: false, ..Default::default() });
+        let e = nodma.lock().unwrap().restore(sig).unwrap_err();
+        assert!(e.to_string().contains("no DMA"), "{e}");
     }
 
     fn make() -> FwCfg {
         FwCfg::new(Arc::new(TestMemory::pc(RAM).unwrap()), FwCfgOptions::default()).unwrap()
     }
 
-    snapshot_conformance!(snapshot_conformance_fw_cfg, make(), |d: &mut FwCfg| {
+    state_conformance!(state_conformance_fw_cfg, make(), |d: &mut FwCfg| {
         d.write(0, &keys::FILE_DIR.to_le_bytes());
         let mut b = [0u8];
         d.read(1, &mut b);

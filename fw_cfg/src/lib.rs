@@ -30,5 +30,5 @@ pub mod plan;
 pub mod pvh;
 
 pub use boot::{detect, load};
-pub use device::{keys, register, FwCfg, FwCfgError, FwCfgOptions};
+pub use device::{keys, FwCfg, FwCfgError, FwCfgOptions, FwCfgState};
 pub use plan::{BootFiles, BootPlan, BootProtocol, LoadError, LoadedFile, RamLayout};

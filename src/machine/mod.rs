@@ -28,15 +28,16 @@
 //! without touching the guest.
 
 pub mod hooks;
+pub mod pc;
 pub mod replay;
+pub mod state;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::GuestAddress;
-use xendm_devices::hv::IsaIrq;
 use xendm_devices::pc::uart::{SerialSink, Uart};
-use xendm_devices::{Bus, GuestMemory, Hypervisor, IrqLine, MemError, ShutdownReason};
+use xendm_devices::{Bus, GuestMemory, Hypervisor, MemError, ShutdownReason};
 use xendm_fw_cfg::{BootFiles, BootPlan, FwCfg, FwCfgOptions, RamLayout};
 
 use crate::cli::{Config, MachineKind};
@@ -46,7 +47,7 @@ use crate::ioreq::engine::{Engine, EngineHooks};
 pub const DEFAULT_MEM_MIB: u64 = 128;
 
 /// Base port and ISA IRQ of COM1..COM4.
-pub const COM_PORTS: [(u64, u8); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
+pub use xendm_devices::pc::layout::COM_PORTS;
 
 /// Why the machine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,8 @@ pub struct Machine {
     pub max_vcpus: u32,
     /// The RAM layout assumed for `-m`.
     pub layout: RamLayout,
+    /// Every device, for the device-state walk ([`state`]).
+    pub devices: pc::PcDevices,
 }
 
 /// Everything [`build`] needs besides the config.
@@ -119,48 +122,16 @@ pub fn build(config: &Config, inputs: Inputs) -> Result<Machine, MachineError> {
         return Err(MachineError::TooManySerials { given: serials.len() });
     }
     let mut bus = Bus::new();
-
-    // PCI: host bridge (with CF8/CFC), ISA bridge (with 0xCF9), PM, platform.
-    xendm_devices::pc::i440fx::register(&mut bus, layout.below_4g.saturating_add(layout.above_4g))?;
-    xendm_devices::pc::piix3::register(&mut bus, hv.clone())?;
-    if !config.no_acpi {
-        let pm = xendm_devices::pc::piix4_pm::Piix4PmConfig {
-            smb_io_base: 0xb100,
-            com1: !serials.is_empty(),
-            com2: serials.len() > 1,
-            lpt1: false,
-        };
-        xendm_devices::pc::piix4_pm::register(&mut bus, hv.clone(), &pm)?;
-    }
-    if config.machine.kind == MachineKind::Xenfv {
-        xendm_devices::pc::xen_platform::register(&mut bus)?;
-    }
-
-    // ISA.
-    let cmos = xendm_devices::pc::cmos::CmosConfig {
-        ram_bytes_below_4g: layout.below_4g,
-        ram_bytes_above_4g: layout.above_4g,
+    let params = pc::PcParams {
+        ram_below_4g: layout.below_4g,
+        ram_above_4g: layout.above_4g,
+        vcpus,
         boot_order: config.boot_order.clone().unwrap_or_else(|| "cda".to_string()),
-        smp_cpus: vcpus,
-        fd_bootchk: true,
+        acpi: !config.no_acpi,
+        xen_platform: config.machine.kind == MachineKind::Xenfv,
+        serial_ports: serials.len(),
     };
-    xendm_devices::pc::cmos::register(&mut bus, &cmos)?;
-    xendm_devices::pc::port92::register(&mut bus, hv.clone())?;
-    let kbd_irq: Arc<dyn IrqLine> = Arc::new(IsaIrq::new(hv.clone(), 1));
-    let aux_irq: Arc<dyn IrqLine> = Arc::new(IsaIrq::new(hv.clone(), 12));
-    let i8042 = Arc::new(Mutex::new(xendm_devices::pc::i8042::I8042::new(hv.clone(), kbd_irq, aux_irq)));
-    bus.register_pio(0x60, 1, "i8042 data", i8042.clone(), 0)?;
-    bus.register_pio(0x64, 1, "i8042 command", i8042, 4)?;
-
-    let mut uarts = Vec::new();
-    let mut sinks = serial_sinks.into_iter();
-    for (i, &(port, irq)) in COM_PORTS.iter().take(serials.len()).enumerate() {
-        let sink: Box<dyn SerialSink> = sinks.next().unwrap_or_else(|| Box::new(xendm_devices::pc::uart::NullSink));
-        let line: Arc<dyn IrqLine> = Arc::new(IsaIrq::new(hv.clone(), irq));
-        let uart = Arc::new(Mutex::new(Uart::new(line, sink)));
-        bus.register_pio(port, 8, &format!("serial{i}"), uart.clone(), 0)?;
-        uarts.push(uart);
-    }
+    let mut devices = pc::place_devices(&mut bus, &hv, &params, serial_sinks)?;
 
     // Direct kernel boot: fw_cfg + loader + our ROM at boot index 0.
     let boot = match &config.kernel {
@@ -186,12 +157,13 @@ pub fn build(config: &Config, inputs: Inputs) -> Result<Machine, MachineError> {
             let plan = xendm_fw_cfg::load(&mut fw, &files, &layout, force)?;
             let rom = xendm_roms::by_name(plan.rom_name).ok_or(MachineError::MissingRom(plan.rom_name))?;
             fw.add_boot_rom(plan.rom_name, rom.to_vec())?;
-            xendm_fw_cfg::register(Arc::new(Mutex::new(fw)), &mut bus)?;
+            devices.fw_cfg = Some(pc::place_fw_cfg(&mut bus, fw)?);
             Some(plan)
         }
     };
 
-    Ok(Machine { engine: Engine::new(bus, mem, hooks), uarts, boot, vcpus, max_vcpus, layout })
+    let uarts = devices.uarts.clone();
+    Ok(Machine { engine: Engine::new(bus, mem, hooks), uarts, boot, vcpus, max_vcpus, layout, devices })
 }
 
 /// Guest memory bound after the machine is built (see the module docs).

@@ -40,19 +40,20 @@
 //! memory; writes are stored as they come and the checksum is not updated, as
 //! on real hardware.
 //!
-//! Standard location: ports 0x70-0x71.
-
-use std::sync::{Arc, Mutex};
+//! The machine places the two ports ([`OFS_INDEX`], [`OFS_DATA`]) at 0x70
+//! and 0x71 ([`crate::pc::layout`]).
+//!
+//! Saved state ([`CmosState`]): the latched index and the 128 bytes.
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Bus, BusDevice, BusError};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::bus::BusDevice;
+use crate::state::{DeviceState, StateError};
 
-/// Index port.
-pub const INDEX_PORT: u64 = 0x70;
-/// Data port.
-pub const DATA_PORT: u64 = 0x71;
+/// Device offset of the index port (0x70 on a PC).
+pub const OFS_INDEX: u64 = 0;
+/// Device offset of the data port (0x71 on a PC).
+pub const OFS_DATA: u64 = 1;
 /// Bytes of CMOS.
 pub const CMOS_SIZE: usize = 128;
 /// Index bits (bit 7 of an index write is the NMI mask).
@@ -108,8 +109,6 @@ pub enum CmosError {
         "setting the CMOS boot order from -boot order={order}: '{device}' is not a PC boot device (a, b, c, d or n)"
     )]
     InvalidBootDevice { order: String, device: char },
-    #[error("registering the CMOS ports: {0}")]
-    Register(#[from] BusError),
 }
 
 /// The machine facts the initial contents come from.
@@ -225,12 +224,12 @@ impl Cmos {
 }
 
 impl BusDevice for Cmos {
-    /// Offset 0 is port 0x70 (reads 0xFF, as in QEMU), 1 is port 0x71.
-    /// Wider accesses are handled byte by byte.
+    /// [`OFS_INDEX`] reads 0xFF, as in QEMU; [`OFS_DATA`] reads the byte at
+    /// the latched index. Wider accesses are handled byte by byte.
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             *b = match offset.checked_add(i as u64) {
-                Some(1) => self.get(self.index),
+                Some(OFS_DATA) => self.get(self.index),
                 _ => 0xff,
             };
         }
@@ -239,55 +238,66 @@ impl BusDevice for Cmos {
     fn write(&mut self, offset: u64, data: &[u8]) {
         for (i, &v) in data.iter().enumerate() {
             match offset.checked_add(i as u64) {
-                Some(0) => self.index = v & INDEX_MASK,
-                Some(1) => self.set(self.index, v),
+                Some(OFS_INDEX) => self.index = v & INDEX_MASK,
+                Some(OFS_DATA) => self.set(self.index, v),
                 _ => {}
             }
         }
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// The saved state of [`Cmos`]. `data` is a `Vec` because serde has no
+/// 128-element arrays; restore checks its length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct State {
+pub struct CmosState {
     index: u8,
     data: Vec<u8>,
 }
 
-const NAME: &str = "cmos";
+impl DeviceState for Cmos {
+    type State = CmosState;
+    const KIND: &'static str = "cmos";
+    const VERSION: u32 = 1;
 
-impl Snapshot for Cmos {
-    fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(State { index: self.index, data: self.data.to_vec() }).unwrap_or(serde_json::Value::Null)
+    fn save(&self) -> CmosState {
+        CmosState { index: self.index, data: self.data.to_vec() }
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s = State::deserialize(state).map_err(|e| SnapshotError::malformed(NAME, e))?;
-        let data: [u8; CMOS_SIZE] = s.data.as_slice().try_into().map_err(|_| SnapshotError::Malformed {
-            device: NAME,
-            reason: format!("expected {CMOS_SIZE} bytes of NVRAM, got {}", s.data.len()),
+    fn restore(&mut self, state: CmosState) -> Result<(), StateError> {
+        let got = state.data.len();
+        let data: [u8; CMOS_SIZE] = state.data.try_into().map_err(|_| {
+            StateError::malformed(Self::KIND, format!("expected {CMOS_SIZE} bytes of NVRAM, got {got}"))
         })?;
-        self.index = s.index & INDEX_MASK;
+        if state.index & !INDEX_MASK != 0 {
+            return Err(StateError::malformed(
+                Self::KIND,
+                format!("index {:#04x} is above {INDEX_MASK:#04x} (bit 7 is the NMI mask, never latched)", state.index),
+            ));
+        }
+        self.index = state.index;
         self.data = data;
         Ok(())
     }
 }
 
-/// Puts the CMOS at ports 0x70-0x71.
-///
-/// # Errors
-/// If the boot order is invalid or the ports are taken.
-pub fn register(bus: &mut Bus, cfg: &CmosConfig) -> Result<Arc<Mutex<Cmos>>, CmosError> {
-    let dev = Arc::new(Mutex::new(Cmos::new(cfg)?));
-    bus.register_pio(INDEX_PORT, 2, NAME, dev.clone(), 0)?;
-    Ok(dev)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Bus;
+    use crate::pc::layout;
+    use std::sync::{Arc, Mutex};
 
     const GIB: u64 = 1024 * MIB;
+    const INDEX_PORT: u64 = layout::PORT_CMOS as u64;
+    const DATA_PORT: u64 = INDEX_PORT + OFS_DATA;
+
+    /// The CMOS at its layout ports.
+    fn register(bus: &mut Bus, cfg: &CmosConfig) -> Result<Arc<Mutex<Cmos>>, CmosError> {
+        let dev = Arc::new(Mutex::new(Cmos::new(cfg)?));
+        bus.register_pio(INDEX_PORT, layout::LEN_CMOS.into(), "cmos", dev.clone(), 0).unwrap();
+        Ok(dev)
+    }
 
     fn read_cmos(bus: &mut Bus, index: u8) -> u8 {
         bus.pio_write(INDEX_PORT, &[index]);
@@ -467,19 +477,19 @@ mod tests {
         assert_eq!(c.get(0xff), c.get(0x7f));
     }
 
-    crate::snapshot_conformance!(
-        snapshot_conformance,
-        Cmos::new(&CmosConfig::new(GIB, 0, 1)).unwrap(),
-        |d: &mut Cmos| {
-            d.write(0, &[0x50]);
-            d.write(1, &[0x99]);
-        }
-    );
+    crate::state_conformance!(state_conformance, Cmos::new(&CmosConfig::new(GIB, 0, 1)).unwrap(), |d: &mut Cmos| {
+        d.write(0, &[0x50]);
+        d.write(1, &[0x99]);
+    });
 
     #[test]
-    fn restore_checks_the_length() {
+    fn restore_checks_the_length_and_index() {
         let mut c = Cmos::new(&CmosConfig::new(GIB, 0, 1)).unwrap();
-        let e = c.restore(&serde_json::json!({"index": 0, "data": [1, 2, 3]})).unwrap_err();
-        assert!(e.to_string().contains("expected 128 bytes"), "{e}");
+        let before = c.save();
+        let e = c.restore(CmosState { index: 0, data: vec![1, 2, 3] }).unwrap_err();
+        assert!(e.to_string().contains("cmos") && e.to_string().contains("expected 128 bytes"), "{e}");
+        let e = c.restore(CmosState { index: 0x80, data: vec![0; CMOS_SIZE] }).unwrap_err();
+        assert!(e.to_string().contains("index 0x80"), "{e}");
+        assert_eq!(c.save(), before);
     }
 }

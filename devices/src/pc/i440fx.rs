@@ -19,16 +19,15 @@
 //! exist, so there is nothing to remap. QEMU-on-Xen behaves the same, since
 //! its memory regions there are not backed by the guest's real RAM.
 //!
-//! Standard location: 00:00.0. [`register`] also makes the bus serve the
-//! configuration mechanism #1 ports 0xCF8-0xCFF ([`Bus::enable_pci_host_ports`]),
-//! because they belong to this chip; register the PIIX3 (and its reset
-//! control at 0xCF9) afterwards.
+//! The configuration mechanism #1 ports 0xCF8-0xCFF belong to this chip but
+//! are served by the bus itself ([`crate::Bus::enable_pci_host_ports`]); the
+//! machine places the function and enables them ([`crate::pc::layout`]).
+//!
+//! Saved state: the configuration image ([`PciConfigState`]).
 
-use std::sync::{Arc, Mutex};
-
-use crate::bus::{Bus, BusError, PciFunction, PciRegion, Sbdf};
-use crate::pci_config::{PciConfig, PciIdentity, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::bus::{PciFunction, PciRegion};
+use crate::pci_config::{PciConfig, PciConfigState, PciIdentity, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR};
+use crate::state::{DeviceState, StateError};
 
 /// Intel's vendor ID.
 pub const VENDOR_INTEL: u16 = 0x8086;
@@ -46,9 +45,6 @@ pub const PAM_COUNT: u16 = 7;
 pub const REG_SMRAM: u16 = 0x72;
 /// SMRAM reset value: C_BASE_SEG = 010b (0xA0000).
 pub const SMRAM_RESET: u8 = 0x02;
-
-/// Standard location of the host bridge.
-pub const SBDF: Sbdf = Sbdf::new(0, 0);
 
 /// The host bridge function.
 pub struct I440fx {
@@ -98,37 +94,33 @@ impl PciFunction for I440fx {
     fn region_write(&mut self, _region: u8, _offset: u64, _data: &[u8]) {}
 }
 
-const NAME: &str = "i440fx";
+impl DeviceState for I440fx {
+    type State = PciConfigState;
+    const KIND: &'static str = "i440fx";
+    const VERSION: u32 = 1;
 
-impl Snapshot for I440fx {
-    fn snapshot(&self) -> serde_json::Value {
-        self.cfg.snapshot_value()
+    fn save(&self) -> PciConfigState {
+        self.cfg.save_state()
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        self.cfg.restore_value(NAME, state)
+    fn restore(&mut self, state: PciConfigState) -> Result<(), StateError> {
+        self.cfg.restore_state(&state).map_err(|e| StateError::malformed(Self::KIND, e))
     }
-}
-
-/// Puts a host bridge for `ram_bytes` of RAM at 00:00.0 and enables the
-/// bus's 0xCF8-0xCFF ports.
-///
-/// # Errors
-/// If 00:00.0 or those ports are taken.
-pub fn register(bus: &mut Bus, ram_bytes: u64) -> Result<Arc<Mutex<I440fx>>, BusError> {
-    let dev = Arc::new(Mutex::new(I440fx::new(ram_bytes)));
-    bus.register_pci(SBDF, NAME, dev.clone())?;
-    bus.enable_pci_host_ports()?;
-    Ok(dev)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Bus;
+    use crate::pc::layout::PCI_HOST_BRIDGE as SBDF;
+    use std::sync::{Arc, Mutex};
 
+    /// The host bridge at its layout slot, with the bus's CF8/CFC ports.
     fn bus() -> (Bus, Arc<Mutex<I440fx>>) {
         let mut bus = Bus::new();
-        let d = register(&mut bus, 256 << 20).unwrap();
+        let d = Arc::new(Mutex::new(I440fx::new(256 << 20)));
+        bus.register_pci(SBDF, "i440fx", d.clone()).unwrap();
+        bus.enable_pci_host_ports().unwrap();
         (bus, d)
     }
 
@@ -216,7 +208,7 @@ mod tests {
         dev.region_write(7, u64::MAX, &v);
     }
 
-    crate::snapshot_conformance!(snapshot_conformance, I440fx::new(1 << 30), |d: &mut I440fx| {
+    crate::state_conformance!(state_conformance, I440fx::new(1 << 30), |d: &mut I440fx| {
         d.config_write(0x59, &[0x11, 0x22]);
         d.config_write(0x04, &[0x06, 0x00]);
     });
@@ -224,9 +216,9 @@ mod tests {
     #[test]
     fn restore_refuses_a_foreign_image() {
         let mut a = I440fx::new(1 << 30);
-        let mut saved = a.snapshot();
-        let hex = saved["config"].as_str().unwrap().replacen("8680", "8780", 1);
-        saved["config"] = serde_json::Value::String(hex);
-        assert!(a.restore(&saved).is_err());
+        let mut saved = a.save();
+        saved.config = saved.config.replacen("8680", "8780", 1);
+        let e = a.restore(saved).unwrap_err();
+        assert!(e.to_string().contains("i440fx") && e.to_string().contains("read-only byte"), "{e}");
     }
 }

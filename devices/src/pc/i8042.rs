@@ -3,7 +3,7 @@
 //!
 //! Ports: 0x60 is the data port, 0x64 reads the status register and takes
 //! controller commands. The device sees offset 0 for 0x60 and offset 4 for
-//! 0x64 (the wiring registers each port with length 1).
+//! 0x64 (the machine places each port, length 1, from [`crate::pc::layout`]).
 //!
 //! What the guest can see, following QEMU with `extended-state=off`, which is
 //! what `-machine xenfv` (an i440FX 3.1-compatible machine, `hw_compat_6_0`)
@@ -61,7 +61,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::BusDevice;
 use crate::hv::{Hypervisor, IrqLine, ShutdownReason};
 use crate::ratelimit::RateLimit;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::state::{DeviceState, StateError};
 
 /// Device offset of port 0x60.
 pub const DATA_OFFSET: u64 = 0;
@@ -453,10 +453,11 @@ impl Ps2Mouse {
     }
 }
 
-/// The guest-visible state, as saved by [`Snapshot`].
+/// The guest-visible state of the controller and its two devices: what
+/// [`I8042`] runs on, and its saved state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct I8042State {
+pub struct I8042State {
     status: u8,
     mode: u8,
     outport: u8,
@@ -722,15 +723,17 @@ impl BusDevice for I8042 {
     }
 }
 
-impl Snapshot for I8042 {
-    fn snapshot(&self) -> serde_json::Value {
-        // Plain integers, bools, options and byte queues always serialize.
-        serde_json::to_value(&self.st).unwrap_or(serde_json::Value::Null)
+impl DeviceState for I8042 {
+    type State = I8042State;
+    const KIND: &'static str = "i8042";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> I8042State {
+        self.st.clone()
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s: I8042State = serde_json::from_value(state.clone()).map_err(|e| SnapshotError::malformed("i8042", e))?;
-        let bad = |reason: &str| SnapshotError::Malformed { device: "i8042", reason: reason.to_string() };
+    fn restore(&mut self, s: I8042State) -> Result<(), StateError> {
+        let bad = |reason: &str| StateError::malformed(Self::KIND, reason);
         if s.kbd.len() > PS2_QUEUE_SIZE || s.kbd.replies.len() > KBD_MAX_REPLIES || s.mouse.queue.len() > PS2_QUEUE_SIZE
         {
             return Err(bad("a PS/2 queue is longer than the device allows"));
@@ -1048,8 +1051,8 @@ mod tests {
         r.drain();
     }
 
-    crate::snapshot_conformance!(
-        i8042_snapshot_conformance,
+    crate::state_conformance!(
+        i8042_state_conformance,
         I8042::new(Arc::new(FakeHypervisor::new()), Arc::new(FakeIrq::new()), Arc::new(FakeIrq::new())),
         |d: &mut I8042| {
             d.write(4, &[0x60]);
@@ -1064,12 +1067,17 @@ mod tests {
     #[test]
     fn restore_refuses_oversized_queues() {
         let r = rig();
-        let mut s = r.dev.snapshot();
-        s["mouse"]["queue"] = serde_json::json!(vec![0u8; 17]);
+        let mut s = r.dev.save();
+        s.mouse.queue = vec![0u8; 17].into();
         let mut d = rig().dev;
-        assert!(d.restore(&s).is_err());
-        let mut s = r.dev.snapshot();
-        s["kbd"]["scancode_set"] = serde_json::json!(9);
-        assert!(d.restore(&s).is_err());
+        let e = d.restore(s).unwrap_err();
+        assert!(e.to_string().contains("i8042") && e.to_string().contains("queue"), "{e}");
+        let mut s = r.dev.save();
+        s.kbd.scancode_set = 9;
+        assert!(d.restore(s).is_err());
+        let mut s = r.dev.save();
+        s.kbd.replies = vec![0u8; 4].into();
+        assert!(d.restore(s).is_err());
+        assert_eq!(d.save(), r.dev.save(), "refused restores changed nothing");
     }
 }

@@ -29,17 +29,22 @@
 //! on PIIX3). QEMU serves only byte accesses; wider ones reach the host
 //! bridge's data window instead (the bus delegates only byte accesses).
 //!
-//! Standard locations: the function at 00:01.0, reset control at port 0xCF9.
+//! The machine places the function and the register ([`crate::pc::layout`]):
+//! on a PC the register lies inside the host bridge's 0xCF8-0xCFF block, so
+//! the machine hands it to [`crate::Bus::set_reset_control`].
+//!
+//! Saved state: the configuration image ([`PciConfigState`]) and, for the
+//! reset control, the latched SRST bit ([`ResetControlState`]).
 
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, RESET_CONTROL_PORT};
+use crate::bus::{BusDevice, PciFunction, PciRegion};
 use crate::hv::{Hypervisor, ShutdownReason};
-use crate::pci_config::{self, PciConfig, PciIdentity, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR};
+use crate::pci_config::{self, PciConfig, PciConfigState, PciIdentity, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR};
 use crate::ratelimit::RateLimit;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::state::{DeviceState, StateError};
 
 /// PIIX3 PCI-to-ISA bridge (82371SB function 0).
 pub const DEVICE_ID_82371SB_0: u16 = 0x7000;
@@ -56,9 +61,6 @@ pub const PIRQ_IRQ_MASK: u8 = 0x0f;
 pub const RC_SRST: u8 = 0x02;
 /// RC bit 2: reset CPU, the trigger.
 pub const RC_RCPU: u8 = 0x04;
-
-/// Standard location of the ISA bridge.
-pub const SBDF: Sbdf = Sbdf::new(1, 0);
 
 /// QEMU's `piix_reset` values (register, value) beyond the identity.
 const RESET_VALUES: &[(u16, u8)] = &[
@@ -159,31 +161,41 @@ impl PciFunction for Piix3 {
     fn region_write(&mut self, _region: u8, _offset: u64, _data: &[u8]) {}
 }
 
-const NAME: &str = "piix3";
+impl DeviceState for Piix3 {
+    type State = PciConfigState;
+    const KIND: &'static str = "piix3";
+    const VERSION: u32 = 1;
 
-impl Snapshot for Piix3 {
-    fn snapshot(&self) -> serde_json::Value {
-        self.cfg.snapshot_value()
+    fn save(&self) -> PciConfigState {
+        self.cfg.save_state()
     }
 
     /// Restores the image. Link routes live in Xen and travel with the
     /// domain's own state, so they are not re-sent.
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        self.cfg.restore_value(NAME, state)
+    fn restore(&mut self, state: PciConfigState) -> Result<(), StateError> {
+        self.cfg.restore_state(&state).map_err(|e| StateError::malformed(Self::KIND, e))
     }
 }
 
-/// The Reset Control Register, a [`BusDevice`] at 0xCF9 (offset 0).
+/// The Reset Control Register, a one-byte [`BusDevice`] (offset 0).
 pub struct ResetControl {
-    rcr: u8,
+    st: ResetControlState,
     hv: Arc<dyn Hypervisor>,
     log: RateLimit,
+}
+
+/// The saved state of [`ResetControl`]: the register, of which only SRST
+/// (bit 1) is ever kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetControlState {
+    rcr: u8,
 }
 
 impl ResetControl {
     /// A register reading 0; reset requests go to `hv`.
     pub fn new(hv: Arc<dyn Hypervisor>) -> Self {
-        Self { rcr: 0, hv, log: RateLimit::per_second() }
+        Self { st: ResetControlState { rcr: 0 }, hv, log: RateLimit::per_second() }
     }
 }
 
@@ -192,7 +204,7 @@ impl BusDevice for ResetControl {
         data.fill(0xff);
         if offset == 0 {
             if let Some(b) = data.first_mut() {
-                *b = self.rcr;
+                *b = self.st.rcr;
             }
         }
     }
@@ -209,68 +221,69 @@ impl BusDevice for ResetControl {
             }
             self.hv.shutdown(ShutdownReason::Reboot);
             // QEMU resets the machine (rcr = 0) before telling Xen.
-            self.rcr = 0;
+            self.st.rcr = 0;
             return;
         }
-        self.rcr = v & RC_SRST;
+        self.st.rcr = v & RC_SRST;
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RcState {
-    rcr: u8,
-}
+impl DeviceState for ResetControl {
+    type State = ResetControlState;
+    const KIND: &'static str = "piix3-reset-control";
+    const VERSION: u32 = 1;
 
-impl Snapshot for ResetControl {
-    fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(RcState { rcr: self.rcr }).unwrap_or(serde_json::Value::Null)
+    fn save(&self) -> ResetControlState {
+        self.st.clone()
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s = RcState::deserialize(state).map_err(|e| SnapshotError::malformed("piix3 reset control", e))?;
-        self.rcr = s.rcr & RC_SRST;
+    fn restore(&mut self, state: ResetControlState) -> Result<(), StateError> {
+        if state.rcr & !RC_SRST != 0 {
+            return Err(StateError::malformed(
+                Self::KIND,
+                format!("register {:#04x} has bits other than SRST, which never latch", state.rcr),
+            ));
+        }
+        self.st = state;
         Ok(())
     }
 }
 
-/// The handles [`register`] returns.
+/// The ISA bridge function and its reset control register, both reset
+/// requests and link routes going to the same hypervisor.
 pub struct Piix3Handles {
     pub bridge: Arc<Mutex<Piix3>>,
     pub reset_control: Arc<Mutex<ResetControl>>,
 }
 
-/// Puts the ISA bridge at 00:01.0 and its reset control at port 0xCF9.
-///
-/// If the bus already serves 0xCF8-0xCFF ([`crate::pc::i440fx::register`] does
-/// that), 0xCF9 is delegated with [`Bus::set_reset_control`]; otherwise the
-/// port is registered on its own (and enabling the host ports afterwards
-/// would then fail with an overlap).
-///
-/// # Errors
-/// If 00:01.0 or port 0xCF9 is taken.
-pub fn register(bus: &mut Bus, hv: Arc<dyn Hypervisor>) -> Result<Piix3Handles, BusError> {
-    let bridge = Arc::new(Mutex::new(Piix3::new(hv.clone())));
-    let reset_control = Arc::new(Mutex::new(ResetControl::new(hv)));
-    bus.register_pci(SBDF, NAME, bridge.clone())?;
-    let host_ports_served = bus.pio_ranges().iter().any(|&(s, e)| s <= RESET_CONTROL_PORT && RESET_CONTROL_PORT <= e);
-    if !host_ports_served {
-        bus.register_pio(RESET_CONTROL_PORT, 1, "piix3 reset control", reset_control.clone(), 0)?;
+impl Piix3Handles {
+    /// Both in their reset state.
+    pub fn new(hv: Arc<dyn Hypervisor>) -> Self {
+        Self {
+            bridge: Arc::new(Mutex::new(Piix3::new(hv.clone()))),
+            reset_control: Arc::new(Mutex::new(ResetControl::new(hv))),
+        }
     }
-    bus.set_reset_control(reset_control.clone());
-    Ok(Piix3Handles { bridge, reset_control })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Bus;
     use crate::hv::{FakeHypervisor, HvCall};
+    use crate::pc::i440fx::I440fx;
+    use crate::pc::layout::{PCI_HOST_BRIDGE, PCI_ISA_BRIDGE as SBDF, PORT_RESET_CONTROL};
 
+    /// Host bridge and ISA bridge at their layout slots, reset control
+    /// delegated by the host bridge's port block, as the machine does.
     fn setup() -> (Bus, Arc<FakeHypervisor>, Piix3Handles) {
         let hv = Arc::new(FakeHypervisor::new());
         let mut bus = Bus::new();
-        crate::pc::i440fx::register(&mut bus, 1 << 30).unwrap();
-        let h = register(&mut bus, hv.clone()).unwrap();
+        bus.register_pci(PCI_HOST_BRIDGE, "i440fx", Arc::new(Mutex::new(I440fx::new(1 << 30)))).unwrap();
+        bus.enable_pci_host_ports().unwrap();
+        let h = Piix3Handles::new(hv.clone());
+        bus.register_pci(SBDF, "piix3", h.bridge.clone()).unwrap();
+        bus.set_reset_control(h.reset_control.clone());
         (bus, hv, h)
     }
 
@@ -414,10 +427,11 @@ mod tests {
     }
 
     #[test]
-    fn reset_control_without_host_ports() {
+    fn reset_control_as_a_port_of_its_own() {
         let hv = Arc::new(FakeHypervisor::new());
         let mut bus = Bus::new();
-        let _h = register(&mut bus, hv.clone()).unwrap();
+        let h = Piix3Handles::new(hv.clone());
+        bus.register_pio(PORT_RESET_CONTROL.into(), 1, "piix3 reset control", h.reset_control.clone(), 0).unwrap();
         assert_eq!(bus.pio_ranges(), vec![(0xcf9, 0xcf9)]);
         bus.pio_write(0xcf9, &[0x02]);
         let mut v = [0u8; 1];
@@ -455,11 +469,22 @@ mod tests {
         assert!(hv.take().is_empty());
     }
 
-    crate::snapshot_conformance!(snapshot_conformance, Piix3::new(Arc::new(FakeHypervisor::new())), |d: &mut Piix3| d
+    crate::state_conformance!(state_conformance, Piix3::new(Arc::new(FakeHypervisor::new())), |d: &mut Piix3| d
         .config_write(0x60, &[0x05, 0x0a, 0x0b, 0x05]));
 
-    crate::snapshot_conformance!(
-        reset_control_snapshot_conformance,
+    #[test]
+    fn reset_control_restore_refuses_bits_that_never_latch() {
+        let mut rc = ResetControl::new(Arc::new(FakeHypervisor::new()));
+        let e = rc.restore(ResetControlState { rcr: RC_RCPU }).unwrap_err();
+        assert!(e.to_string().contains("piix3-reset-control"), "{e}");
+        rc.restore(ResetControlState { rcr: RC_SRST }).unwrap();
+        let mut v = [0u8; 1];
+        rc.read(0, &mut v);
+        assert_eq!(v, [RC_SRST]);
+    }
+
+    crate::state_conformance!(
+        reset_control_state_conformance,
         ResetControl::new(Arc::new(FakeHypervisor::new())),
         |d: &mut ResetControl| d.write(0, &[0x02])
     );

@@ -56,24 +56,28 @@
 //! to 0xB2 sets SCI_EN, 0xF0 clears it; hvmloader BUG()s unless SCI_EN reads
 //! 1 after writing 0xF1.
 //!
-//! Standard locations: 00:01.3, ports 0xB2-0xB3 and 0xAFE0-0xAFE3; the PM
-//! block wherever the guest puts PMBA (0xB000 under hvmloader). QEMU leaves
-//! this function out with `-no-acpi`; so does the wiring (do not call
-//! [`register`]).
+//! The machine places the function, the APM ports ([`Apm`]) and the GPE0
+//! block ([`Gpe0`]) from [`crate::pc::layout`]; the PM block goes wherever
+//! the guest programs PMBA (0xB000 under hvmloader). QEMU leaves this
+//! function out with `-no-acpi`; so does the machine.
+//!
+//! Saved state ([`Piix4PmState`]): the configuration image (with PMBA and
+//! PMREGMISC, so the PM block comes back where the guest put it) and the I/O
+//! registers ([`PmRegs`]).
 
 use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf, Space};
+use crate::bus::{BusDevice, PciFunction, PciRegion, Space};
 use crate::hv::{Hypervisor, ShutdownReason};
 use crate::pci_config::{
-    PciConfig, PciIdentity, INTERRUPT_PIN, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR, STATUS, STATUS_DEVSEL_MEDIUM,
-    STATUS_FAST_BACK,
+    PciConfig, PciConfigState, PciIdentity, INTERRUPT_PIN, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR, STATUS,
+    STATUS_DEVSEL_MEDIUM, STATUS_FAST_BACK,
 };
 use crate::ratelimit::RateLimit;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::state::{DeviceState, StateError};
 
 /// PIIX4 power management (82371AB function 3).
 pub const DEVICE_ID_82371AB_3: u16 = 0x7113;
@@ -122,25 +126,19 @@ pub const SLP_TYP_S3: u16 = 1;
 /// QEMU's default `s4_val`, a power-off too.
 pub const SLP_TYP_QEMU_S4: u16 = 2;
 
-/// APM control port (the FADT's SMI_CMD).
-pub const APM_CNT_PORT: u64 = 0xb2;
-/// APM status port.
-pub const APM_STS_PORT: u64 = 0xb3;
+/// [`Apm`] offset of the APM control register (the FADT's SMI_CMD).
+pub const OFS_APM_CONTROL: u64 = 0;
+/// [`Apm`] offset of the APM status register.
+pub const OFS_APM_STATUS: u64 = 1;
 /// SMI_CMD value that sets SCI_EN.
 pub const ACPI_ENABLE: u8 = 0xf1;
 /// SMI_CMD value that clears SCI_EN.
 pub const ACPI_DISABLE: u8 = 0xf0;
 
-/// GPE0 block base (`ACPI_GPE0_BLK_ADDRESS_V1`).
-pub const GPE0_PORT: u64 = 0xafe0;
-/// GPE0 block length: 2 status bytes then 2 enable bytes.
-pub const GPE0_LEN: u64 = 4;
-
-/// QEMU's SMBus base on the PC machines.
-pub const DEFAULT_SMB_IO_BASE: u16 = 0xb100;
-
-/// Standard location of the PM function.
-pub const SBDF: Sbdf = Sbdf::new(1, 3);
+/// [`Gpe0`] offset of the first status byte (2 status bytes, then 2 enable bytes).
+pub const OFS_GPE0_STATUS: u64 = 0;
+/// [`Gpe0`] offset of the first enable byte.
+pub const OFS_GPE0_ENABLE: u64 = 2;
 
 /// What the machine around the function looks like (QEMU fills registers
 /// 0x90, 0x5F and 0x67 from it).
@@ -148,18 +146,12 @@ pub const SBDF: Sbdf = Sbdf::new(1, 3);
 pub struct Piix4PmConfig {
     /// SMBus I/O base reported at 0x90 (not decoded; see the module docs).
     pub smb_io_base: u16,
-    /// A UART at 0x3F8 exists.
+    /// A UART at COM1 (0x3F8) exists.
     pub com1: bool,
-    /// A UART at 0x2F8 exists.
+    /// A UART at COM2 (0x2F8) exists.
     pub com2: bool,
-    /// A parallel port at 0x378 exists.
+    /// A parallel port at LPT1 (0x378) exists.
     pub lpt1: bool,
-}
-
-impl Default for Piix4PmConfig {
-    fn default() -> Self {
-        Self { smb_io_base: DEFAULT_SMB_IO_BASE, com1: false, com2: false, lpt1: false }
-    }
 }
 
 /// Entering ACPI S3 (suspend to RAM), which [`Hypervisor`] does not cover.
@@ -170,14 +162,34 @@ pub trait SuspendControl: Send + Sync {
     fn suspend_to_ram(&self);
 }
 
+/// The I/O registers of the function outside config space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmRegs {
+    /// PM1a_CNT as the guest reads it (SLP_EN never stored).
+    pm1_cnt: u16,
+    /// APM control (0xB2 on a PC).
+    apmc: u8,
+    /// APM status (0xB3 on a PC).
+    apms: u8,
+    /// GPE0 status bytes.
+    gpe_sts: [u8; 2],
+    /// GPE0 enable bytes.
+    gpe_en: [u8; 2],
+}
+
+/// The saved state of [`Piix4Pm`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Piix4PmState {
+    config: PciConfigState,
+    io: PmRegs,
+}
+
 /// The PM function and the state of its I/O registers.
 pub struct Piix4Pm {
     cfg: PciConfig,
-    pm1_cnt: u16,
-    apmc: u8,
-    apms: u8,
-    gpe_sts: [u8; 2],
-    gpe_en: [u8; 2],
+    io: PmRegs,
     hv: Arc<dyn Hypervisor>,
     s3: Option<Arc<dyn SuspendControl>>,
     log: RateLimit,
@@ -209,11 +221,7 @@ impl Piix4Pm {
         cfg.set_u8(REG_SMBHSTCFG, 0x09);
         Self {
             cfg,
-            pm1_cnt: 0,
-            apmc: 0,
-            apms: 0,
-            gpe_sts: [0; 2],
-            gpe_en: [0; 2],
+            io: PmRegs { pm1_cnt: 0, apmc: 0, apms: 0, gpe_sts: [0; 2], gpe_en: [0; 2] },
             hv,
             s3: None,
             log: RateLimit::per_second(),
@@ -227,7 +235,7 @@ impl Piix4Pm {
 
     /// PM1a_CNT as the guest reads it.
     pub fn pm1_cnt(&self) -> u16 {
-        self.pm1_cnt
+        self.io.pm1_cnt
     }
 
     /// The PM block base, if decoding is enabled.
@@ -239,7 +247,7 @@ impl Piix4Pm {
     }
 
     fn pm1_cnt_write(&mut self, val: u16) {
-        self.pm1_cnt = val & !SLP_EN;
+        self.io.pm1_cnt = val & !SLP_EN;
         if val & SLP_EN == 0 {
             return;
         }
@@ -279,7 +287,7 @@ impl Piix4Pm {
     }
 
     fn pm_read_byte(&self, off: u64) -> u8 {
-        let [lo, hi] = self.pm1_cnt.to_le_bytes();
+        let [lo, hi] = self.io.pm1_cnt.to_le_bytes();
         match off {
             4 => lo,
             5 => hi,
@@ -298,7 +306,7 @@ impl Piix4Pm {
     /// A write inside the PM I/O block. Bytes that hit PM1a_CNT are merged
     /// into it and applied as one write; others are dropped.
     pub fn pm_write(&mut self, offset: u64, data: &[u8]) {
-        let mut cnt = self.pm1_cnt.to_le_bytes();
+        let mut cnt = self.io.pm1_cnt.to_le_bytes();
         let mut hit = false;
         let mut other = false;
         for (i, &v) in data.iter().enumerate() {
@@ -333,8 +341,8 @@ impl Piix4Pm {
     pub fn apm_read(&mut self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             *b = match offset.checked_add(i as u64) {
-                Some(0) => self.apmc,
-                Some(1) => self.apms,
+                Some(OFS_APM_CONTROL) => self.io.apmc,
+                Some(OFS_APM_STATUS) => self.io.apms,
                 _ => 0xff,
             };
         }
@@ -344,15 +352,15 @@ impl Piix4Pm {
     pub fn apm_write(&mut self, offset: u64, data: &[u8]) {
         for (i, &v) in data.iter().enumerate() {
             match offset.checked_add(i as u64) {
-                Some(0) => {
-                    self.apmc = v;
+                Some(OFS_APM_CONTROL) => {
+                    self.io.apmc = v;
                     match v {
-                        ACPI_ENABLE => self.pm1_cnt |= SCI_EN,
-                        ACPI_DISABLE => self.pm1_cnt &= !SCI_EN,
+                        ACPI_ENABLE => self.io.pm1_cnt |= SCI_EN,
+                        ACPI_DISABLE => self.io.pm1_cnt &= !SCI_EN,
                         _ => {} // would be an SMI; there is no SMM under Xen
                     }
                 }
-                Some(1) => self.apms = v,
+                Some(OFS_APM_STATUS) => self.io.apms = v,
                 _ => {}
             }
         }
@@ -362,8 +370,8 @@ impl Piix4Pm {
     pub fn gpe_read(&mut self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             *b = match offset.checked_add(i as u64) {
-                Some(o @ 0..=1) => self.gpe_sts.get(o as usize).copied().unwrap_or(0xff),
-                Some(o @ 2..=3) => self.gpe_en.get(o as usize - 2).copied().unwrap_or(0xff),
+                Some(o @ 0..=1) => self.io.gpe_sts.get(o as usize).copied().unwrap_or(0xff),
+                Some(o @ 2..=3) => self.io.gpe_en.get(o as usize - 2).copied().unwrap_or(0xff),
                 _ => 0xff,
             };
         }
@@ -375,12 +383,12 @@ impl Piix4Pm {
         for (i, &v) in data.iter().enumerate() {
             match offset.checked_add(i as u64) {
                 Some(o @ 0..=1) => {
-                    if let Some(s) = self.gpe_sts.get_mut(o as usize) {
+                    if let Some(s) = self.io.gpe_sts.get_mut(o as usize) {
                         *s &= !v;
                     }
                 }
                 Some(o @ 2..=3) => {
-                    if let Some(e) = self.gpe_en.get_mut(o as usize - 2) {
+                    if let Some(e) = self.io.gpe_en.get_mut(o as usize - 2) {
                         *e = v;
                     }
                 }
@@ -421,45 +429,30 @@ impl PciFunction for Piix4Pm {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    config: String,
-    pm1_cnt: u16,
-    apmc: u8,
-    apms: u8,
-    gpe_sts: [u8; 2],
-    gpe_en: [u8; 2],
-}
+impl DeviceState for Piix4Pm {
+    type State = Piix4PmState;
+    const KIND: &'static str = "piix4-pm";
+    const VERSION: u32 = 1;
 
-const NAME: &str = "piix4-pm";
-
-impl Snapshot for Piix4Pm {
-    fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(State {
-            config: self.cfg.to_hex(),
-            pm1_cnt: self.pm1_cnt,
-            apmc: self.apmc,
-            apms: self.apms,
-            gpe_sts: self.gpe_sts,
-            gpe_en: self.gpe_en,
-        })
-        .unwrap_or(serde_json::Value::Null)
+    fn save(&self) -> Piix4PmState {
+        Piix4PmState { config: self.cfg.save_state(), io: self.io.clone() }
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s = State::deserialize(state).map_err(|e| SnapshotError::malformed(NAME, e))?;
-        self.cfg.restore_hex(&s.config).map_err(|e| SnapshotError::malformed(NAME, e))?;
-        self.pm1_cnt = s.pm1_cnt & !SLP_EN;
-        self.apmc = s.apmc;
-        self.apms = s.apms;
-        self.gpe_sts = s.gpe_sts;
-        self.gpe_en = s.gpe_en;
+    /// Restores the image and registers. The bus learns about the restored
+    /// PM block when it next re-reads the windows
+    /// ([`crate::Bus::refresh_pci_regions`]).
+    fn restore(&mut self, state: Piix4PmState) -> Result<(), StateError> {
+        if state.io.pm1_cnt & SLP_EN != 0 {
+            return Err(StateError::malformed(Self::KIND, "PM1a_CNT has SLP_EN set, which is never stored"));
+        }
+        self.cfg.restore_state(&state.config).map_err(|e| StateError::malformed(Self::KIND, e))?;
+        self.io = state.io;
         Ok(())
     }
 }
 
-/// The APM ports as a [`BusDevice`] (offset 0 = 0xB2), sharing the PM state.
+/// The APM ports as a [`BusDevice`] ([`OFS_APM_CONTROL`], [`OFS_APM_STATUS`]),
+/// sharing the PM state.
 pub struct Apm {
     pm: Arc<Mutex<Piix4Pm>>,
 }
@@ -473,7 +466,8 @@ impl BusDevice for Apm {
     }
 }
 
-/// The GPE0 block as a [`BusDevice`] (offset 0 = 0xAFE0), sharing the PM state.
+/// The GPE0 block as a [`BusDevice`] ([`OFS_GPE0_STATUS`], [`OFS_GPE0_ENABLE`]),
+/// sharing the PM state.
 pub struct Gpe0 {
     pm: Arc<Mutex<Piix4Pm>>,
 }
@@ -487,39 +481,46 @@ impl BusDevice for Gpe0 {
     }
 }
 
-/// The handles [`register`] returns. Save/restore goes through `pm`; the
-/// port devices hold no state of their own.
+/// The PM function and its two fixed-port faces. Save/restore goes through
+/// `pm`; the port devices hold no state of their own.
 pub struct Piix4PmHandles {
     pub pm: Arc<Mutex<Piix4Pm>>,
     pub apm: Arc<Mutex<Apm>>,
     pub gpe0: Arc<Mutex<Gpe0>>,
 }
 
-/// Puts the PM function at 00:01.3, the APM ports at 0xB2-0xB3 and GPE0 at
-/// 0xAFE0-0xAFE3.
-///
-/// # Errors
-/// If any of those is taken.
-pub fn register(bus: &mut Bus, hv: Arc<dyn Hypervisor>, machine: &Piix4PmConfig) -> Result<Piix4PmHandles, BusError> {
-    let pm = Arc::new(Mutex::new(Piix4Pm::new(hv, machine)));
-    let apm = Arc::new(Mutex::new(Apm { pm: pm.clone() }));
-    let gpe0 = Arc::new(Mutex::new(Gpe0 { pm: pm.clone() }));
-    bus.register_pci(SBDF, NAME, pm.clone())?;
-    bus.register_pio(APM_CNT_PORT, 2, "piix4 apm", apm.clone(), 0)?;
-    bus.register_pio(GPE0_PORT, GPE0_LEN, "piix4 gpe0", gpe0.clone(), 0)?;
-    Ok(Piix4PmHandles { pm, apm, gpe0 })
+impl Piix4PmHandles {
+    /// The function in QEMU's post-reset state for `machine`, with its faces.
+    pub fn new(hv: Arc<dyn Hypervisor>, machine: &Piix4PmConfig) -> Self {
+        let pm = Arc::new(Mutex::new(Piix4Pm::new(hv, machine)));
+        let apm = Arc::new(Mutex::new(Apm { pm: pm.clone() }));
+        let gpe0 = Arc::new(Mutex::new(Gpe0 { pm: pm.clone() }));
+        Self { pm, apm, gpe0 }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::RangeChange;
+    use crate::bus::{Bus, RangeChange};
     use crate::hv::{FakeHypervisor, HvCall};
+    use crate::pc::layout::{self, PCI_PM as SBDF};
 
+    const GPE0_PORT: u64 = layout::PORT_GPE0 as u64;
+
+    fn config(com1: bool) -> Piix4PmConfig {
+        Piix4PmConfig { smb_io_base: layout::PORT_SMBUS, com1, com2: false, lpt1: false }
+    }
+
+    /// The function and its fixed ports where the PC layout puts them.
     fn setup() -> (Bus, Arc<FakeHypervisor>, Piix4PmHandles) {
         let hv = Arc::new(FakeHypervisor::new());
         let mut bus = Bus::new();
-        let h = register(&mut bus, hv.clone(), &Piix4PmConfig { com1: true, ..Piix4PmConfig::default() }).unwrap();
+        let h = Piix4PmHandles::new(hv.clone(), &config(true));
+        bus.register_pci(SBDF, "piix4-pm", h.pm.clone()).unwrap();
+        bus.register_pio(layout::PORT_APM_CONTROL.into(), layout::LEN_APM.into(), "piix4 apm", h.apm.clone(), 0)
+            .unwrap();
+        bus.register_pio(GPE0_PORT, layout::LEN_GPE0.into(), "piix4 gpe0", h.gpe0.clone(), 0).unwrap();
         (bus, hv, h)
     }
 
@@ -588,7 +589,7 @@ mod tests {
         assert_eq!(pm.cfg.u8_at(0x5f), 0x90);
         assert_eq!(pm.cfg.u8_at(0x67), 0x98);
         assert_eq!(pm.cfg.u16_at(REG_SMBBA), 0x1101);
-        let pm = Piix4Pm::new(hv, &Piix4PmConfig::default());
+        let pm = Piix4Pm::new(hv, &config(false));
         assert_eq!(pm.cfg.u8_at(0x5f), 0x10);
         assert_eq!(pm.cfg.u8_at(0x67), 0x00);
     }
@@ -784,7 +785,7 @@ mod tests {
     #[test]
     fn gpe0_status_is_w1c_and_enable_stores() {
         let (mut bus, _, h) = setup();
-        h.pm.lock().unwrap().gpe_sts = [0x0f, 0xf0];
+        h.pm.lock().unwrap().io.gpe_sts = [0x0f, 0xf0];
         bus.pio_write(GPE0_PORT, &[0x03, 0x10]);
         bus.pio_write(GPE0_PORT + 2, &[0x04, 0x80]);
         let mut g = [0u8; 4];
@@ -830,151 +831,9 @@ mod tests {
         assert!(hv.take().is_empty());
     }
 
-    /// The whole chipset on one bus, driven through 0xCF8/0xCFC the way
-    /// hvmloader's `pci_setup`, `acpi_enable_sci` and `cmos_write_memory_size`
-    /// drive it (order and values from `tools/firmware/hvmloader/pci.c` and
-    /// the lab capture).
-    #[test]
-    fn golden_hvmloader_full_chipset() {
-        use crate::pc::{cmos, i440fx, piix3, port92, xen_platform};
-        let hv = Arc::new(FakeHypervisor::new());
-        let mut bus = Bus::new();
-        i440fx::register(&mut bus, 1 << 30).unwrap();
-        piix3::register(&mut bus, hv.clone()).unwrap();
-        let pm = register(&mut bus, hv.clone(), &Piix4PmConfig { com1: true, ..Piix4PmConfig::default() }).unwrap();
-        let platform = xen_platform::register(&mut bus).unwrap();
-        let cmos = cmos::register(&mut bus, &cmos::CmosConfig::new(1 << 30, 0, 1)).unwrap();
-        port92::register(&mut bus, hv.clone()).unwrap();
-        assert_eq!(
-            bus.pio_ranges(),
-            vec![(0x10, 0x1f), (0x70, 0x71), (0x92, 0x92), (0xb2, 0xb3), (0xcf8, 0xcff), (0xafe0, 0xafe3)]
-        );
-        let cfg_addr = |devfn: u32, reg: u32| (0x8000_0000 | devfn << 8 | (reg & 0xfc)).to_le_bytes();
-        let cfg_read = |bus: &mut Bus, devfn: u32, reg: u32, len: usize| -> u32 {
-            bus.pio_write(0xcf8, &cfg_addr(devfn, reg));
-            let mut d = vec![0u8; len];
-            bus.pio_read(0xcfc + u64::from(reg & 3), &mut d);
-            crate::bus::le_value(&d) as u32
-        };
-        let cfg_write = |bus: &mut Bus, devfn: u32, reg: u32, v: u32, len: usize| {
-            bus.pio_write(0xcf8, &cfg_addr(devfn, reg));
-            bus.pio_write(0xcfc + u64::from(reg & 3), &v.to_le_bytes()[..len]);
-        };
-
-        // 1. PCI link routes from PCI_ISA_IRQ_MASK 0x0C20: 5, 10, 11, 5.
-        for (link, irq) in [5u32, 10, 11, 5].into_iter().enumerate() {
-            cfg_write(&mut bus, 0x08, 0x60 + link as u32, irq, 1);
-        }
-        assert_eq!(
-            hv.take(),
-            vec![
-                HvCall::LinkRoute { link: 0, irq: 5 },
-                HvCall::LinkRoute { link: 1, irq: 10 },
-                HvCall::LinkRoute { link: 2, irq: 11 },
-                HvCall::LinkRoute { link: 3, irq: 5 }
-            ]
-        );
-
-        // 2. Scan: who is there.
-        let mut found = Vec::new();
-        for devfn in 0..256u32 {
-            let vendor = cfg_read(&mut bus, devfn, 0, 2);
-            if vendor != 0xffff {
-                found.push((devfn, vendor, cfg_read(&mut bus, devfn, 2, 2), cfg_read(&mut bus, devfn, 0x0a, 2)));
-            }
-        }
-        assert_eq!(
-            found,
-            vec![
-                (0x00, 0x8086, 0x1237, 0x0600),
-                (0x08, 0x8086, 0x7000, 0x0601),
-                (0x0b, 0x8086, 0x7113, 0x0680),
-                (0x10, 0x5853, 0x0001, 0xff80)
-            ]
-        );
-
-        // 3. PM function special case.
-        cfg_write(&mut bus, 0x0b, 0x20, 0, 2);
-        cfg_write(&mut bus, 0x0b, 0xd2, 0, 2);
-        cfg_write(&mut bus, 0x0b, 0x22, 0, 2);
-        cfg_write(&mut bus, 0x0b, 0x3c, 9, 2);
-        cfg_write(&mut bus, 0x0b, 0x3d, 1, 2);
-        cfg_write(&mut bus, 0x0b, 0x40, 0xb001, 4);
-        cfg_write(&mut bus, 0x0b, 0x80, 1, 1);
-        assert_eq!(bus.take_changes(), vec![RangeChange::Map { space: Space::Pio, start: 0xb000, end: 0xb03f }]);
-
-        // 4. BAR sizing of every function (decode off first), then placement.
-        let mut sizes = Vec::new();
-        for devfn in [0x00u32, 0x08, 0x0b, 0x10] {
-            let cmd = cfg_read(&mut bus, devfn, 4, 2);
-            cfg_write(&mut bus, devfn, 4, cmd & !3, 2);
-            for bar in 0..6u32 {
-                let reg = 0x10 + 4 * bar;
-                cfg_write(&mut bus, devfn, reg, u32::MAX, 4);
-                let probe = cfg_read(&mut bus, devfn, reg, 4);
-                cfg_write(&mut bus, devfn, reg, 0, 4);
-                if probe != 0 {
-                    sizes.push((devfn, bar, probe));
-                }
-            }
-        }
-        assert_eq!(sizes, vec![(0x10, 0, 0xffff_ff01), (0x10, 1, 0xff00_0008)]);
-        assert!(bus.take_changes().is_empty(), "nothing decoded while sizing");
-        cfg_write(&mut bus, 0x10, 0x14, 0xf000_0008, 4);
-        cfg_write(&mut bus, 0x10, 0x10, 0xc001, 4);
-        // 5. Interrupt line from the link of (pin - 1 + dev) & 3 = 2.
-        let pin = cfg_read(&mut bus, 0x10, 0x3d, 1);
-        let link = (pin - 1 + 2) & 3;
-        let line = cfg_read(&mut bus, 0x08, 0x60 + link, 1);
-        assert_eq!(line, 11);
-        cfg_write(&mut bus, 0x10, 0x3c, line, 1);
-        cfg_write(&mut bus, 0x10, 4, 3, 2);
-        assert_eq!(
-            bus.take_changes(),
-            vec![
-                RangeChange::Map { space: Space::Pio, start: 0xc000, end: 0xc0ff },
-                RangeChange::Map { space: Space::Mmio, start: 0xf000_0000, end: 0xf0ff_ffff }
-            ]
-        );
-        assert_eq!(cfg_read(&mut bus, 0x10, 0x3c, 2), 0x010b);
-
-        // 6. acpi_enable_sci.
-        let mut b = [0u8; 1];
-        bus.pio_read(0xb004, &mut b);
-        assert_eq!(b[0] & 1, 0);
-        bus.pio_write(0xb2, &[ACPI_ENABLE]);
-        bus.pio_read(0xb004, &mut b);
-        assert_eq!(b[0] & 1, 1, "hvmloader BUG()s otherwise");
-
-        // 7. CMOS memory sizes for its own view of low memory (0x3f800000 here).
-        let low: u64 = 0x3f80_0000;
-        let ext = ((low - (1 << 20)) >> 10).min(0xffff);
-        let above16 = (low - (16 << 20)) >> 16;
-        for (idx, v) in [
-            (0x15u8, 0x80u8),
-            (0x16, 0x02),
-            (0x17, ext as u8),
-            (0x18, (ext >> 8) as u8),
-            (0x30, ext as u8),
-            (0x31, (ext >> 8) as u8),
-            (0x34, above16 as u8),
-            (0x35, (above16 >> 8) as u8),
-        ] {
-            bus.pio_write(0x70, &[idx]);
-            bus.pio_write(0x71, &[v]);
-        }
-        assert_eq!(cmos.lock().unwrap().get(0x35), 0x3e);
-        assert_eq!(cmos.lock().unwrap().get(0x5b), 0);
-
-        // Nothing above shut anything down; the PM and platform state is as set.
-        assert!(hv.take().is_empty());
-        assert_eq!(pm.pm.lock().unwrap().pm1_cnt(), SCI_EN);
-        assert_eq!(platform.device.lock().unwrap().unplugged(), 0);
-    }
-
-    crate::snapshot_conformance!(
-        snapshot_conformance,
-        Piix4Pm::new(Arc::new(FakeHypervisor::new()), &Piix4PmConfig::default()),
+    crate::state_conformance!(
+        state_conformance,
+        Piix4Pm::new(Arc::new(FakeHypervisor::new()), &config(false)),
         |d: &mut Piix4Pm| {
             d.config_write(REG_PMBA, &0xb001u32.to_le_bytes());
             d.config_write(REG_PMREGMISC, &[1]);
@@ -988,15 +847,31 @@ mod tests {
         let (mut bus, _, h) = setup();
         enable_at(&mut bus, 0xb000);
         bus.pio_write(0xb2, &[ACPI_ENABLE]);
-        let saved = h.pm.lock().unwrap().snapshot();
+        let saved = h.pm.lock().unwrap().save();
         let (mut bus2, _, h2) = setup();
-        h2.pm.lock().unwrap().restore(&saved).unwrap();
+        h2.pm.lock().unwrap().restore(saved).unwrap();
         assert_eq!(
             h2.pm.lock().unwrap().regions(),
             vec![PciRegion { id: 0, space: Space::Pio, base: 0xb000, len: 64 }]
         );
-        // A config write (any) makes the bus pick up the restored window.
-        bus2.pci_config_write(SBDF, 0x0c, &[0]);
+        assert_eq!(inw(&mut bus2, 0xb004), 0xffff, "the bus does not know yet");
+        bus2.refresh_pci_regions();
+        assert_eq!(bus2.take_changes(), vec![RangeChange::Map { space: Space::Pio, start: 0xb000, end: 0xb03f }]);
         assert_eq!(inw(&mut bus2, 0xb004), SCI_EN);
+    }
+
+    #[test]
+    fn restore_refuses_slp_en_and_a_foreign_image() {
+        let (_, _, h) = setup();
+        let mut pm = h.pm.lock().unwrap();
+        let good = pm.save();
+        let mut bad = good.clone();
+        bad.io.pm1_cnt = SLP_EN;
+        let e = pm.restore(bad).unwrap_err();
+        assert!(e.to_string().contains("piix4-pm") && e.to_string().contains("SLP_EN"), "{e}");
+        let mut bad = good.clone();
+        bad.config.config = bad.config.config.replacen("8680", "8780", 1);
+        assert!(pm.restore(bad).is_err(), "vendor ID is read-only");
+        assert_eq!(pm.save(), good);
     }
 }

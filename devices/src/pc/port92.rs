@@ -16,19 +16,20 @@
 //! Accesses are byte-wide; bytes of a wider access beyond the port read
 //! 0xFF and are ignored.
 //!
-//! Standard location: port 0x92.
+//! The machine places the register (offset 0) at port 0x92
+//! ([`crate::pc::layout`]).
+//!
+//! Saved state ([`Port92State`]): the byte.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Bus, BusDevice, BusError};
+use crate::bus::BusDevice;
 use crate::hv::{Hypervisor, ShutdownReason};
 use crate::ratelimit::RateLimit;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::state::{DeviceState, StateError};
 
-/// The port.
-pub const PORT: u64 = 0x92;
 /// Bit 0: fast reset (on a 0 -> 1 transition).
 pub const FAST_RESET: u8 = 0x01;
 /// Bit 1: A20 gate.
@@ -36,7 +37,7 @@ pub const A20: u8 = 0x02;
 
 /// System control port A.
 pub struct Port92 {
-    outport: u8,
+    st: Port92State,
     hv: Arc<dyn Hypervisor>,
     log: RateLimit,
 }
@@ -44,12 +45,12 @@ pub struct Port92 {
 impl Port92 {
     /// The port reading 0; reset requests go to `hv`.
     pub fn new(hv: Arc<dyn Hypervisor>) -> Self {
-        Self { outport: 0, hv, log: RateLimit::per_second() }
+        Self { st: Port92State { outport: 0 }, hv, log: RateLimit::per_second() }
     }
 
     /// True if the guest last wrote A20 enabled.
     pub fn a20(&self) -> bool {
-        self.outport & A20 != 0
+        self.st.outport & A20 != 0
     }
 }
 
@@ -58,15 +59,15 @@ impl BusDevice for Port92 {
         data.fill(0xff);
         if offset == 0 {
             if let Some(b) = data.first_mut() {
-                *b = self.outport;
+                *b = self.st.outport;
             }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let (0, Some(&v)) = (offset, data.first()) else { return };
-        let old = self.outport;
-        self.outport = v;
+        let old = self.st.outport;
+        self.st.outport = v;
         if v & FAST_RESET != 0 && old & FAST_RESET == 0 {
             if let Some(suppressed) = self.log.check() {
                 tracing::info!(
@@ -76,48 +77,52 @@ impl BusDevice for Port92 {
                 );
             }
             self.hv.shutdown(ShutdownReason::Reboot);
-            self.outport &= !FAST_RESET;
+            self.st.outport &= !FAST_RESET;
         }
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// The saved state of [`Port92`]: the byte as last written (bit 0 clear
+/// after a reset request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct State {
+pub struct Port92State {
     outport: u8,
 }
 
-impl Snapshot for Port92 {
-    fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(State { outport: self.outport }).unwrap_or(serde_json::Value::Null)
+impl DeviceState for Port92 {
+    type State = Port92State;
+    const KIND: &'static str = "port92";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> Port92State {
+        self.st.clone()
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s = State::deserialize(state).map_err(|e| SnapshotError::malformed("port92", e))?;
-        self.outport = s.outport;
+    /// Every byte is a state the guest can write; bit 0 set means a reset
+    /// was already requested, so a later write of 1 does not request another.
+    fn restore(&mut self, state: Port92State) -> Result<(), StateError> {
+        self.st = state;
         Ok(())
     }
-}
-
-/// Puts system control port A at port 0x92.
-///
-/// # Errors
-/// If the port is taken.
-pub fn register(bus: &mut Bus, hv: Arc<dyn Hypervisor>) -> Result<Arc<Mutex<Port92>>, BusError> {
-    let dev = Arc::new(Mutex::new(Port92::new(hv)));
-    bus.register_pio(PORT, 1, "port92", dev.clone(), 0)?;
-    Ok(dev)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Bus;
     use crate::hv::{FakeHypervisor, HvCall};
+    use crate::pc::layout;
+    use std::sync::Mutex;
 
+    const PORT: u64 = layout::PORT_FAST_A20 as u64;
+
+    /// The register at its layout port.
     fn setup() -> (Bus, Arc<FakeHypervisor>, Arc<Mutex<Port92>>) {
         let hv = Arc::new(FakeHypervisor::new());
         let mut bus = Bus::new();
-        let d = register(&mut bus, hv.clone()).unwrap();
+        let d = Arc::new(Mutex::new(Port92::new(hv.clone())));
+        bus.register_pio(PORT, layout::LEN_FAST_A20.into(), "port92", d.clone(), 0).unwrap();
         (bus, hv, d)
     }
 
@@ -154,7 +159,7 @@ mod tests {
     #[test]
     fn bit_0_already_set_does_not_reboot() {
         let (mut bus, hv, d) = setup();
-        d.lock().unwrap().restore(&serde_json::json!({"outport": 1})).unwrap();
+        d.lock().unwrap().restore(Port92State { outport: 1 }).unwrap();
         bus.pio_write(PORT, &[FAST_RESET]);
         assert!(hv.take().is_empty(), "no 0 -> 1 transition");
         bus.pio_write(PORT, &[0]);
@@ -184,9 +189,6 @@ mod tests {
         assert!(hv.take().is_empty());
     }
 
-    crate::snapshot_conformance!(
-        snapshot_conformance,
-        Port92::new(Arc::new(FakeHypervisor::new())),
-        |d: &mut Port92| d.write(0, &[A20])
-    );
+    crate::state_conformance!(state_conformance, Port92::new(Arc::new(FakeHypervisor::new())), |d: &mut Port92| d
+        .write(0, &[A20]));
 }

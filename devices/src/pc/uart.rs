@@ -64,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::BusDevice;
 use crate::hv::IrqLine;
 use crate::ratelimit::RateLimit;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::state::{DeviceState, StateError};
 
 /// Where transmitted bytes go. Called with the device lock held, on the
 /// ioreq path: it must never block (buffer or drop instead).
@@ -147,29 +147,11 @@ const MSR_ANY_DELTA: u8 = 0x0f;
 /// 115200 / 12 = 9600 baud after reset, as QEMU.
 const DEFAULT_DIVISOR: u16 = 0x0c;
 
-/// The guest-visible state, as saved by [`Snapshot`].
+/// The guest-visible registers of a [`Uart`]: its saved state. The receive
+/// trigger level is derived from `fcr`; IIR is recomputed on restore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UartState {
-    rbr: u8,
-    thr: u8,
-    ier: u8,
-    iir: u8,
-    lcr: u8,
-    mcr: u8,
-    lsr: u8,
-    msr: u8,
-    scr: u8,
-    fcr: u8,
-    divisor: u16,
-    rx_fifo: Vec<u8>,
-    thr_ipending: bool,
-    timeout_ipending: bool,
-    irq_level: bool,
-}
-
-/// A 16550A UART.
-pub struct Uart {
+pub struct UartState {
     rbr: u8,
     thr: u8,
     ier: u8,
@@ -182,10 +164,17 @@ pub struct Uart {
     fcr: u8,
     divisor: u16,
     rx_fifo: VecDeque<u8>,
-    rx_trigger: usize,
     thr_ipending: bool,
     timeout_ipending: bool,
+    /// The IRQ line level last driven.
     irq_level: bool,
+}
+
+/// A 16550A UART.
+pub struct Uart {
+    st: UartState,
+    /// Receive FIFO trigger level, from `st.fcr`.
+    rx_trigger: usize,
     irq: Arc<dyn IrqLine>,
     sink: Box<dyn SerialSink>,
     rx_notify: Option<RxNotify>,
@@ -196,22 +185,24 @@ impl Uart {
     /// A UART in its reset state, raising `irq` and transmitting into `sink`.
     pub fn new(irq: Arc<dyn IrqLine>, sink: Box<dyn SerialSink>) -> Self {
         Self {
-            rbr: 0,
-            thr: 0,
-            ier: 0,
-            iir: IIR_NO_INT,
-            lcr: 0,
-            mcr: MCR_OUT2,
-            lsr: LSR_TEMT | LSR_THRE,
-            msr: MSR_DCD | MSR_DSR | MSR_CTS,
-            scr: 0,
-            fcr: 0,
-            divisor: DEFAULT_DIVISOR,
-            rx_fifo: VecDeque::with_capacity(FIFO_LEN),
+            st: UartState {
+                rbr: 0,
+                thr: 0,
+                ier: 0,
+                iir: IIR_NO_INT,
+                lcr: 0,
+                mcr: MCR_OUT2,
+                lsr: LSR_TEMT | LSR_THRE,
+                msr: MSR_DCD | MSR_DSR | MSR_CTS,
+                scr: 0,
+                fcr: 0,
+                divisor: DEFAULT_DIVISOR,
+                rx_fifo: VecDeque::with_capacity(FIFO_LEN),
+                thr_ipending: false,
+                timeout_ipending: false,
+                irq_level: false,
+            },
             rx_trigger: 1,
-            thr_ipending: false,
-            timeout_ipending: false,
-            irq_level: false,
             irq,
             sink,
             rx_notify: None,
@@ -231,11 +222,11 @@ impl Uart {
 
     /// How many bytes [`Self::receive`] would accept now.
     pub fn rx_space(&self) -> usize {
-        if self.mcr & MCR_LOOP != 0 {
+        if self.st.mcr & MCR_LOOP != 0 {
             0
         } else if self.fifo_enabled() {
-            FIFO_LEN.saturating_sub(self.rx_fifo.len())
-        } else if self.lsr & LSR_DR != 0 {
+            FIFO_LEN.saturating_sub(self.st.rx_fifo.len())
+        } else if self.st.lsr & LSR_DR != 0 {
             0
         } else {
             1
@@ -261,38 +252,38 @@ impl Uart {
 
     /// The current divisor latch (baud = 115200 / divisor).
     pub fn divisor(&self) -> u16 {
-        self.divisor
+        self.st.divisor
     }
 
     fn fifo_enabled(&self) -> bool {
-        self.fcr & FCR_FE != 0
+        self.st.fcr & FCR_FE != 0
     }
 
     fn loopback(&self) -> bool {
-        self.mcr & MCR_LOOP != 0
+        self.st.mcr & MCR_LOOP != 0
     }
 
     fn set_irq(&mut self, level: bool) {
-        if level != self.irq_level {
-            self.irq_level = level;
+        if level != self.st.irq_level {
+            self.st.irq_level = level;
             self.irq.set_level(level);
         }
     }
 
     /// The pending interrupt with the highest priority (`serial_update_irq`).
     fn pending_id(&self) -> u8 {
-        if self.ier & IER_RLSI != 0 && self.lsr & LSR_INT_ANY != 0 {
+        if self.st.ier & IER_RLSI != 0 && self.st.lsr & LSR_INT_ANY != 0 {
             IIR_RLSI
-        } else if self.ier & IER_RDI != 0 && self.timeout_ipending {
+        } else if self.st.ier & IER_RDI != 0 && self.st.timeout_ipending {
             IIR_CTI
-        } else if self.ier & IER_RDI != 0
-            && self.lsr & LSR_DR != 0
-            && (!self.fifo_enabled() || self.rx_fifo.len() >= self.rx_trigger)
+        } else if self.st.ier & IER_RDI != 0
+            && self.st.lsr & LSR_DR != 0
+            && (!self.fifo_enabled() || self.st.rx_fifo.len() >= self.rx_trigger)
         {
             IIR_RDI
-        } else if self.ier & IER_THRI != 0 && self.thr_ipending {
+        } else if self.st.ier & IER_THRI != 0 && self.st.thr_ipending {
             IIR_THRI
-        } else if self.ier & IER_MSI != 0 && self.msr & MSR_ANY_DELTA != 0 {
+        } else if self.st.ier & IER_MSI != 0 && self.st.msr & MSR_ANY_DELTA != 0 {
             IIR_MSI
         } else {
             IIR_NO_INT
@@ -301,32 +292,32 @@ impl Uart {
 
     fn update_irq(&mut self) {
         let id = self.pending_id();
-        self.iir = id | (self.iir & 0xf0);
+        self.st.iir = id | (self.st.iir & 0xf0);
         self.set_irq(id != IIR_NO_INT);
     }
 
     /// One received byte into RBR or the FIFO (`serial_receive1`, one byte).
     fn rx_put(&mut self, b: u8) {
         if self.fifo_enabled() {
-            if self.rx_fifo.len() < FIFO_LEN {
-                self.rx_fifo.push_back(b);
+            if self.st.rx_fifo.len() < FIFO_LEN {
+                self.st.rx_fifo.push_back(b);
             } else {
                 // Overruns never overwrite what the FIFO holds.
-                self.lsr |= LSR_OE;
+                self.st.lsr |= LSR_OE;
             }
         } else {
-            if self.lsr & LSR_DR != 0 {
-                self.lsr |= LSR_OE;
+            if self.st.lsr & LSR_DR != 0 {
+                self.st.lsr |= LSR_OE;
             }
-            self.rbr = b;
+            self.st.rbr = b;
         }
-        self.lsr |= LSR_DR;
+        self.st.lsr |= LSR_DR;
     }
 
     /// The character timeout, modelled as elapsed at once (see module docs).
     fn settle_rx_timeout(&mut self) {
-        if self.fifo_enabled() && !self.rx_fifo.is_empty() && self.rx_fifo.len() < self.rx_trigger {
-            self.timeout_ipending = true;
+        if self.fifo_enabled() && !self.st.rx_fifo.is_empty() && self.st.rx_fifo.len() < self.rx_trigger {
+            self.st.timeout_ipending = true;
         }
     }
 
@@ -337,15 +328,15 @@ impl Uart {
     }
 
     fn write_thr(&mut self, val: u8) {
-        self.thr = val;
-        self.thr_ipending = false;
-        self.lsr &= !(LSR_THRE | LSR_TEMT);
+        self.st.thr = val;
+        self.st.thr_ipending = false;
+        self.st.lsr &= !(LSR_THRE | LSR_TEMT);
         self.update_irq();
         // Instantaneous transmit: THR (or the one-byte TX FIFO) moves to the
         // shift register, THR is empty again, and the byte leaves.
-        self.lsr |= LSR_THRE;
-        if !self.thr_ipending {
-            self.thr_ipending = true;
+        self.st.lsr |= LSR_THRE;
+        if !self.st.thr_ipending {
+            self.st.thr_ipending = true;
             self.update_irq();
         }
         if self.loopback() {
@@ -355,16 +346,16 @@ impl Uart {
         } else {
             self.sink.write(&[val]);
         }
-        self.lsr |= LSR_TEMT;
+        self.st.lsr |= LSR_TEMT;
     }
 
     fn write_ier(&mut self, val: u8) {
-        let changed = (self.ier ^ val) & 0x0f;
-        self.ier = val & 0x0f;
+        let changed = (self.st.ier ^ val) & 0x0f;
+        self.st.ier = val & 0x0f;
         if changed & IER_THRI != 0 {
             // Turning ETBEI on while THR is empty raises THRE again, even if
             // an IIR read had cleared it (QEMU, Bochs; Windows relies on it).
-            self.thr_ipending = self.ier & IER_THRI != 0 && self.lsr & LSR_THRE != 0;
+            self.st.thr_ipending = self.st.ier & IER_THRI != 0 && self.st.lsr & LSR_THRE != 0;
         }
         if changed != 0 {
             self.update_irq();
@@ -373,21 +364,21 @@ impl Uart {
 
     fn write_fcr(&mut self, val: u8) {
         let mut val = val;
-        if (val ^ self.fcr) & FCR_FE != 0 {
+        if (val ^ self.st.fcr) & FCR_FE != 0 {
             // Toggling FIFO enable flushes both FIFOs.
             val |= FCR_XFR | FCR_RFR;
         }
         let mut made_room = false;
         if val & FCR_RFR != 0 {
-            self.lsr &= !(LSR_DR | LSR_BI);
-            self.timeout_ipending = false;
-            self.rx_fifo.clear();
+            self.st.lsr &= !(LSR_DR | LSR_BI);
+            self.st.timeout_ipending = false;
+            self.st.rx_fifo.clear();
             made_room = true;
         }
         if val & FCR_XFR != 0 {
             // The TX FIFO is always empty here (instant transmit).
-            self.lsr |= LSR_THRE;
-            self.thr_ipending = true;
+            self.st.lsr |= LSR_THRE;
+            self.st.thr_ipending = true;
         }
         self.set_fcr(val & FCR_STICKY);
         self.update_irq();
@@ -398,9 +389,9 @@ impl Uart {
 
     /// FCR setter shared with restore (`serial_write_fcr`).
     fn set_fcr(&mut self, val: u8) {
-        self.fcr = val;
+        self.st.fcr = val;
         if val & FCR_FE != 0 {
-            self.iir |= IIR_FIFO_ENABLED;
+            self.st.iir |= IIR_FIFO_ENABLED;
             self.rx_trigger = match val & 0xc0 {
                 0x00 => 1,
                 0x40 => 4,
@@ -408,13 +399,13 @@ impl Uart {
                 _ => 14,
             };
         } else {
-            self.iir &= !IIR_FIFO_ENABLED;
+            self.st.iir &= !IIR_FIFO_ENABLED;
         }
     }
 
     fn write_mcr(&mut self, val: u8) {
         let was_loop = self.loopback();
-        self.mcr = val & MCR_MASK;
+        self.st.mcr = val & MCR_MASK;
         if was_loop && !self.loopback() {
             self.notify_rx();
         }
@@ -422,16 +413,16 @@ impl Uart {
 
     fn read_rbr(&mut self) -> u8 {
         let ret = if self.fifo_enabled() {
-            let b = self.rx_fifo.pop_front().unwrap_or(0);
-            if self.rx_fifo.is_empty() {
-                self.lsr &= !(LSR_DR | LSR_BI);
+            let b = self.st.rx_fifo.pop_front().unwrap_or(0);
+            if self.st.rx_fifo.is_empty() {
+                self.st.lsr &= !(LSR_DR | LSR_BI);
             }
-            self.timeout_ipending = false;
+            self.st.timeout_ipending = false;
             self.settle_rx_timeout();
             b
         } else {
-            self.lsr &= !(LSR_DR | LSR_BI);
-            self.rbr
+            self.st.lsr &= !(LSR_DR | LSR_BI);
+            self.st.rbr
         };
         self.update_irq();
         if !self.loopback() {
@@ -441,18 +432,18 @@ impl Uart {
     }
 
     fn read_iir(&mut self) -> u8 {
-        let ret = self.iir;
+        let ret = self.st.iir;
         if ret & IIR_ID_MASK == IIR_THRI {
-            self.thr_ipending = false;
+            self.st.thr_ipending = false;
             self.update_irq();
         }
         ret
     }
 
     fn read_lsr(&mut self) -> u8 {
-        let ret = self.lsr;
-        if self.lsr & (LSR_BI | LSR_OE) != 0 {
-            self.lsr &= !(LSR_BI | LSR_OE);
+        let ret = self.st.lsr;
+        if self.st.lsr & (LSR_BI | LSR_OE) != 0 {
+            self.st.lsr &= !(LSR_BI | LSR_OE);
             self.update_irq();
         }
         ret
@@ -463,12 +454,12 @@ impl Uart {
             // The modem outputs are wired to the inputs; no delta bits.
             [(MCR_DTR, MSR_DSR), (MCR_RTS, MSR_CTS), (MCR_OUT1, MSR_RI), (MCR_OUT2, MSR_DCD)]
                 .iter()
-                .filter(|(out, _)| self.mcr & out != 0)
+                .filter(|(out, _)| self.st.mcr & out != 0)
                 .fold(0, |msr, (_, input)| msr | input)
         } else {
-            let ret = self.msr;
-            if self.msr & MSR_ANY_DELTA != 0 {
-                self.msr &= 0xf0;
+            let ret = self.st.msr;
+            if self.st.msr & MSR_ANY_DELTA != 0 {
+                self.st.msr &= 0xf0;
                 self.update_irq();
             }
             ret
@@ -476,60 +467,40 @@ impl Uart {
     }
 
     fn read_reg(&mut self, reg: u8) -> u8 {
-        let dlab = self.lcr & LCR_DLAB != 0;
+        let dlab = self.st.lcr & LCR_DLAB != 0;
         match reg {
-            RBR_THR_DLL if dlab => self.divisor.to_le_bytes()[0],
+            RBR_THR_DLL if dlab => self.st.divisor.to_le_bytes()[0],
             RBR_THR_DLL => self.read_rbr(),
-            IER_DLM if dlab => self.divisor.to_le_bytes()[1],
-            IER_DLM => self.ier,
+            IER_DLM if dlab => self.st.divisor.to_le_bytes()[1],
+            IER_DLM => self.st.ier,
             IIR_FCR => self.read_iir(),
-            LCR => self.lcr,
-            MCR => self.mcr,
+            LCR => self.st.lcr,
+            MCR => self.st.mcr,
             LSR => self.read_lsr(),
             MSR => self.read_msr(),
-            _ => self.scr,
+            _ => self.st.scr,
         }
     }
 
     fn write_reg(&mut self, reg: u8, val: u8) {
-        let dlab = self.lcr & LCR_DLAB != 0;
+        let dlab = self.st.lcr & LCR_DLAB != 0;
         match reg {
-            RBR_THR_DLL if dlab => self.divisor = (self.divisor & 0xff00) | u16::from(val),
+            RBR_THR_DLL if dlab => self.st.divisor = (self.st.divisor & 0xff00) | u16::from(val),
             RBR_THR_DLL => self.write_thr(val),
-            IER_DLM if dlab => self.divisor = (self.divisor & 0x00ff) | (u16::from(val) << 8),
+            IER_DLM if dlab => self.st.divisor = (self.st.divisor & 0x00ff) | (u16::from(val) << 8),
             IER_DLM => self.write_ier(val),
             IIR_FCR => self.write_fcr(val),
-            LCR => self.lcr = val,
+            LCR => self.st.lcr = val,
             MCR => self.write_mcr(val),
             // LSR and MSR are read-only (QEMU ignores writes; so do we).
             LSR | MSR => {}
-            _ => self.scr = val,
+            _ => self.st.scr = val,
         }
     }
 
     fn bad_access(&mut self, offset: u64, len: usize, write: bool) {
         if let Some(suppressed) = self.bad_access_log.check() {
             tracing::debug!(offset, len, write, suppressed, "uart: access outside the 8 registers");
-        }
-    }
-
-    fn state(&self) -> UartState {
-        UartState {
-            rbr: self.rbr,
-            thr: self.thr,
-            ier: self.ier,
-            iir: self.iir,
-            lcr: self.lcr,
-            mcr: self.mcr,
-            lsr: self.lsr,
-            msr: self.msr,
-            scr: self.scr,
-            fcr: self.fcr,
-            divisor: self.divisor,
-            rx_fifo: self.rx_fifo.iter().copied().collect(),
-            thr_ipending: self.thr_ipending,
-            timeout_ipending: self.timeout_ipending,
-            irq_level: self.irq_level,
         }
     }
 }
@@ -577,42 +548,33 @@ impl BusDevice for Uart {
     }
 }
 
-impl Snapshot for Uart {
-    fn snapshot(&self) -> serde_json::Value {
-        // Serializing plain integers, bools and a Vec<u8> cannot fail.
-        serde_json::to_value(self.state()).unwrap_or(serde_json::Value::Null)
+impl DeviceState for Uart {
+    type State = UartState;
+    const KIND: &'static str = "uart-16550";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> UartState {
+        self.st.clone()
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s: UartState = serde_json::from_value(state.clone()).map_err(|e| SnapshotError::malformed("uart", e))?;
-        let bad = |reason: &str| SnapshotError::Malformed { device: "uart", reason: reason.to_string() };
-        if s.rx_fifo.len() > FIFO_LEN {
+    fn restore(&mut self, state: UartState) -> Result<(), StateError> {
+        let bad = |reason: &str| StateError::malformed(Self::KIND, reason);
+        if state.rx_fifo.len() > FIFO_LEN {
             return Err(bad("receive FIFO holds more than 16 bytes"));
         }
-        if s.fcr & FCR_FE == 0 && !s.rx_fifo.is_empty() {
+        if state.fcr & FCR_FE == 0 && !state.rx_fifo.is_empty() {
             return Err(bad("receive FIFO holds data while FIFOs are disabled"));
         }
-        if s.fcr & !FCR_STICKY != 0 || s.ier & 0xf0 != 0 || s.mcr & !MCR_MASK != 0 {
+        if state.fcr & !FCR_STICKY != 0 || state.ier & 0xf0 != 0 || state.mcr & !MCR_MASK != 0 {
             return Err(bad("reserved bits set in FCR, IER or MCR"));
         }
-        self.rbr = s.rbr;
-        self.thr = s.thr;
-        self.ier = s.ier;
-        self.lcr = s.lcr;
-        self.mcr = s.mcr;
-        self.lsr = s.lsr;
-        self.msr = s.msr;
-        self.scr = s.scr;
-        self.divisor = s.divisor;
-        self.rx_fifo = s.rx_fifo.into_iter().collect();
-        self.thr_ipending = s.thr_ipending;
-        self.timeout_ipending = s.timeout_ipending;
-        // The hypervisor saved the line's level with the domain; adopt it
+        // The hypervisor saved the line's level with the domain: adopt it
         // without driving it, then recompute IIR from the restored state.
-        self.irq_level = s.irq_level;
-        self.iir = s.iir & 0xf0;
-        self.set_fcr(s.fcr);
-        self.iir = (self.iir & 0xf0) | self.pending_id();
+        let (iir, fcr) = (state.iir, state.fcr);
+        self.st = state;
+        self.st.iir = iir & 0xf0;
+        self.set_fcr(fcr);
+        self.st.iir = (self.st.iir & 0xf0) | self.pending_id();
         Ok(())
     }
 }
@@ -881,19 +843,28 @@ mod tests {
     #[test]
     fn restore_refuses_inconsistent_state() {
         let (mut u, _, _) = uart();
-        let mut s = u.snapshot();
-        s["rx_fifo"] = serde_json::json!(vec![0u8; 17]);
-        assert!(u.restore(&s).is_err());
-        let mut s = u.snapshot();
-        s["rx_fifo"] = serde_json::json!([1]);
-        assert!(u.restore(&s).is_err(), "FIFO data with FIFOs off");
-        let mut s = u.snapshot();
-        s["lcr"] = serde_json::json!(300);
-        assert!(u.restore(&s).is_err());
+        let before = u.save();
+        let mut s = u.save();
+        s.fcr = FCR_FE;
+        s.rx_fifo = vec![0u8; 17].into();
+        assert!(u.restore(s).is_err());
+        let mut s = u.save();
+        s.rx_fifo = vec![1].into();
+        assert!(u.restore(s).is_err(), "FIFO data with FIFOs off");
+        let mut s = u.save();
+        s.mcr = 0x20;
+        let e = u.restore(s).unwrap_err();
+        assert!(e.to_string().contains("uart-16550") && e.to_string().contains("reserved bits"), "{e}");
+        assert_eq!(u.save(), before);
+        // Out-of-range values in the payload are refused by the decoder.
+        let mut json = serde_json::to_value(u.save()).unwrap();
+        json["lcr"] = serde_json::json!(300);
+        let payload = serde_json::to_vec(&json).unwrap();
+        assert!(crate::state::AnyDeviceState::restore_payload(&mut u, 1, &payload).is_err());
     }
 
-    crate::snapshot_conformance!(
-        uart_snapshot_conformance,
+    crate::state_conformance!(
+        uart_state_conformance,
         Uart::new(Arc::new(FakeIrq::new()), Box::new(NullSink)),
         |u: &mut Uart| {
             u.write(2, &[0x81]);
@@ -913,7 +884,7 @@ mod tests {
         wr(&mut a, 1, 0x01);
         a.receive(b"hello");
         let (mut b, irq_b, _) = uart();
-        b.restore(&a.snapshot()).unwrap();
+        b.restore(a.save()).unwrap();
         assert!(irq_b.history().is_empty(), "restore does not drive the line");
         for _ in 0..6 {
             assert_eq!(rd(&mut a, 2), rd(&mut b, 2));

@@ -44,18 +44,23 @@
 //! Log lines are cut at [`LOG_LINE_MAX`] bytes (QEMU: 4095), control
 //! characters are replaced, and lines are rate-limited.
 //!
-//! Standard locations: 00:02.0 (`xenfv` creates it before any VGA) and ports
-//! 0x10-0x1F.
+//! The machine places the function and the fixed ports ([`UnplugPorts`])
+//! from [`crate::pc::layout`] (`xenfv` creates the function before any VGA).
+//!
+//! Saved state ([`XenPlatformState`]): the configuration image (BARs) and
+//! [`PlatformRegs`]; an unfinished log line is not saved.
 
 use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{le_value, put_le, Bus, BusDevice, BusError, PciFunction, PciRegion, Sbdf};
-use crate::pci_config::{BarKind, PciConfig, PciIdentity, COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_PIN};
+use crate::bus::{le_value, put_le, BusDevice, PciFunction, PciRegion};
+use crate::pci_config::{
+    BarKind, PciConfig, PciConfigState, PciIdentity, COMMAND, COMMAND_IO, COMMAND_MEMORY, INTERRUPT_PIN,
+};
 use crate::ratelimit::RateLimit;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::state::{DeviceState, StateError};
 
 /// XenSource's PCI vendor ID.
 pub const VENDOR_XEN: u16 = 0x5853;
@@ -80,10 +85,6 @@ pub const IO_SUSE_UNPLUG: u64 = 4;
 /// BAR0 offset of the driver log / old VMDP unplug commands.
 pub const IO_LOG: u64 = 8;
 
-/// First fixed port.
-pub const UNPLUG_PORT: u64 = 0x10;
-/// Number of fixed ports.
-pub const UNPLUG_PORT_LEN: u64 = 16;
 /// Fixed-port offset of the magic, flags, unplug mask and build number.
 pub const PORT_MAGIC: u64 = 0;
 /// Fixed-port offset of the protocol version, product number and log.
@@ -110,16 +111,32 @@ pub const FLAG_ROM_LOCK: u8 = 1;
 /// Longest log line kept; longer lines are emitted in pieces.
 pub const LOG_LINE_MAX: usize = 512;
 
-/// Standard location of the device.
-pub const SBDF: Sbdf = Sbdf::new(2, 0);
+/// The registers behind the fixed ports and BAR0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformRegs {
+    /// Platform flags (only the ROM lock is defined; it never sets here).
+    flags: u8,
+    /// PV driver product number.
+    product: u16,
+    /// PV driver build number.
+    build: u32,
+    /// Every unplug bit asked for.
+    unplugged: u16,
+}
+
+/// The saved state of [`XenPlatform`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XenPlatformState {
+    config: PciConfigState,
+    regs: PlatformRegs,
+}
 
 /// The platform device.
 pub struct XenPlatform {
     cfg: PciConfig,
-    flags: u8,
-    product: u16,
-    build: u32,
-    unplugged: u16,
+    regs: PlatformRegs,
     line: Vec<u8>,
     log_limit: RateLimit,
     warn_limit: RateLimit,
@@ -153,10 +170,7 @@ impl XenPlatform {
         debug_assert!(io.is_ok() && mmio.is_ok(), "platform BARs: {io:?} {mmio:?}");
         Self {
             cfg,
-            flags: 0,
-            product: 0,
-            build: 0,
-            unplugged: 0,
+            regs: PlatformRegs { flags: 0, product: 0, build: 0, unplugged: 0 },
             line: Vec::new(),
             log_limit: RateLimit::per_second(),
             warn_limit: RateLimit::per_second(),
@@ -165,22 +179,22 @@ impl XenPlatform {
 
     /// Every unplug bit the guest has asked for so far.
     pub fn unplugged(&self) -> u16 {
-        self.unplugged
+        self.regs.unplugged
     }
 
     /// The PV driver product number the guest announced (0 if none).
     pub fn product(&self) -> u16 {
-        self.product
+        self.regs.product
     }
 
     /// The PV driver build number the guest announced (0 if none).
     pub fn build(&self) -> u32 {
-        self.build
+        self.regs.build
     }
 
     fn set_flags(&mut self, v: u8) {
         let want = v & FLAG_ROM_LOCK;
-        if want != self.flags {
+        if want != self.regs.flags {
             if let Some(suppressed) = self.warn_limit.check() {
                 tracing::warn!(
                     flags = format_args!("{v:#04x}"),
@@ -192,7 +206,7 @@ impl XenPlatform {
     }
 
     fn unplug(&mut self, mask: u16, how: &str) {
-        self.unplugged |= mask;
+        self.regs.unplugged |= mask;
         let mut what = Vec::new();
         for (bit, name) in [
             (UNPLUG_ALL_DISKS, "IDE/SCSI disks"),
@@ -238,7 +252,7 @@ impl XenPlatform {
     /// A read of the fixed ports (offset 0 = port 0x10).
     pub fn fixed_read(&mut self, offset: u64, data: &mut [u8]) {
         let v: u64 = match (data.len(), offset) {
-            (1, PORT_MAGIC) => u64::from(self.flags),
+            (1, PORT_MAGIC) => u64::from(self.regs.flags),
             (1, PORT_VERSION) => u64::from(PROTOCOL_VERSION),
             (2, PORT_MAGIC) => u64::from(MAGIC),
             _ => u64::MAX,
@@ -254,19 +268,23 @@ impl XenPlatform {
             (1, PORT_VERSION) => self.log_byte(v as u8),
             (2, PORT_MAGIC) => self.unplug(v as u16, "unplug port"),
             (2, PORT_VERSION) => {
-                self.product = v as u16;
+                self.regs.product = v as u16;
                 if let Some(suppressed) = self.log_limit.check() {
                     tracing::info!(
-                        product = self.product,
+                        product = self.regs.product,
                         suppressed,
                         "guest PV drivers announced their product number"
                     );
                 }
             }
             (4, PORT_MAGIC) => {
-                self.build = v as u32;
+                self.regs.build = v as u32;
                 if let Some(suppressed) = self.log_limit.check() {
-                    tracing::info!(build = self.build, suppressed, "guest PV drivers announced their build number");
+                    tracing::info!(
+                        build = self.regs.build,
+                        suppressed,
+                        "guest PV drivers announced their build number"
+                    );
                 }
             }
             _ => {
@@ -308,7 +326,7 @@ impl PciFunction for XenPlatform {
         match usize::from(region) {
             BAR_IO => {
                 for (i, b) in data.iter_mut().enumerate() {
-                    *b = if offset.checked_add(i as u64) == Some(IO_FLAGS) { self.flags } else { 0xff };
+                    *b = if offset.checked_add(i as u64) == Some(IO_FLAGS) { self.regs.flags } else { 0xff };
                 }
             }
             BAR_MMIO => data.fill(0),
@@ -328,43 +346,31 @@ impl PciFunction for XenPlatform {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    config: String,
-    flags: u8,
-    product: u16,
-    build: u32,
-    unplugged: u16,
-}
+impl DeviceState for XenPlatform {
+    type State = XenPlatformState;
+    const KIND: &'static str = "xen-platform";
+    const VERSION: u32 = 1;
 
-const NAME: &str = "xen-platform";
-
-impl Snapshot for XenPlatform {
-    fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(State {
-            config: self.cfg.to_hex(),
-            flags: self.flags,
-            product: self.product,
-            build: self.build,
-            unplugged: self.unplugged,
-        })
-        .unwrap_or(serde_json::Value::Null)
+    fn save(&self) -> XenPlatformState {
+        XenPlatformState { config: self.cfg.save_state(), regs: self.regs.clone() }
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SnapshotError> {
-        let s = State::deserialize(state).map_err(|e| SnapshotError::malformed(NAME, e))?;
-        self.cfg.restore_hex(&s.config).map_err(|e| SnapshotError::malformed(NAME, e))?;
-        self.flags = s.flags & FLAG_ROM_LOCK;
-        self.product = s.product;
-        self.build = s.build;
-        self.unplugged = s.unplugged;
+    fn restore(&mut self, state: XenPlatformState) -> Result<(), StateError> {
+        if state.regs.flags != 0 {
+            return Err(StateError::malformed(
+                Self::KIND,
+                format!("platform flags {:#04x}: this device model cannot lock the ROM", state.regs.flags),
+            ));
+        }
+        self.cfg.restore_state(&state.config).map_err(|e| StateError::malformed(Self::KIND, e))?;
+        self.regs = state.regs;
         self.line.clear();
         Ok(())
     }
 }
 
-/// Ports 0x10-0x1F as a [`BusDevice`], sharing the device's state.
+/// The fixed unplug ports as a [`BusDevice`] (offset 0 is port 0x10 on a
+/// PC), sharing the device's state.
 pub struct UnplugPorts {
     dev: Arc<Mutex<XenPlatform>>,
 }
@@ -378,32 +384,41 @@ impl BusDevice for UnplugPorts {
     }
 }
 
-/// The handles [`register`] returns; save/restore goes through `device`.
+/// The platform function and its fixed-port face; save/restore goes
+/// through `device`.
 pub struct XenPlatformHandles {
     pub device: Arc<Mutex<XenPlatform>>,
     pub unplug_ports: Arc<Mutex<UnplugPorts>>,
 }
 
-/// Puts the platform device at 00:02.0 and the unplug ports at 0x10-0x1F.
-///
-/// # Errors
-/// If either is taken.
-pub fn register(bus: &mut Bus) -> Result<XenPlatformHandles, BusError> {
-    let device = Arc::new(Mutex::new(XenPlatform::new()));
-    let unplug_ports = Arc::new(Mutex::new(UnplugPorts { dev: device.clone() }));
-    bus.register_pci(SBDF, NAME, device.clone())?;
-    bus.register_pio(UNPLUG_PORT, UNPLUG_PORT_LEN, "xen-platform unplug", unplug_ports.clone(), 0)?;
-    Ok(XenPlatformHandles { device, unplug_ports })
+impl XenPlatformHandles {
+    /// The device in its reset state, with its face.
+    pub fn new() -> Self {
+        let device = Arc::new(Mutex::new(XenPlatform::new()));
+        let unplug_ports = Arc::new(Mutex::new(UnplugPorts { dev: device.clone() }));
+        Self { device, unplug_ports }
+    }
+}
+
+impl Default for XenPlatformHandles {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::{RangeChange, Space};
+    use crate::bus::{Bus, RangeChange, Space};
+    use crate::pc::layout::{self, PCI_XEN_PLATFORM as SBDF};
 
+    /// The device and its ports where the PC layout puts them.
     fn setup() -> (Bus, XenPlatformHandles) {
         let mut bus = Bus::new();
-        let h = register(&mut bus).unwrap();
+        let h = XenPlatformHandles::new();
+        bus.register_pci(SBDF, "xen-platform", h.device.clone()).unwrap();
+        let (port, len) = (layout::PORT_XEN_PLATFORM_UNPLUG.into(), layout::LEN_XEN_PLATFORM_UNPLUG.into());
+        bus.register_pio(port, len, "xen-platform unplug", h.unplug_ports.clone(), 0).unwrap();
         (bus, h)
     }
 
@@ -595,9 +610,18 @@ mod tests {
         d.fixed_write(0, &[]);
     }
 
-    crate::snapshot_conformance!(snapshot_conformance, XenPlatform::new(), |d: &mut XenPlatform| {
+    crate::state_conformance!(state_conformance, XenPlatform::new(), |d: &mut XenPlatform| {
         d.fixed_write(PORT_VERSION, &1u16.to_le_bytes());
         d.fixed_write(PORT_MAGIC, &UNPLUG_ALL_NICS.to_le_bytes());
         d.config_write(0x10, &0xc001u32.to_le_bytes());
     });
+
+    #[test]
+    fn restore_refuses_a_rom_lock() {
+        let mut d = XenPlatform::new();
+        let mut s = d.save();
+        s.regs.flags = FLAG_ROM_LOCK;
+        let e = d.restore(s).unwrap_err();
+        assert!(e.to_string().contains("xen-platform") && e.to_string().contains("lock the ROM"), "{e}");
+    }
 }
