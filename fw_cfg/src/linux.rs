@@ -43,7 +43,7 @@ use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 
 use crate::bytes::{le_u16, le_u32};
-use crate::device::{keys, FwCfg};
+use crate::items::{keys, FwCfgItems};
 use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout};
 
 /// "HdrS" at 0x202.
@@ -112,7 +112,7 @@ fn vga_mode(cmdline: &str) -> Result<Option<u16>, String> {
 /// Not a bzImage, too old, truncated, command line too long or with NUL,
 /// bad `vga=`, kernel or initrd not fitting in RAM, keys already set.
 pub fn load(
-    fw: &mut FwCfg,
+    fw: &mut FwCfgItems,
     kernel: &LoadedFile,
     initrd: Option<LoadedFile>,
     cmdline: &str,
@@ -291,10 +291,9 @@ pub fn load(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::device::FwCfgOptions;
+    use crate::items::FwCfgOptions;
     use std::path::PathBuf;
-    use std::sync::{Arc, OnceLock};
-    use xendm_devices::mem::TestMemory;
+    use std::sync::OnceLock;
 
     /// Debian's bzImage, fetched (and cached) by `tests/guest/fetch-kernel`.
     pub(crate) fn kernel_path() -> PathBuf {
@@ -318,15 +317,15 @@ pub(crate) mod tests {
         LoadedFile::read(&kernel_path(), "kernel").unwrap()
     }
 
-    fn fw() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    fn fw() -> FwCfgItems {
+        FwCfgItems::new(&FwCfgOptions::default()).unwrap()
     }
 
     fn rd(len: usize) -> LoadedFile {
         LoadedFile { path: "initrd.img".into(), data: vec![0x5a; len] }
     }
 
-    fn u32_key(fw: &FwCfg, key: u16) -> u32 {
+    fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
         u32::from_le_bytes(fw.item_data(key).unwrap().try_into().unwrap())
     }
 

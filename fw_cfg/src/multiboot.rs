@@ -33,8 +33,8 @@
 use std::path::Path;
 
 use crate::bytes::{le_u32, page_align, put_bytes, put_le_u32};
-use crate::device::{keys, FwCfg};
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
+use crate::items::{keys, FwCfgItems};
 use crate::plan::BootProtocol;
 use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 
@@ -233,7 +233,7 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
 /// No header, bad addresses, truncated image, unreadable module, a buffer
 /// that does not fit in RAM, keys already set.
 pub fn load(
-    fw: &mut FwCfg,
+    fw: &mut FwCfgItems,
     kernel: &LoadedFile,
     initrd_spec: Option<&str>,
     cmdline: &str,
@@ -359,15 +359,13 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::FwCfgOptions;
     use crate::elf::build::{elf, Seg};
+    use crate::items::FwCfgOptions;
     use std::collections::HashMap;
     use std::path::PathBuf;
-    use std::sync::Arc;
-    use xendm_devices::mem::TestMemory;
 
-    fn fw() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    fn fw() -> FwCfgItems {
+        FwCfgItems::new(&FwCfgOptions::default()).unwrap()
     }
 
     fn header(flags: u32, extra: &[u32]) -> Vec<u8> {
@@ -388,7 +386,7 @@ mod tests {
         LoadedFile { path: "/boot/mb.aout".into(), data: img }
     }
 
-    fn u32_key(fw: &FwCfg, key: u16) -> u32 {
+    fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
         u32::from_le_bytes(fw.item_data(key).unwrap().try_into().unwrap())
     }
 

@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::device::FwCfgError;
+use crate::items::FwCfgError;
 
 /// The largest kernel, initrd or module file we read.
 pub const MAX_FILE_SIZE: u64 = 512 << 20;

@@ -32,8 +32,8 @@
 use std::path::Path;
 
 use crate::bytes::le_u32;
-use crate::device::{keys, FwCfg};
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
+use crate::items::{keys, FwCfgItems};
 use crate::plan::BootProtocol;
 use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 
@@ -68,7 +68,7 @@ fn bad(path: &Path, detail: impl Into<String>) -> LoadError {
 /// truncated segments, segments outside RAM, initrd too large, command line
 /// too long, keys already set.
 pub fn load(
-    fw: &mut FwCfg,
+    fw: &mut FwCfgItems,
     kernel: &LoadedFile,
     initrd: Option<LoadedFile>,
     cmdline: &str,
@@ -212,17 +212,15 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::FwCfgOptions;
     use crate::elf::build::{elf, note, Seg};
     use crate::elf::PT_NOTE;
-    use std::sync::Arc;
-    use xendm_devices::mem::TestMemory;
+    use crate::items::FwCfgOptions;
 
-    fn fw() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    fn fw() -> FwCfgItems {
+        FwCfgItems::new(&FwCfgOptions::default()).unwrap()
     }
 
-    fn u32_key(fw: &FwCfg, key: u16) -> u32 {
+    fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
         u32::from_le_bytes(fw.item_data(key).unwrap().try_into().unwrap())
     }
 
