@@ -163,7 +163,7 @@ fn check_len(what: impl Fn() -> String, len: usize) -> Result<(), FwCfgError> {
 
 /// The items, files and boot devices of one fw_cfg device (see the module
 /// docs). Nothing here touches guest memory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FwCfgItems {
     /// Offer the DMA interface (the ID item says so; the device follows it).
     dma: bool,
@@ -174,6 +174,18 @@ pub struct FwCfgItems {
     pub(crate) files: Vec<File>,
     /// Boot devices (`bootorder`), by boot index.
     boot_devices: BTreeMap<u32, String>,
+}
+
+/// Names and sizes only: items hold whole kernels.
+impl std::fmt::Debug for FwCfgItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes = |it: &Item| it.data.len();
+        f.debug_struct("FwCfgItems")
+            .field("dma", &self.dma)
+            .field("items", &self.items.iter().map(|(k, it)| (*k, sizes(it))).collect::<Vec<_>>())
+            .field("files", &self.files.iter().map(|fl| (&fl.name, sizes(&fl.item))).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl FwCfgItems {
