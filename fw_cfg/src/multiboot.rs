@@ -11,7 +11,7 @@
 //!
 //! 1. the kernel image (with its zeroed BSS), padded to 4 KiB;
 //! 2. one 16-byte module record per module {start, end, cmdline, 0};
-//! 3. command lines: each module's spec string, then "<kernel path> <cmdline>";
+//! 3. command lines: each module's spec string, then `"<kernel path> <cmdline>"`;
 //! 4. the boot loader name "qemu"; padding to 4 KiB;
 //! 5. each module file, each padded to 4 KiB.
 //!

@@ -135,7 +135,7 @@ impl LoadedFile {
     }
 }
 
-/// What [`load`] did; the caller finishes the job.
+/// What [`crate::boot::load`] did; the caller finishes the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootPlan {
     pub protocol: BootProtocol,

@@ -2,7 +2,7 @@
 //!
 //! libxl (`libxl__build_device_model_args_new`, Xen 4.17) launches the device
 //! model with a QEMU command line. QEMU's syntax is not getopt-shaped, so this
-//! is a small table-driven parser ([`table`]) plus a QemuOpts value parser
+//! is a small table-driven parser (`table.rs`) plus a QemuOpts value parser
 //! ([`opts`]):
 //!
 //! * options are single-dash long names (`-xen-domid 1`); `--name` is the same
@@ -86,8 +86,10 @@ pub struct Config {
     /// `-append CMDLINE`, verbatim (inner and trailing spaces kept).
     pub append: Option<String>,
     /// `-serial SPEC` in order. A [`ChardevSpec::None`] entry occupies no COM
-    /// port; use [`Config::serial_ports`] to get the ports. Host devices
-    /// (`/dev/...`) are parsed but refused when the machine is planned.
+    /// port; use [`Config::serial_ports`] to get the ports. `file:PATH`
+    /// output truncates the file first, as QEMU's `-serial file:` does. Host
+    /// devices (`/dev/...`) are parsed but refused when the machine is
+    /// planned.
     pub serial: Vec<ChardevSpec>,
     /// `-boot order=...` (validated: letters `a`-`p`, no repeats).
     pub boot_order: Option<String>,
@@ -114,7 +116,7 @@ pub struct Config {
     /// `-xendm-boot linux|multiboot|pvh` (xendm's own): force the kernel type.
     pub boot_protocol: Option<BootProtocol>,
     /// `-xendm-record PATH` (xendm's own): record the ioreq stream here.
-    /// (`XENDM_RECORD` in the environment is read by `main`, not here.)
+    /// (`XENDM_RECORD` in the environment is read at start-up, not here.)
     pub record: Option<PathBuf>,
     /// Options accepted and ignored, as given (`-display none`, ...), for a
     /// start-up log line.
