@@ -29,7 +29,8 @@ use vm_memory::GuestAddress;
 use xendm::ioreq::abi::{BufSlot, Ioreq, IoreqKind, IOREQ_BUFFER_SLOT_NUM};
 use xendm::ioreq::engine::{Engine, NoHooks};
 use xendm::ioreq::handler::BufferedRing;
-use xendm::machine::{build, Inputs};
+use xendm::machine::spec::MachineSpec;
+use xendm::machine::{build, MachineBackends};
 use xendm_devices::hv::FakeHypervisor;
 use xendm_devices::mem::TestMemory;
 use xendm_devices::{GuestMemory, Sbdf};
@@ -297,8 +298,8 @@ fn machine(mem: Arc<TestMemory>, hv: Arc<FakeHypervisor>) -> Engine {
         xendm::cli::Command::Run(c) => c,
         other => panic!("{other:?}"),
     };
-    let inputs = Inputs { hv, mem, hooks: Box::new(NoHooks), serial_sinks: Vec::new() };
-    let m = build(&config, inputs).unwrap();
+    let backends = MachineBackends { hv, mem, hooks: Box::new(NoHooks), serial_sinks: Vec::new() };
+    let m = build(MachineSpec::from_config(&config).unwrap(), backends).unwrap();
     assert!(m.boot.is_some(), "fw_cfg must be on the bus");
     m.engine
 }

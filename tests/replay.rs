@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use vm_memory::GuestAddress;
 use xendm::ioreq::abi::{Ioreq, IoreqKind};
-use xendm::machine::replay::XendmReplay;
+use xendm::machine::replay::MachineRebuilder;
 use xendm::trace::{
     self, FileSink, Header, Recorder, RecordingHypervisor, RecordingMemory, ReplayMachine, Tap, TraceReader,
 };
@@ -243,7 +243,7 @@ fn generate(out: &Path) {
     let tap = Tap::new();
     let mem: Arc<dyn GuestMemory> = Arc::new(RecordingMemory::new(ram.clone(), tap.clone()));
     let hv: Arc<dyn Hypervisor> = Arc::new(RecordingHypervisor::new(Arc::new(FakeHypervisor::new()), tap.clone()));
-    let machine = XendmReplay { dirs: vec![boot_dir()] };
+    let machine = MachineRebuilder { dirs: vec![boot_dir()] };
     let mut engine = machine.build(&header, mem, hv).unwrap();
     engine.set_observer(Box::new(Recorder::new(tap, Box::new(FileSink::create(out, &header).unwrap()))));
     for (buffered, req, prep) in script() {
@@ -317,7 +317,7 @@ fn synthetic_trace_covers_every_ioreq_type_and_replays() {
     assert!(has(&|r| r.hv.iter().any(|c| matches!(c, HvCall::Shutdown { .. }))), "shutdown requests");
     assert!(has(&|r| !r.ranges.is_empty()), "BAR/PMBASE range changes");
     // The replay itself.
-    let s = trace::replay(&path, &XendmReplay { dirs: replay_dirs() }).unwrap_or_else(|e| panic!("{e}"));
+    let s = trace::replay(&path, &MachineRebuilder { dirs: replay_dirs() }).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.records, recs.len() as u64);
 }
 
@@ -352,7 +352,7 @@ fn every_committed_trace_replays() {
                 dirs.push(d.clone());
             }
         }
-        match trace::replay(&t, &XendmReplay { dirs }) {
+        match trace::replay(&t, &MachineRebuilder { dirs }) {
             Ok(s) => eprintln!("{}: {} records replayed", t.display(), s.records),
             // A lab trace names Debian's kernel of the day it was recorded;
             // once Debian ships a new one, that exact file cannot be had and
@@ -384,6 +384,6 @@ fn a_tampered_trace_fails_at_the_right_record() {
     let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, tampered.as_bytes()).unwrap();
     gz.finish().unwrap();
-    let e = trace::replay(&path, &XendmReplay { dirs: replay_dirs() }).unwrap_err().to_string();
+    let e = trace::replay(&path, &MachineRebuilder { dirs: replay_dirs() }).unwrap_err().to_string();
     assert!(e.contains("record 0") && e.contains("expected: 305627271") && e.contains("actual:   305627270"), "{e}");
 }

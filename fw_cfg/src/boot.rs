@@ -1,5 +1,5 @@
 //! Direct kernel boot: read `-kernel`/`-initrd`/`-append`, pick the loader,
-//! fill fw_cfg.
+//! fill the fw_cfg items (before any guest memory or device exists).
 //!
 //! Follows QEMU's `x86_load_linux` (`hw/i386/x86-common.c`) and
 //! `xen_load_linux` (`hw/i386/pc_piix.c`):
@@ -13,7 +13,8 @@
 //! 4. Anything else is not a kernel.
 //!
 //! The caller adds the option ROM named in [`BootPlan::rom_name`] with
-//! [`crate::FwCfg::add_boot_rom`] and, for PVH, writes
+//! [`crate::FwCfgItems::add_boot_rom`], hands the items to the device
+//! ([`crate::FwCfg::new`]) and, for PVH, writes
 //! [`BootPlan::guest_writes`] into guest RAM before the guest first runs
 //! (and again on every guest reset, as QEMU re-copies its ROM blobs).
 //!
@@ -34,7 +35,7 @@
 
 use std::path::Path;
 
-use crate::device::FwCfg;
+use crate::items::FwCfgItems;
 use crate::plan::{BootFiles, BootPlan, BootProtocol, LoadError, LoadedFile, RamLayout};
 
 /// The format QEMU would pick for `image` (see the module docs).
@@ -56,7 +57,7 @@ pub fn detect(image: &[u8]) -> Option<BootProtocol> {
 /// # Errors
 /// See [`LoadError`]; every error names the file at fault.
 pub fn load(
-    fw: &mut FwCfg,
+    fw: &mut FwCfgItems,
     files: &BootFiles,
     layout: &RamLayout,
     force: Option<BootProtocol>,
@@ -92,14 +93,12 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{keys, FwCfgOptions};
+    use crate::items::{keys, FwCfgOptions};
     use crate::plan::{FOUR_GIB, MAX_FILE_SIZE};
     use std::path::PathBuf;
-    use std::sync::Arc;
-    use xendm_devices::mem::TestMemory;
 
-    fn fw() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    fn fw() -> FwCfgItems {
+        FwCfgItems::new(&FwCfgOptions::default()).unwrap()
     }
 
     #[test]
@@ -202,7 +201,7 @@ mod tests {
         u32::from_le_bytes(b.try_into().unwrap())
     }
 
-    fn key32(f: &FwCfg, key: u16) -> u32 {
+    fn key32(f: &FwCfgItems, key: u16) -> u32 {
         u32::from_le_bytes(f.item_data(key).unwrap().try_into().unwrap())
     }
 

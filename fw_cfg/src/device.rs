@@ -35,57 +35,24 @@
 //!   item (host-chosen). A transfer stops at the first guest-memory error,
 //!   so at most min(length, bytes of contiguous guest RAM) bytes are written.
 //! * No select/write callbacks: items are plain bytes. Writable files can be
-//!   read back with [`FwCfg::file_data`].
+//!   read back with [`FwCfgItems::file_data`] through [`FwCfg::items`].
 //! * The file directory is sorted by name (QEMU's non-legacy order, which
 //!   `xenfv` uses); the legacy fixed-order table of pc <= 2.5 is not offered.
+//!
+//! The items themselves ([`FwCfgItems`], [`crate::items`]) are built before
+//! the device, with no guest memory: the loaders fill them while the machine
+//! is planned, and [`FwCfg::new`] takes them once guest memory exists.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestAddress;
 use xendm_devices::ratelimit::RateLimit;
 use xendm_devices::{BusDevice, DeviceState, GuestMemory, StateError};
-use zerocopy::byteorder::big_endian::{U16 as Be16, U32 as Be32, U64 as Be64};
+use zerocopy::byteorder::big_endian::{U32 as Be32, U64 as Be64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-/// Well-known selector keys (QEMU `include/standard-headers/linux/qemu_fw_cfg.h`).
-pub mod keys {
-    pub const SIGNATURE: u16 = 0x00;
-    pub const ID: u16 = 0x01;
-    pub const UUID: u16 = 0x02;
-    pub const RAM_SIZE: u16 = 0x03;
-    pub const NOGRAPHIC: u16 = 0x04;
-    pub const NB_CPUS: u16 = 0x05;
-    pub const MACHINE_ID: u16 = 0x06;
-    pub const KERNEL_ADDR: u16 = 0x07;
-    pub const KERNEL_SIZE: u16 = 0x08;
-    pub const KERNEL_CMDLINE: u16 = 0x09;
-    pub const INITRD_ADDR: u16 = 0x0a;
-    pub const INITRD_SIZE: u16 = 0x0b;
-    pub const BOOT_DEVICE: u16 = 0x0c;
-    pub const NUMA: u16 = 0x0d;
-    pub const BOOT_MENU: u16 = 0x0e;
-    pub const MAX_CPUS: u16 = 0x0f;
-    pub const KERNEL_ENTRY: u16 = 0x10;
-    pub const KERNEL_DATA: u16 = 0x11;
-    pub const INITRD_DATA: u16 = 0x12;
-    pub const CMDLINE_ADDR: u16 = 0x13;
-    pub const CMDLINE_SIZE: u16 = 0x14;
-    pub const CMDLINE_DATA: u16 = 0x15;
-    pub const SETUP_ADDR: u16 = 0x16;
-    pub const SETUP_SIZE: u16 = 0x17;
-    pub const SETUP_DATA: u16 = 0x18;
-    pub const FILE_DIR: u16 = 0x19;
-    /// The first file selector; file `i` of the sorted directory is `FILE_FIRST + i`.
-    pub const FILE_FIRST: u16 = 0x20;
-    /// The obsolete write flag, ignored when looking an item up.
-    pub const WRITE_CHANNEL: u16 = 0x4000;
-    /// Selects the architecture-specific item table.
-    pub const ARCH_LOCAL: u16 = 0x8000;
-    /// What the current entry is set to after selecting an invalid key.
-    pub const INVALID: u16 = 0xffff;
-}
+use crate::items::{keys, FwCfgItems};
 
 /// Device offset of the selector (16-bit write) and data (byte reads at 0
 /// and 1); 0x510 on a PC (`xendm_devices::pc::layout::PORT_FW_CFG`).
@@ -94,18 +61,6 @@ pub const OFS_SELECTOR: u64 = 0;
 /// machine registers the DMA window with this device base (0x514 on a PC).
 pub const OFS_DMA: u64 = 4;
 const DMA_BASE: u64 = OFS_DMA;
-const ENTRY_MASK: u16 = !(keys::ARCH_LOCAL | keys::WRITE_CHANNEL);
-/// Maximum file name length including the NUL (`FW_CFG_MAX_FILE_PATH`).
-pub const MAX_FILE_PATH: usize = 56;
-/// QEMU's default number of file slots.
-pub const DEFAULT_FILE_SLOTS: u16 = 0x20;
-const MIN_FILE_SLOTS: u16 = 0x10;
-const MAX_FILE_SLOTS: u16 = 0x1000;
-/// Largest item: lengths and offsets are 32-bit on the wire.
-const MAX_ITEM: usize = u32::MAX as usize;
-
-const ID_TRADITIONAL: u32 = 1 << 0;
-const ID_DMA: u32 = 1 << 1;
 
 const DMA_CTL_ERROR: u32 = 0x01;
 const DMA_CTL_READ: u32 = 0x02;
@@ -128,99 +83,12 @@ struct DmaAccess {
     address: Be64,
 }
 
-/// One `FWCfgFile` directory entry.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-struct DirEntry {
-    size: Be32,
-    select: Be16,
-    reserved: Be16,
-    name: [u8; MAX_FILE_PATH],
-}
-
-/// Why an item could not be added.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FwCfgError {
-    #[error("creating fw_cfg: {slots} file slots is outside {MIN_FILE_SLOTS}..={MAX_FILE_SLOTS}")]
-    BadFileSlots { slots: u16 },
-    #[error("adding fw_cfg item {key:#06x}: the key is a file, the directory, or outside the item table")]
-    BadKey { key: u16 },
-    #[error("adding fw_cfg item {key:#06x}: the key already holds data")]
-    KeyInUse { key: u16 },
-    #[error("adding fw_cfg file {name:?}: names must be 1 to {} bytes without NUL", MAX_FILE_PATH - 1)]
-    BadFileName { name: String },
-    #[error("adding fw_cfg file {name:?}: a file of that name exists")]
-    DuplicateFile { name: String },
-    #[error("adding fw_cfg file {name:?}: all {slots} file slots are in use")]
-    NoFileSlots { name: String, slots: u16 },
-    #[error("adding fw_cfg {what}: {len} bytes exceed the 4 GiB item limit")]
-    TooLarge { what: String, len: usize },
-    #[error("adding boot device {path:?}: boot index {index} is already used by {other:?}")]
-    BootIndexInUse { path: String, index: u32, other: String },
-    #[error("adding boot ROM {name:?}: the name must be a plain file name")]
-    BadRomName { name: String },
-}
-
-/// The device's configuration (what QEMU takes from its command line).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FwCfgOptions {
-    /// Offer the DMA interface (ID bit 1, ports 0x514..0x51B).
-    pub dma: bool,
-    /// `NB_CPUS`: boot CPUs.
-    pub nb_cpus: u16,
-    /// `NOGRAPHIC`: 1 with `-nographic`.
-    pub nographic: bool,
-    /// `BOOT_MENU`: 1 with `-boot menu=on`.
-    pub boot_menu: bool,
-    /// `UUID`: the `-uuid` value, bytes in the order QEMU stores them.
-    pub uuid: [u8; 16],
-    /// `MAX_CPUS` (an APIC-ID limit). QEMU on Xen does not set it: `None`.
-    pub max_cpus: Option<u16>,
-    /// `etc/boot-fail-wait` (`-boot reboot-timeout`, ms); QEMU's default is
-    /// -1 (never reboot), stored as u32 LE.
-    pub boot_fail_wait: u32,
-    /// Directory size (`x-file-slots`), 0x10..=0x1000.
-    pub file_slots: u16,
-}
-
-impl Default for FwCfgOptions {
-    fn default() -> Self {
-        Self {
-            dma: true,
-            nb_cpus: 1,
-            nographic: false,
-            boot_menu: false,
-            uuid: [0; 16],
-            max_cpus: None,
-            boot_fail_wait: u32::MAX,
-            file_slots: DEFAULT_FILE_SLOTS,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-struct Item {
-    data: Vec<u8>,
-    writable: bool,
-}
-
-#[derive(Debug, Clone)]
-struct File {
-    name: String,
-    item: Item,
-}
-
 /// The fw_cfg device.
 pub struct FwCfg {
     mem: Arc<dyn GuestMemory>,
     dma_enabled: bool,
-    file_slots: u16,
-    /// Non-file items, by `key & ENTRY_MASK | key & ARCH_LOCAL`.
-    items: BTreeMap<u16, Item>,
-    /// Files, sorted by name; file `i` is selector `FILE_FIRST + i`.
-    files: Vec<File>,
-    /// Boot devices (`bootorder`), by boot index.
-    boot_devices: BTreeMap<u32, String>,
+    /// What the guest reads (and, for writable files, writes).
+    items: FwCfgItems,
     cur_entry: u16,
     cur_offset: u32,
     dma_addr: u64,
@@ -232,7 +100,7 @@ impl std::fmt::Debug for FwCfg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FwCfg")
             .field("dma", &self.dma_enabled)
-            .field("files", &self.files.iter().map(|f| &f.name).collect::<Vec<_>>())
+            .field("files", &self.items.file_names())
             .field("cur_entry", &self.cur_entry)
             .field("cur_offset", &self.cur_offset)
             .finish_non_exhaustive()
@@ -247,53 +115,33 @@ enum DmaOp {
     Skip,
 }
 
-fn check_len(what: impl Fn() -> String, len: usize) -> Result<(), FwCfgError> {
-    if len > MAX_ITEM {
-        return Err(FwCfgError::TooLarge { what: what(), len });
-    }
-    Ok(())
-}
-
 impl FwCfg {
-    /// A device with the items QEMU creates for every machine: signature,
-    /// ID, UUID, NOGRAPHIC, BOOT_MENU, NB_CPUS (and MAX_CPUS if given), and
-    /// the files `etc/boot-fail-wait`, `bootorder` and `bios-geometry`
-    /// (both empty until a boot device is added). No `etc/e820`: under Xen
-    /// SeaBIOS takes the RAM map from hvmloader.
-    ///
-    /// # Errors
-    /// If `opts.file_slots` is out of range.
-    pub fn new(mem: Arc<dyn GuestMemory>, opts: FwCfgOptions) -> Result<Self, FwCfgError> {
-        if !(MIN_FILE_SLOTS..=MAX_FILE_SLOTS).contains(&opts.file_slots) {
-            return Err(FwCfgError::BadFileSlots { slots: opts.file_slots });
-        }
-        let mut fw = Self {
+    /// The device serving `items`, with DMA if the items offer it; guest
+    /// memory is what DMA transfers read and write. The selector starts at
+    /// the signature.
+    pub fn new(mem: Arc<dyn GuestMemory>, items: FwCfgItems) -> Self {
+        Self {
             mem,
-            dma_enabled: opts.dma,
-            file_slots: opts.file_slots,
-            items: BTreeMap::new(),
-            files: Vec::new(),
-            boot_devices: BTreeMap::new(),
+            dma_enabled: items.dma_enabled(),
+            items,
             cur_entry: keys::SIGNATURE,
             cur_offset: 0,
             dma_addr: 0,
             access_log: RateLimit::per_second(),
             dma_log: RateLimit::per_second(),
-        };
-        let id = ID_TRADITIONAL | if opts.dma { ID_DMA } else { 0 };
-        fw.add_bytes(keys::SIGNATURE, b"QEMU".to_vec())?;
-        fw.add_u32(keys::ID, id)?;
-        fw.add_bytes(keys::UUID, opts.uuid.to_vec())?;
-        fw.add_u16(keys::NOGRAPHIC, u16::from(opts.nographic))?;
-        fw.add_u16(keys::BOOT_MENU, u16::from(opts.boot_menu))?;
-        fw.add_u16(keys::NB_CPUS, opts.nb_cpus)?;
-        if let Some(max) = opts.max_cpus {
-            fw.add_u16(keys::MAX_CPUS, max)?;
         }
-        fw.add_file("etc/boot-fail-wait", opts.boot_fail_wait.to_le_bytes().to_vec())?;
-        fw.add_file("bootorder", Vec::new())?;
-        fw.add_file("bios-geometry", Vec::new())?;
-        Ok(fw)
+    }
+
+    /// What the device serves (writable files as the guest left them).
+    pub fn items(&self) -> &FwCfgItems {
+        &self.items
+    }
+
+    /// Changes items under a running device (tests: QEMU's host-side
+    /// `fw_cfg_modify_file` and friends).
+    #[cfg(test)]
+    pub(crate) fn items_mut(&mut self) -> &mut FwCfgItems {
+        &mut self.items
     }
 
     /// Whether the DMA interface is on.
@@ -306,236 +154,14 @@ impl FwCfg {
         self.select(keys::SIGNATURE);
     }
 
-    fn max_entry(&self) -> u16 {
-        keys::FILE_FIRST + self.file_slots
-    }
-
-    fn valid_key(&self, key: u16) -> bool {
-        key != keys::INVALID && (key & ENTRY_MASK) < self.max_entry()
-    }
-
-    fn lookup(&self, key: u16) -> Option<&Item> {
-        if !self.valid_key(key) {
-            return None;
-        }
-        let idx = key & ENTRY_MASK;
-        let arch = key & keys::ARCH_LOCAL;
-        if arch == 0 && idx >= keys::FILE_FIRST {
-            self.files.get(usize::from(idx - keys::FILE_FIRST)).map(|f| &f.item)
-        } else {
-            self.items.get(&(idx | arch))
-        }
-    }
-
-    fn lookup_mut(&mut self, key: u16) -> Option<&mut Item> {
-        if !self.valid_key(key) {
-            return None;
-        }
-        let idx = key & ENTRY_MASK;
-        let arch = key & keys::ARCH_LOCAL;
-        if arch == 0 && idx >= keys::FILE_FIRST {
-            self.files.get_mut(usize::from(idx - keys::FILE_FIRST)).map(|f| &mut f.item)
-        } else {
-            self.items.get_mut(&(idx | arch))
-        }
-    }
-
-    /// Adds a fixed-key item. Keys in the file range, FILE_DIR, keys with the
-    /// write-channel bit and keys that already hold data are refused.
-    ///
-    /// # Errors
-    /// See [`FwCfgError`].
-    pub fn add_bytes(&mut self, key: u16, data: Vec<u8>) -> Result<(), FwCfgError> {
-        let idx = key & ENTRY_MASK;
-        let arch = key & keys::ARCH_LOCAL;
-        if key & keys::WRITE_CHANNEL != 0 || idx >= keys::FILE_FIRST || (arch == 0 && idx == keys::FILE_DIR) {
-            return Err(FwCfgError::BadKey { key });
-        }
-        check_len(|| format!("item {key:#06x}"), data.len())?;
-        let slot = idx | arch;
-        if self.items.contains_key(&slot) {
-            return Err(FwCfgError::KeyInUse { key });
-        }
-        self.items.insert(slot, Item { data, writable: false });
-        Ok(())
-    }
-
-    /// Adds a u16 item, little-endian.
-    ///
-    /// # Errors
-    /// As [`Self::add_bytes`].
-    pub fn add_u16(&mut self, key: u16, v: u16) -> Result<(), FwCfgError> {
-        self.add_bytes(key, v.to_le_bytes().to_vec())
-    }
-
-    /// Adds a u32 item, little-endian.
-    ///
-    /// # Errors
-    /// As [`Self::add_bytes`].
-    pub fn add_u32(&mut self, key: u16, v: u32) -> Result<(), FwCfgError> {
-        self.add_bytes(key, v.to_le_bytes().to_vec())
-    }
-
-    /// Adds a u64 item, little-endian.
-    ///
-    /// # Errors
-    /// As [`Self::add_bytes`].
-    pub fn add_u64(&mut self, key: u16, v: u64) -> Result<(), FwCfgError> {
-        self.add_bytes(key, v.to_le_bytes().to_vec())
-    }
-
-    /// The data of a fixed-key item, if set.
-    pub fn item_data(&self, key: u16) -> Option<&[u8]> {
-        if key & ENTRY_MASK >= keys::FILE_FIRST && key & keys::ARCH_LOCAL == 0 {
-            return None;
-        }
-        self.lookup(key).map(|i| i.data.as_slice())
-    }
-
-    /// Adds a read-only file and returns its selector *now*: a file added
-    /// later with a smaller name moves it up by one (guests must read the
-    /// directory, as with QEMU).
-    ///
-    /// # Errors
-    /// Bad or duplicate name, no free slot, or more than 4 GiB of data.
-    pub fn add_file(&mut self, name: &str, data: Vec<u8>) -> Result<u16, FwCfgError> {
-        self.insert_file(name, data, false)
-    }
-
-    /// Adds a file the guest may overwrite by DMA WRITE (exact-size writes).
-    ///
-    /// # Errors
-    /// As [`Self::add_file`].
-    pub fn add_file_writable(&mut self, name: &str, data: Vec<u8>) -> Result<u16, FwCfgError> {
-        self.insert_file(name, data, true)
-    }
-
-    /// Replaces a file's data (and size), keeping its writability, or adds
-    /// it read-only if it does not exist (QEMU `fw_cfg_modify_file`).
-    ///
-    /// # Errors
-    /// As [`Self::add_file`].
-    pub fn modify_file(&mut self, name: &str, data: Vec<u8>) -> Result<(), FwCfgError> {
-        match self.files.iter_mut().find(|f| f.name == name) {
-            Some(f) => {
-                check_len(|| format!("file {name:?}"), data.len())?;
-                f.item.data = data;
-                self.rebuild_dir();
-                Ok(())
-            }
-            None => self.insert_file(name, data, false).map(|_| ()),
-        }
-    }
-
-    /// The current selector of file `name`.
-    pub fn file_selector(&self, name: &str) -> Option<u16> {
-        let i = self.files.iter().position(|f| f.name == name)?;
-        u16::try_from(i).ok().map(|i| keys::FILE_FIRST + i)
-    }
-
-    /// The current data of file `name`.
-    pub fn file_data(&self, name: &str) -> Option<&[u8]> {
-        self.files.iter().find(|f| f.name == name).map(|f| f.item.data.as_slice())
-    }
-
-    /// File names in directory order.
-    pub fn file_names(&self) -> Vec<&str> {
-        self.files.iter().map(|f| f.name.as_str()).collect()
-    }
-
-    fn insert_file(&mut self, name: &str, data: Vec<u8>, writable: bool) -> Result<u16, FwCfgError> {
-        if name.is_empty() || name.len() >= MAX_FILE_PATH || name.contains('\0') {
-            return Err(FwCfgError::BadFileName { name: name.to_string() });
-        }
-        check_len(|| format!("file {name:?}"), data.len())?;
-        if self.files.iter().any(|f| f.name == name) {
-            return Err(FwCfgError::DuplicateFile { name: name.to_string() });
-        }
-        if self.files.len() >= usize::from(self.file_slots) {
-            return Err(FwCfgError::NoFileSlots { name: name.to_string(), slots: self.file_slots });
-        }
-        // strcmp order: byte-wise comparison of the names.
-        let pos = self.files.partition_point(|f| f.name.as_bytes() < name.as_bytes());
-        let select = u16::try_from(pos)
-            .ok()
-            .and_then(|p| keys::FILE_FIRST.checked_add(p))
-            .ok_or_else(|| FwCfgError::NoFileSlots { name: name.to_string(), slots: self.file_slots })?;
-        self.files.insert(pos, File { name: name.to_string(), item: Item { data, writable } });
-        self.rebuild_dir();
-        Ok(select)
-    }
-
-    /// Regenerates FILE_DIR: a BE count, then `file_slots` 64-byte entries.
-    fn rebuild_dir(&mut self) {
-        let slots = usize::from(self.file_slots);
-        let mut dir = Vec::with_capacity(4 + slots * std::mem::size_of::<DirEntry>());
-        let count = u32::try_from(self.files.len()).unwrap_or(u32::MAX);
-        dir.extend_from_slice(&count.to_be_bytes());
-        for (i, f) in self.files.iter().enumerate() {
-            let mut name = [0u8; MAX_FILE_PATH];
-            for (d, s) in name.iter_mut().zip(f.name.bytes()) {
-                *d = s;
-            }
-            let select = u16::try_from(i).map_or(keys::INVALID, |i| keys::FILE_FIRST.saturating_add(i));
-            let e = DirEntry {
-                size: Be32::new(u32::try_from(f.item.data.len()).unwrap_or(u32::MAX)),
-                select: Be16::new(select),
-                reserved: Be16::new(0),
-                name,
-            };
-            dir.extend_from_slice(e.as_bytes());
-        }
-        dir.resize(4 + slots * std::mem::size_of::<DirEntry>(), 0);
-        self.items.insert(keys::FILE_DIR, Item { data: dir, writable: false });
-    }
-
-    /// Adds a boot device path with a boot index and rewrites `bootorder`:
-    /// the paths sorted by index, joined by `\n`, ended by one NUL (empty
-    /// when there are none), as QEMU's `get_boot_devices_list`.
-    ///
-    /// # Errors
-    /// If the index is taken (QEMU refuses duplicate boot indexes).
-    pub fn add_boot_device(&mut self, index: u32, path: &str) -> Result<(), FwCfgError> {
-        if let Some(other) = self.boot_devices.get(&index) {
-            return Err(FwCfgError::BootIndexInUse { path: path.to_string(), index, other: other.clone() });
-        }
-        self.boot_devices.insert(index, path.to_string());
-        let mut order: Vec<u8> = Vec::new();
-        for p in self.boot_devices.values() {
-            order.extend_from_slice(p.as_bytes());
-            order.push(b'\n');
-        }
-        if let Some(last) = order.last_mut() {
-            *last = 0;
-        }
-        self.modify_file("bootorder", order)
-    }
-
-    /// Adds option ROM `genroms/<name>` and makes `/rom@genroms/<name>` boot
-    /// index 0, the first line of `bootorder` (QEMU `rom_add_option`).
-    ///
-    /// # Errors
-    /// A name with `/` or NUL, a duplicate file, or boot index 0 taken.
-    pub fn add_boot_rom(&mut self, name: &str, rom: Vec<u8>) -> Result<(), FwCfgError> {
-        if name.is_empty() || name.contains('/') || name.contains('\0') {
-            return Err(FwCfgError::BadRomName { name: name.to_string() });
-        }
-        let path = format!("/rom@genroms/{name}");
-        if let Some(other) = self.boot_devices.get(&0) {
-            return Err(FwCfgError::BootIndexInUse { path, index: 0, other: other.clone() });
-        }
-        self.add_file(&format!("genroms/{name}"), rom)?;
-        self.add_boot_device(0, &path)
-    }
-
     fn select(&mut self, key: u16) {
         self.cur_offset = 0;
-        self.cur_entry = if self.valid_key(key) { key } else { keys::INVALID };
+        self.cur_entry = if self.items.valid_key(key) { key } else { keys::INVALID };
     }
 
     fn read_data_byte(&mut self) -> u8 {
         let off = self.cur_offset as usize;
-        match self.lookup(self.cur_entry).and_then(|i| i.data.get(off).copied()) {
+        match self.items.lookup(self.cur_entry).and_then(|i| i.data.get(off).copied()) {
             Some(b) => {
                 self.cur_offset = self.cur_offset.saturating_add(1);
                 b
@@ -609,7 +235,7 @@ impl FwCfg {
         let mut error = false;
         while length > 0 && !error {
             let off = self.cur_offset as usize;
-            let avail = self.lookup(self.cur_entry).map_or(0, |i| i.data.len().saturating_sub(off));
+            let avail = self.items.lookup(self.cur_entry).map_or(0, |i| i.data.len().saturating_sub(off));
             if avail == 0 {
                 // Invalid key, empty item, or at/past the end.
                 match op {
@@ -623,7 +249,7 @@ impl FwCfg {
             let n = chunk as usize; // chunk <= avail, a usize
             match op {
                 DmaOp::Read => {
-                    let ok = match self.lookup(self.cur_entry).and_then(|i| i.data.get(off..off + n)) {
+                    let ok = match self.items.lookup(self.cur_entry).and_then(|i| i.data.get(off..off + n)) {
                         Some(bytes) => self.mem.write(GuestAddress(addr), bytes).is_ok(),
                         None => false,
                     };
@@ -645,7 +271,7 @@ impl FwCfg {
     /// A DMA WRITE of `n` guest bytes at `addr` into the current item at
     /// `off`. Only writable items, and only writes that fit entirely.
     fn dma_write_item(&mut self, addr: u64, off: usize, n: usize, whole: bool) -> bool {
-        let writable = self.lookup(self.cur_entry).is_some_and(|i| i.writable);
+        let writable = self.items.lookup(self.cur_entry).is_some_and(|i| i.writable);
         if !writable || !whole {
             return false;
         }
@@ -655,7 +281,7 @@ impl FwCfg {
             return false;
         }
         let entry = self.cur_entry;
-        match self.lookup_mut(entry).and_then(|i| i.data.get_mut(off..off + n)) {
+        match self.items.lookup_mut(entry).and_then(|i| i.data.get_mut(off..off + n)) {
             Some(dst) => {
                 dst.copy_from_slice(&buf);
                 true
@@ -735,11 +361,11 @@ impl DeviceState for FwCfg {
     }
 
     fn restore(&mut self, s: FwCfgState) -> Result<(), StateError> {
-        if s.cur_entry != keys::INVALID && !self.valid_key(s.cur_entry) {
+        if s.cur_entry != keys::INVALID && !self.items.valid_key(s.cur_entry) {
             return Err(StateError::malformed(Self::KIND, format!("invalid current key {:#06x}", s.cur_entry)));
         }
         // The guest can only move the offset to the end of the item.
-        let len = self.lookup(s.cur_entry).map_or(0, |i| i.data.len());
+        let len = self.items.lookup(s.cur_entry).map_or(0, |i| i.data.len());
         if usize::try_from(s.cur_offset).map_or(true, |o| o > len) {
             return Err(StateError::malformed(
                 Self::KIND,
@@ -759,6 +385,7 @@ impl DeviceState for FwCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::items::{FwCfgError, FwCfgOptions};
     use std::sync::Mutex;
     use xendm_devices::mem::TestMemory;
     use xendm_devices::pc::layout;
@@ -771,7 +398,7 @@ mod tests {
     }
 
     fn dev_with(mem: Arc<TestMemory>, opts: FwCfgOptions) -> (Arc<Mutex<FwCfg>>, Bus) {
-        let fw = Arc::new(Mutex::new(FwCfg::new(mem, opts).unwrap()));
+        let fw = Arc::new(Mutex::new(FwCfg::new(mem, FwCfgItems::new(&opts).unwrap())));
         let mut bus = Bus::new();
         // Where the PC machine places it (src/machine/pc.rs).
         let dma = fw.lock().unwrap().dma_enabled();
@@ -1124,7 +751,7 @@ mod tests {
             calls: 0.into(),
             max_chunk: 0.into(),
         });
-        let mut fw = FwCfg::new(m.clone(), FwCfgOptions::default()).unwrap();
+        let mut fw = FwCfg::new(m.clone(), FwCfgItems::new(&FwCfgOptions::default()).unwrap());
         fw.write(8, &0x1000u32.to_be_bytes());
         assert_eq!(*m.control.lock().unwrap(), Some(0));
         assert_eq!(m.written.load(Relaxed), u64::from(u32::MAX));
@@ -1159,23 +786,23 @@ mod tests {
     fn dma_write_rules() {
         let m = mem();
         let (fw, mut bus) = dev(m.clone());
-        let sel = fw.lock().unwrap().add_file_writable("etc/test-w", vec![0; 8]).unwrap();
-        let ro = fw.lock().unwrap().file_selector("etc/boot-fail-wait").unwrap();
+        let sel = fw.lock().unwrap().items_mut().add_file_writable("etc/test-w", vec![0; 8]).unwrap();
+        let ro = fw.lock().unwrap().items().file_selector("etc/boot-fail-wait").unwrap();
         m.write(GuestAddress(0x2000), &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
         let wr = |key: u16| (u32::from(key) << 16) | DMA_CTL_SELECT | DMA_CTL_WRITE;
         // Read-only item: error, unchanged.
         assert_eq!(dma(&mut bus, &m, 0x1000, wr(ro), 4, 0x2000), 1);
-        assert_eq!(fw.lock().unwrap().file_data("etc/boot-fail-wait").unwrap(), [0xff; 4]);
+        assert_eq!(fw.lock().unwrap().items().file_data("etc/boot-fail-wait").unwrap(), [0xff; 4]);
         // Partial write (runs past the end): error.
         assert_eq!(dma(&mut bus, &m, 0x1000, wr(sel), 9, 0x2000), 1);
-        assert_eq!(fw.lock().unwrap().file_data("etc/test-w").unwrap(), [0; 8]);
+        assert_eq!(fw.lock().unwrap().items().file_data("etc/test-w").unwrap(), [0; 8]);
         // Exact-fit write at an offset: skip 2, write 6.
         assert_eq!(dma(&mut bus, &m, 0x1000, (u32::from(sel) << 16) | DMA_CTL_SELECT | DMA_CTL_SKIP, 2, 0), 0);
         assert_eq!(dma(&mut bus, &m, 0x1000, DMA_CTL_WRITE, 6, 0x2000), 0);
-        assert_eq!(fw.lock().unwrap().file_data("etc/test-w").unwrap(), [0, 0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(fw.lock().unwrap().items().file_data("etc/test-w").unwrap(), [0, 0, 1, 2, 3, 4, 5, 6]);
         // Guest source unmapped: error, unchanged.
         assert_eq!(dma(&mut bus, &m, 0x1000, wr(sel), 8, 0x9fffc), 1);
-        assert_eq!(fw.lock().unwrap().file_data("etc/test-w").unwrap(), [0, 0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(fw.lock().unwrap().items().file_data("etc/test-w").unwrap(), [0, 0, 1, 2, 3, 4, 5, 6]);
         // Write past the end: error.
         assert_eq!(dma(&mut bus, &m, 0x1000, DMA_CTL_WRITE, 1, 0x2000), 1);
     }
@@ -1185,7 +812,8 @@ mod tests {
         let m = mem();
         let (fw, mut bus) = dev(m.clone());
         {
-            let mut f = fw.lock().unwrap();
+            let mut guard = fw.lock().unwrap();
+            let f = guard.items_mut();
             assert_eq!(f.file_names(), ["bios-geometry", "bootorder", "etc/boot-fail-wait"]);
             assert_eq!(f.add_file("zz", vec![1]).unwrap(), 0x23);
             // "a" sorts first: every other file moves up one selector.
@@ -1224,61 +852,24 @@ mod tests {
     }
 
     #[test]
-    fn file_slots_run_out_and_keys_are_checked() {
-        let m = mem();
-        let mut f = FwCfg::new(m.clone(), FwCfgOptions { file_slots: 0x10, ..Default::default() }).unwrap();
-        for i in 0..13 {
-            f.add_file(&format!("f{i:02}"), vec![]).unwrap();
-        }
-        assert!(matches!(f.add_file("g", vec![]), Err(FwCfgError::NoFileSlots { .. })));
-        assert!(matches!(f.add_bytes(keys::SIGNATURE, vec![]), Err(FwCfgError::KeyInUse { .. })));
-        assert!(matches!(f.add_bytes(keys::FILE_DIR, vec![]), Err(FwCfgError::BadKey { .. })));
-        assert!(matches!(f.add_bytes(0x20, vec![]), Err(FwCfgError::BadKey { .. })));
-        assert!(matches!(f.add_bytes(0x4007, vec![]), Err(FwCfgError::BadKey { .. })));
-        f.add_u32(keys::ARCH_LOCAL | 2, 1).unwrap();
-        assert_eq!(f.item_data(keys::ARCH_LOCAL | 2), Some(&[1u8, 0, 0, 0][..]));
-        f.add_u64(keys::RAM_SIZE, 0x1122).unwrap();
-        assert_eq!(f.item_data(keys::RAM_SIZE), Some(&[0x22u8, 0x11, 0, 0, 0, 0, 0, 0][..]));
-        assert!(FwCfg::new(m, FwCfgOptions { file_slots: 0xf, ..Default::default() }).is_err());
-    }
-
-    #[test]
     fn bootorder_and_genroms_byte_exact() {
         let m = mem();
         let (fw, mut bus) = dev(m.clone());
-        assert_eq!(fw.lock().unwrap().file_data("bootorder").unwrap(), b"");
-        assert_eq!(fw.lock().unwrap().file_data("bios-geometry").unwrap(), b"");
-        fw.lock().unwrap().add_boot_device(5, "/pci@i0cf8/ide@1,1/drive@0/disk@0").unwrap();
-        fw.lock().unwrap().add_boot_rom("linuxboot_dma.bin", vec![0x55, 0xaa, 1]).unwrap();
-        let f = fw.lock().unwrap();
+        assert_eq!(fw.lock().unwrap().items().file_data("bootorder").unwrap(), b"");
+        assert_eq!(fw.lock().unwrap().items().file_data("bios-geometry").unwrap(), b"");
+        fw.lock().unwrap().items_mut().add_boot_device(5, "/pci@i0cf8/ide@1,1/drive@0/disk@0").unwrap();
+        fw.lock().unwrap().items_mut().add_boot_rom("linuxboot_dma.bin", vec![0x55, 0xaa, 1]).unwrap();
+        let guard = fw.lock().unwrap();
+        let f = guard.items();
         assert_eq!(
             f.file_data("bootorder").unwrap(),
             b"/rom@genroms/linuxboot_dma.bin\n/pci@i0cf8/ide@1,1/drive@0/disk@0\0"
         );
         assert_eq!(f.file_data("genroms/linuxboot_dma.bin").unwrap(), [0x55, 0xaa, 1]);
         let sel = f.file_selector("genroms/linuxboot_dma.bin").unwrap();
-        drop(f);
+        drop(guard);
         select(&mut bus, sel);
         assert_eq!(read_bytes(&mut bus, 3), [0x55, 0xaa, 1]);
-
-        let (fw, _) = dev(mem());
-        let mut f = fw.lock().unwrap();
-        f.add_boot_rom("pvh.bin", vec![1]).unwrap();
-        assert_eq!(f.file_data("bootorder").unwrap(), b"/rom@genroms/pvh.bin\0");
-        assert_eq!(f.file_data("bootorder").unwrap().len(), 21);
-        assert!(matches!(f.add_boot_rom("multiboot_dma.bin", vec![]), Err(FwCfgError::BootIndexInUse { .. })));
-        assert!(f.file_data("genroms/multiboot_dma.bin").is_none(), "no half-added ROM");
-        assert!(matches!(f.add_boot_rom("../x", vec![]), Err(FwCfgError::BadRomName { .. })));
-    }
-
-    #[test]
-    fn modify_file_replaces_or_adds() {
-        let (fw, _) = dev(mem());
-        let mut f = fw.lock().unwrap();
-        f.modify_file("etc/boot-fail-wait", vec![1, 0, 0, 0]).unwrap();
-        assert_eq!(f.file_data("etc/boot-fail-wait").unwrap(), [1, 0, 0, 0]);
-        f.modify_file("new", vec![9]).unwrap();
-        assert_eq!(f.file_data("new").unwrap(), [9]);
     }
 
     #[test]
@@ -1304,7 +895,7 @@ mod tests {
     }
 
     fn make() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::pc(RAM).unwrap()), FwCfgOptions::default()).unwrap()
+        FwCfg::new(Arc::new(TestMemory::pc(RAM).unwrap()), FwCfgItems::new(&FwCfgOptions::default()).unwrap())
     }
 
     state_conformance!(state_conformance_fw_cfg, make(), |d: &mut FwCfg| {

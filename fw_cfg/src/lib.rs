@@ -1,8 +1,11 @@
 //! QEMU's fw_cfg device and the direct kernel boot loaders that fill it.
 //!
+//! * [`items`]: what the device serves (the item table, the file directory,
+//!   the boot order), built before guest memory exists;
 //! * [`device`]: the fw_cfg device itself (selector/data ports 0x510/0x511
 //!   and the DMA interface at 0x514), following QEMU's
-//!   `docs/specs/fw_cfg.rst` and `hw/nvram/fw_cfg.c`.
+//!   `docs/specs/fw_cfg.rst` and `hw/nvram/fw_cfg.c`; it serves an
+//!   [`FwCfgItems`] against guest memory.
 //! * [`plan`]: the types the loaders share (format, RAM layout, files,
 //!   errors); the loaders import it, never [`boot`].
 //! * [`boot`]: reads the `-kernel`/`-initrd`/`-append` files, detects the
@@ -11,11 +14,12 @@
 //!   [`multiboot`] (Multiboot 0.6.96, QEMU `hw/i386/multiboot.c`) or
 //!   [`pvh`] (the Xen PVH entry ELF note, QEMU `load_elfboot`).
 //!
-//! The loaders never write guest memory themselves: everything goes into
-//! fw_cfg items, which QEMU's option ROMs (`linuxboot_dma.bin`,
-//! `multiboot_dma.bin`, `pvh.bin`) or ours copy into the guest at boot. The
-//! only exception is PVH, whose ELF segments QEMU places in RAM directly;
-//! [`boot::BootPlan::guest_writes`] hands them to the caller.
+//! The loaders never write guest memory themselves: everything goes into an
+//! [`FwCfgItems`], filled before any device or guest memory exists, which
+//! QEMU's option ROMs (`linuxboot_dma.bin`, `multiboot_dma.bin`, `pvh.bin`)
+//! or ours copy into the guest at boot. The only exception is PVH, whose ELF
+//! segments QEMU places in RAM directly; [`plan::BootPlan::guest_writes`]
+//! hands them to the caller.
 //!
 //! The DMA engine is reachable from the guest, so the crate denies the lints
 //! that could turn hostile input into a panic.
@@ -24,11 +28,13 @@ mod elf;
 
 pub mod boot;
 pub mod device;
+pub mod items;
 pub mod linux;
 pub mod multiboot;
 pub mod plan;
 pub mod pvh;
 
 pub use boot::{detect, load};
-pub use device::{keys, FwCfg, FwCfgError, FwCfgOptions, FwCfgState};
+pub use device::{FwCfg, FwCfgState};
+pub use items::{keys, FwCfgError, FwCfgItems, FwCfgOptions};
 pub use plan::{BootFiles, BootPlan, BootProtocol, LoadError, LoadedFile, RamLayout};

@@ -43,7 +43,7 @@ use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 
 use crate::bytes::{le_u16, le_u32};
-use crate::device::{keys, FwCfg};
+use crate::items::{keys, FwCfgItems};
 use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout};
 
 /// "HdrS" at 0x202.
@@ -106,18 +106,69 @@ fn vga_mode(cmdline: &str) -> Result<Option<u16>, String> {
     }
 }
 
+/// A bzImage whose header passed the checks: its boot protocol, the first
+/// 8 KiB (which QEMU patches), the setup header, and where setup ends.
+struct Image<'a> {
+    protocol: u16,
+    header: [u8; HEADER_SIZE],
+    hdr: setup_header,
+    setup_part: &'a [u8],
+    kernel_part: &'a [u8],
+}
+
+/// Where things go in the guest (see the module docs' table).
+struct Addresses {
+    real_addr: u32,
+    cmdline_addr: u32,
+    prot_addr: u32,
+    /// The end of the protected-mode kernel.
+    kernel_end: u64,
+    /// The highest address the initrd may use (exclusive).
+    initrd_max: u64,
+}
+
+/// The initrd placed: its address, size and bytes.
+struct PlacedInitrd {
+    addr: u32,
+    size: u32,
+    data: Vec<u8>,
+}
+
 /// Loads bzImage `kernel` (and `initrd`) into `fw`'s loader keys.
 ///
 /// # Errors
 /// Not a bzImage, too old, truncated, command line too long or with NUL,
 /// bad `vga=`, kernel or initrd not fitting in RAM, keys already set.
 pub fn load(
-    fw: &mut FwCfg,
+    fw: &mut FwCfgItems,
     kernel: &LoadedFile,
     initrd: Option<LoadedFile>,
     cmdline: &str,
     layout: &RamLayout,
 ) -> Result<LinuxInfo, LoadError> {
+    let path = &kernel.path;
+    let mut image = read_image(kernel)?;
+    check_cmdline(kernel, &image, cmdline)?;
+    let at = plan_addresses(kernel, &image, cmdline, layout)?;
+    patch_header(kernel, &mut image, &at, cmdline)?;
+    let initrd = initrd.map(|rd| place_initrd(rd, &at, &mut image.hdr)).transpose()?;
+    let setup = patched_setup(&image, &at);
+    let info = LinuxInfo {
+        protocol: image.protocol,
+        setup_addr: at.real_addr,
+        setup_size: setup.len() as u32,
+        cmdline_addr: at.cmdline_addr,
+        kernel_addr: at.prot_addr,
+        kernel_size: image.kernel_part.len() as u32,
+        initrd: initrd.as_ref().map(|rd| (rd.addr, rd.size)),
+    };
+    fill(fw, &info, cmdline, initrd, image.kernel_part, setup).map_err(LoadError::fw(path))?;
+    Ok(info)
+}
+
+/// Checks the header: "HdrS", protocol >= 2.00, LOADED_HIGH, and that the
+/// file holds the setup and (>= 2.04) `syssize * 16` protected-mode bytes.
+fn read_image(kernel: &LoadedFile) -> Result<Image<'_>, LoadError> {
     let path = &kernel.path;
     let img = kernel.data.as_slice();
     if !has_hdrs(img) {
@@ -141,9 +192,8 @@ pub fn load(
     if let (Some(dst), Some(src)) = (header.get_mut(..n), img.get(..n)) {
         dst.copy_from_slice(src);
     }
-    let hdr_range = SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>();
-    let mut hdr: setup_header =
-        header.get(hdr_range.clone()).and_then(setup_header::from_slice).copied().unwrap_or_default();
+    let hdr: setup_header =
+        header.get(setup_header_range()).and_then(setup_header::from_slice).copied().unwrap_or_default();
 
     if hdr.loadflags & LOADED_HIGH == 0 {
         return Err(LoadError::Unsupported {
@@ -170,23 +220,44 @@ pub fn load(
             ),
         });
     }
+    Ok(Image { protocol, header, hdr, setup_part, kernel_part })
+}
 
+fn setup_header_range() -> std::ops::Range<usize> {
+    SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>()
+}
+
+/// No NUL, and at most `cmdline_size` bytes (>= 2.06; 255 before).
+fn check_cmdline(kernel: &LoadedFile, image: &Image<'_>, cmdline: &str) -> Result<(), LoadError> {
+    let path = &kernel.path;
     if cmdline.contains('\0') {
         return Err(LoadError::CmdlineNul { path: path.clone() });
     }
-    let max_cmdline = if protocol >= 0x206 { u64::from(hdr.cmdline_size) } else { 255 };
+    let max_cmdline = if image.protocol >= 0x206 { u64::from(image.hdr.cmdline_size) } else { 255 };
     if cmdline.len() as u64 > max_cmdline {
         return Err(LoadError::CmdlineTooLong { path: path.clone(), len: cmdline.len(), max: max_cmdline });
     }
+    Ok(())
+}
 
-    // Addresses (LOADED_HIGH is set, see above).
+/// The addresses by protocol, the kernel checked to fit in low RAM, and
+/// QEMU's `initrd_max`.
+fn plan_addresses(
+    kernel: &LoadedFile,
+    image: &Image<'_>,
+    cmdline: &str,
+    layout: &RamLayout,
+) -> Result<Addresses, LoadError> {
+    let protocol = image.protocol;
+    let kernel_len = image.kernel_part.len() as u64;
+    // LOADED_HIGH is set (read_image checks).
     let aligned_cmdline = ((cmdline.len() as u32) + 16) & !15;
     let (real_addr, cmdline_addr, prot_addr): (u32, u32, u32) =
         if protocol < 0x202 { (0x90000, 0x9a000 - aligned_cmdline, 0x10_0000) } else { (0x10000, 0x20000, 0x10_0000) };
     let kernel_end = u64::from(prot_addr) + kernel_len;
     if kernel_end > layout.below_4g {
         return Err(LoadError::KernelTooLarge {
-            path: path.clone(),
+            path: kernel.path.clone(),
             what: "the protected-mode kernel",
             addr: u64::from(prot_addr),
             size: kernel_len,
@@ -194,6 +265,7 @@ pub fn load(
         });
     }
 
+    let hdr = &image.hdr;
     let mut initrd_max: u64 = if protocol >= 0x20c && hdr.xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G != 0 {
         u64::from(u32::MAX)
     } else if protocol >= 0x203 {
@@ -205,96 +277,101 @@ pub fn load(
     if initrd_max > ceiling {
         initrd_max = ceiling;
     }
+    Ok(Addresses { real_addr, cmdline_addr, prot_addr, kernel_end, initrd_max })
+}
 
-    // Header patches.
+/// QEMU's header patches: `cmd_line_ptr`, `vid_mode` from `vga=`,
+/// `type_of_loader`, and the heap (see the module docs).
+fn patch_header(kernel: &LoadedFile, image: &mut Image<'_>, at: &Addresses, cmdline: &str) -> Result<(), LoadError> {
+    let protocol = image.protocol;
+    let hdr = &mut image.hdr;
     if protocol >= 0x202 {
-        hdr.cmd_line_ptr = cmdline_addr;
+        hdr.cmd_line_ptr = at.cmdline_addr;
     }
     match vga_mode(cmdline) {
         Ok(Some(mode)) => hdr.vid_mode = mode,
         Ok(None) => {}
-        Err(value) => return Err(LoadError::BadVgaMode { path: path.clone(), value }),
+        Err(value) => return Err(LoadError::BadVgaMode { path: kernel.path.clone(), value }),
     }
     hdr.type_of_loader = TYPE_OF_LOADER_QEMU;
     if protocol >= 0x201 {
         hdr.loadflags |= CAN_USE_HEAP;
-        hdr.heap_end_ptr = (cmdline_addr - real_addr - 0x200) as u16;
+        hdr.heap_end_ptr = (at.cmdline_addr - at.real_addr - 0x200) as u16;
     }
+    Ok(())
+}
 
-    let mut initrd_info = None;
-    let mut initrd_data = None;
-    if let Some(rd) = initrd {
-        let size = rd.data.len() as u64;
-        let addr = initrd_max.checked_sub(size).filter(|_| size < initrd_max).map(|a| a & !0xfff);
-        let available = initrd_max.saturating_sub(kernel_end);
-        let Some(addr) = addr.filter(|&a| a >= kernel_end) else {
-            return Err(LoadError::InitrdTooLarge {
-                what: "initrd",
-                path: rd.path,
-                size,
-                available,
-                ceiling: initrd_max,
-            });
-        };
-        // addr < initrd_max <= u32::MAX and size < initrd_max.
-        let (addr, size) = (addr as u32, size as u32);
-        hdr.ramdisk_image = addr;
-        hdr.ramdisk_size = size;
-        initrd_info = Some((addr, size));
-        initrd_data = Some(rd.data);
-    }
+/// Puts the initrd as high as `initrd_max` allows, page-aligned, above the
+/// kernel, and records it in the header.
+fn place_initrd(rd: LoadedFile, at: &Addresses, hdr: &mut setup_header) -> Result<PlacedInitrd, LoadError> {
+    let initrd_max = at.initrd_max;
+    let size = rd.data.len() as u64;
+    let addr = initrd_max.checked_sub(size).filter(|_| size < initrd_max).map(|a| a & !0xfff);
+    let available = initrd_max.saturating_sub(at.kernel_end);
+    let Some(addr) = addr.filter(|&a| a >= at.kernel_end) else {
+        return Err(LoadError::InitrdTooLarge { what: "initrd", path: rd.path, size, available, ceiling: initrd_max });
+    };
+    // addr < initrd_max <= u32::MAX and size < initrd_max.
+    let (addr, size) = (addr as u32, size as u32);
+    hdr.ramdisk_image = addr;
+    hdr.ramdisk_size = size;
+    Ok(PlacedInitrd { addr, size, data: rd.data })
+}
 
-    if let Some(dst) = header.get_mut(hdr_range) {
-        dst.copy_from_slice(hdr.as_slice());
+/// The setup sectors with QEMU's patched header (and, before 2.02, the old
+/// command-line magic at 0x20).
+fn patched_setup(image: &Image<'_>, at: &Addresses) -> Vec<u8> {
+    let mut header = image.header;
+    if let Some(dst) = header.get_mut(setup_header_range()) {
+        dst.copy_from_slice(image.hdr.as_slice());
     }
-    if protocol < 0x202 {
-        let off = (cmdline_addr - real_addr) as u16;
+    if image.protocol < 0x202 {
+        let off = (at.cmdline_addr - at.real_addr) as u16;
         if let Some(dst) = header.get_mut(0x20..0x24) {
             dst.copy_from_slice(&[0x3f, 0xa3, off as u8, (off >> 8) as u8]);
         }
     }
-    let mut setup = setup_part.to_vec();
+    let mut setup = image.setup_part.to_vec();
     let patched = setup.len().min(HEADER_SIZE);
     if let (Some(dst), Some(src)) = (setup.get_mut(..patched), header.get(..patched)) {
         dst.copy_from_slice(src);
     }
+    setup
+}
 
-    let fwerr = LoadError::fw(path);
+/// Writes the loader keys QEMU sets, in QEMU's order.
+fn fill(
+    fw: &mut FwCfgItems,
+    info: &LinuxInfo,
+    cmdline: &str,
+    initrd: Option<PlacedInitrd>,
+    kernel_part: &[u8],
+    setup: Vec<u8>,
+) -> Result<(), crate::items::FwCfgError> {
     let mut cmd = cmdline.as_bytes().to_vec();
     cmd.push(0);
-    fw.add_u32(keys::CMDLINE_ADDR, cmdline_addr).map_err(&fwerr)?;
-    fw.add_u32(keys::CMDLINE_SIZE, cmd.len() as u32).map_err(&fwerr)?;
-    fw.add_bytes(keys::CMDLINE_DATA, cmd).map_err(&fwerr)?;
-    if let (Some((addr, size)), Some(data)) = (initrd_info, initrd_data) {
-        fw.add_u32(keys::INITRD_ADDR, addr).map_err(&fwerr)?;
-        fw.add_u32(keys::INITRD_SIZE, size).map_err(&fwerr)?;
-        fw.add_bytes(keys::INITRD_DATA, data).map_err(&fwerr)?;
+    fw.add_u32(keys::CMDLINE_ADDR, info.cmdline_addr)?;
+    fw.add_u32(keys::CMDLINE_SIZE, cmd.len() as u32)?;
+    fw.add_bytes(keys::CMDLINE_DATA, cmd)?;
+    if let Some(rd) = initrd {
+        fw.add_u32(keys::INITRD_ADDR, rd.addr)?;
+        fw.add_u32(keys::INITRD_SIZE, rd.size)?;
+        fw.add_bytes(keys::INITRD_DATA, rd.data)?;
     }
-    fw.add_u32(keys::KERNEL_ADDR, prot_addr).map_err(&fwerr)?;
-    fw.add_u32(keys::KERNEL_SIZE, kernel_len as u32).map_err(&fwerr)?;
-    fw.add_bytes(keys::KERNEL_DATA, kernel_part.to_vec()).map_err(&fwerr)?;
-    fw.add_u32(keys::SETUP_ADDR, real_addr).map_err(&fwerr)?;
-    fw.add_u32(keys::SETUP_SIZE, setup_size as u32).map_err(&fwerr)?;
-    fw.add_bytes(keys::SETUP_DATA, setup).map_err(&fwerr)?;
-
-    Ok(LinuxInfo {
-        protocol,
-        setup_addr: real_addr,
-        setup_size: setup_size as u32,
-        cmdline_addr,
-        kernel_addr: prot_addr,
-        kernel_size: kernel_len as u32,
-        initrd: initrd_info,
-    })
+    fw.add_u32(keys::KERNEL_ADDR, info.kernel_addr)?;
+    fw.add_u32(keys::KERNEL_SIZE, info.kernel_size)?;
+    fw.add_bytes(keys::KERNEL_DATA, kernel_part.to_vec())?;
+    fw.add_u32(keys::SETUP_ADDR, info.setup_addr)?;
+    fw.add_u32(keys::SETUP_SIZE, info.setup_size)?;
+    fw.add_bytes(keys::SETUP_DATA, setup)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::device::FwCfgOptions;
+    use crate::items::FwCfgOptions;
     use std::path::PathBuf;
-    use std::sync::{Arc, OnceLock};
-    use xendm_devices::mem::TestMemory;
+    use std::sync::OnceLock;
 
     /// Debian's bzImage, fetched (and cached) by `tests/guest/fetch-kernel`.
     pub(crate) fn kernel_path() -> PathBuf {
@@ -318,15 +395,15 @@ pub(crate) mod tests {
         LoadedFile::read(&kernel_path(), "kernel").unwrap()
     }
 
-    fn fw() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    fn fw() -> FwCfgItems {
+        FwCfgItems::new(&FwCfgOptions::default()).unwrap()
     }
 
     fn rd(len: usize) -> LoadedFile {
         LoadedFile { path: "initrd.img".into(), data: vec![0x5a; len] }
     }
 
-    fn u32_key(fw: &FwCfg, key: u16) -> u32 {
+    fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
         u32::from_le_bytes(fw.item_data(key).unwrap().try_into().unwrap())
     }
 

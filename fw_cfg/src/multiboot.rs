@@ -11,7 +11,7 @@
 //!
 //! 1. the kernel image (with its zeroed BSS), padded to 4 KiB;
 //! 2. one 16-byte module record per module {start, end, cmdline, 0};
-//! 3. command lines: each module's spec string, then "<kernel path> <cmdline>";
+//! 3. command lines: each module's spec string, then `"<kernel path> <cmdline>"`;
 //! 4. the boot loader name "qemu"; padding to 4 KiB;
 //! 5. each module file, each padded to 4 KiB.
 //!
@@ -33,8 +33,8 @@
 use std::path::Path;
 
 use crate::bytes::{le_u32, page_align, put_bytes, put_le_u32};
-use crate::device::{keys, FwCfg};
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
+use crate::items::{keys, FwCfgItems};
 use crate::plan::BootProtocol;
 use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 
@@ -132,52 +132,59 @@ fn too_big(path: &Path, size: u64) -> LoadError {
 
 /// The kernel image: (load address, entry, bytes including zeroed BSS).
 fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Vec<u8>), LoadError> {
+    if hdr.flags & FLAG_AOUT_KLUDGE == 0 {
+        elf_image(kernel)
+    } else {
+        aout_image(kernel, hdr)
+    }
+}
+
+/// A 32-bit ELF kernel: its PT_LOAD segments laid out from the lowest.
+fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Vec<u8>), LoadError> {
     let path = kernel.path.as_path();
     let img = kernel.data.as_slice();
-    if hdr.flags & FLAG_AOUT_KLUDGE == 0 {
-        let e = elf::parse(img).map_err(|e| bad(path, format!("multiboot header without load addresses, and {e}")))?;
-        if e.machine == EM_X86_64 || e.class64 {
-            return Err(LoadError::Unsupported {
-                path: path.to_path_buf(),
-                reason: "cannot load a 64-bit multiboot ELF; give a 32-bit one".into(),
-            });
-        }
-        if e.machine != EM_386 {
-            return Err(LoadError::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!("ELF machine {} is not i386", e.machine),
-            });
-        }
-        let loads: Vec<_> = e.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
-        let low =
-            loads.iter().map(|p| p.paddr).min().ok_or_else(|| bad(path, "the ELF file has no PT_LOAD segment"))?;
-        let mut high = low;
-        for p in &loads {
-            if p.filesz > p.memsz {
-                return Err(bad(path, format!("segment at {:#x} has more file bytes than memory bytes", p.paddr)));
-            }
-            let end = p
-                .paddr
-                .checked_add(p.memsz)
-                .filter(|&e| e <= 1 << 32)
-                .ok_or_else(|| bad(path, "segment beyond 4 GiB"))?;
-            high = high.max(end);
-        }
-        let size = high - low;
-        if size > MAX_FILE_SIZE {
-            return Err(too_big(path, size));
-        }
-        let mut buf = vec![0u8; size as usize];
-        for p in &loads {
-            let data = elf::segment_bytes(img, p).map_err(|e| truncated(path, e.to_string()))?;
-            put_bytes(&mut buf, (p.paddr - low) as usize, data)
-                .ok_or_else(|| bad(path, "segment outside the image"))?;
-        }
-        let entry = u32::try_from(e.entry).map_err(|_| bad(path, "entry point beyond 4 GiB"))?;
-        return Ok((low as u32, entry, buf));
+    let e = elf::parse(img).map_err(|e| bad(path, format!("multiboot header without load addresses, and {e}")))?;
+    if e.machine == EM_X86_64 || e.class64 {
+        return Err(LoadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "cannot load a 64-bit multiboot ELF; give a 32-bit one".into(),
+        });
     }
+    if e.machine != EM_386 {
+        return Err(LoadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!("ELF machine {} is not i386", e.machine),
+        });
+    }
+    let loads: Vec<_> = e.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
+    let low = loads.iter().map(|p| p.paddr).min().ok_or_else(|| bad(path, "the ELF file has no PT_LOAD segment"))?;
+    let mut high = low;
+    for p in &loads {
+        if p.filesz > p.memsz {
+            return Err(bad(path, format!("segment at {:#x} has more file bytes than memory bytes", p.paddr)));
+        }
+        let end =
+            p.paddr.checked_add(p.memsz).filter(|&e| e <= 1 << 32).ok_or_else(|| bad(path, "segment beyond 4 GiB"))?;
+        high = high.max(end);
+    }
+    let size = high - low;
+    if size > MAX_FILE_SIZE {
+        return Err(too_big(path, size));
+    }
+    let mut buf = vec![0u8; size as usize];
+    for p in &loads {
+        let data = elf::segment_bytes(img, p).map_err(|e| truncated(path, e.to_string()))?;
+        put_bytes(&mut buf, (p.paddr - low) as usize, data).ok_or_else(|| bad(path, "segment outside the image"))?;
+    }
+    let entry = u32::try_from(e.entry).map_err(|_| bad(path, "entry point beyond 4 GiB"))?;
+    Ok((low as u32, entry, buf))
+}
 
-    // a.out kludge: header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr.
+/// The a.out kludge: the header's header_addr, load_addr, load_end_addr,
+/// bss_end_addr and entry_addr place the file's bytes.
+fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Vec<u8>), LoadError> {
+    let path = kernel.path.as_path();
+    let img = kernel.data.as_slice();
     let field = |n: usize| {
         le_u32(img, hdr.offset + 12 + 4 * n).ok_or_else(|| truncated(path, "multiboot header address fields"))
     };
@@ -226,6 +233,86 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
     Ok((load_addr, entry, buf))
 }
 
+/// The buffer QEMU hands the ROM as `KERNEL_DATA`: the image, then the
+/// module records, command lines and boot loader name, then each module,
+/// every part page-aligned. Addresses are `phys` + offset.
+struct MbBuffer<'a> {
+    path: &'a Path,
+    layout: &'a RamLayout,
+    phys: u64,
+    buf: Vec<u8>,
+    size: u64,
+}
+
+impl MbBuffer<'_> {
+    /// Whether `phys + size` is still low RAM.
+    fn fits(&self, size: u64) -> bool {
+        self.phys.checked_add(size).is_some_and(|end| end <= self.layout.below_4g)
+    }
+
+    fn too_large(&self, size: u64) -> LoadError {
+        LoadError::KernelTooLarge {
+            path: self.path.to_path_buf(),
+            what: "the multiboot kernel, modules and information",
+            addr: self.phys,
+            size,
+            layout: layout_text(self.layout),
+        }
+    }
+
+    fn layout_err(&self) -> LoadError {
+        bad(self.path, "internal layout error building the multiboot buffer")
+    }
+
+    /// Puts `s` and a NUL at `*off`, moves `*off` past them, returns the
+    /// string's guest address.
+    fn add_string(&mut self, off: &mut u64, s: &[u8]) -> Result<u32, LoadError> {
+        let at = *off;
+        put_bytes(&mut self.buf, at as usize, s).ok_or_else(|| self.layout_err())?;
+        put_bytes(&mut self.buf, at as usize + s.len(), &[0]).ok_or_else(|| self.layout_err())?;
+        *off += s.len() as u64 + 1;
+        u32::try_from(self.phys + at).map_err(|_| self.layout_err())
+    }
+
+    /// Appends each module (page-aligned) with its record at `off_mbinfo`
+    /// and its command line at `*off_cmdlines`: `(start, end)` of each.
+    fn add_modules(
+        &mut self,
+        specs: &[String],
+        off_mbinfo: u64,
+        off_cmdlines: &mut u64,
+        read: &mut dyn FnMut(&Path) -> Result<LoadedFile, LoadError>,
+    ) -> Result<Vec<(u32, u32)>, LoadError> {
+        let mut modules = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let file_name = spec.split(' ').next().unwrap_or("");
+            let module = read(Path::new(file_name))?;
+            let cmd_phys = self.add_string(off_cmdlines, spec.as_bytes())?;
+            let offs = self.size;
+            let len = module.data.len() as u64;
+            self.size = page_align(offs + len).ok_or_else(|| too_big(self.path, u64::MAX))?;
+            if !self.fits(self.size) {
+                return Err(LoadError::InitrdTooLarge {
+                    what: "multiboot module",
+                    path: module.path,
+                    size: len,
+                    available: self.layout.below_4g.saturating_sub(self.phys + offs),
+                    ceiling: self.layout.below_4g,
+                });
+            }
+            self.buf.resize(self.size as usize, 0);
+            put_bytes(&mut self.buf, offs as usize, &module.data).ok_or_else(|| self.layout_err())?;
+            let (start, end) = ((self.phys + offs) as u32, (self.phys + offs + len) as u32);
+            let rec = off_mbinfo as usize + i * MB_MOD_SIZE as usize;
+            for (at, v) in [(rec, start), (rec + 4, end), (rec + 8, cmd_phys)] {
+                put_le_u32(&mut self.buf, at, v).ok_or_else(|| self.layout_err())?;
+            }
+            modules.push((start, end));
+        }
+        Ok(modules)
+    }
+}
+
 /// Loads multiboot `kernel` with modules from `initrd_spec`, reading each
 /// module with `read`.
 ///
@@ -233,7 +320,7 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
 /// No header, bad addresses, truncated image, unreadable module, a buffer
 /// that does not fit in RAM, keys already set.
 pub fn load(
-    fw: &mut FwCfg,
+    fw: &mut FwCfgItems,
     kernel: &LoadedFile,
     initrd_spec: Option<&str>,
     cmdline: &str,
@@ -254,7 +341,7 @@ pub fn load(
     if cmdline.contains('\0') {
         return Err(LoadError::CmdlineNul { path: path.to_path_buf() });
     }
-    let (load_addr, entry, mut buf) = kernel_image(kernel, hdr)?;
+    let (load_addr, entry, buf) = kernel_image(kernel, hdr)?;
     let phys = u64::from(load_addr);
     let kernel_path = path.to_string_lossy();
     let specs = initrd_spec.map(split_modules).unwrap_or_default();
@@ -268,63 +355,20 @@ pub fn load(
     size += cmdline_len + MB_MOD_SIZE * mods + BOOTLOADER_NAME.len() as u64 + 1;
     size = page_align(size).ok_or_else(|| too_big(path, u64::MAX))?;
     let mut off_cmdlines = off_mbinfo + mods * MB_MOD_SIZE;
-    let off_bootloader = off_cmdlines + cmdline_len;
+    let mut off_bootloader = off_cmdlines + cmdline_len;
 
-    let fits = |size: u64| phys.checked_add(size).is_some_and(|end| end <= layout.below_4g);
-    let too_large = |size: u64| LoadError::KernelTooLarge {
-        path: path.to_path_buf(),
-        what: "the multiboot kernel, modules and information",
-        addr: phys,
-        size,
-        layout: layout_text(layout),
-    };
-    if !fits(size) {
-        return Err(too_large(size));
+    let mut b = MbBuffer { path, layout, phys, buf, size };
+    if !b.fits(size) {
+        return Err(b.too_large(size));
     }
-    buf.resize(size as usize, 0);
-
-    let add_string = |buf: &mut Vec<u8>, off: &mut u64, s: &[u8]| -> Option<u32> {
-        let at = *off;
-        put_bytes(buf, at as usize, s)?;
-        put_bytes(buf, at as usize + s.len(), &[0])?;
-        *off += s.len() as u64 + 1;
-        u32::try_from(phys + at).ok()
-    };
-    let layout_err = || bad(path, "internal layout error building the multiboot buffer");
-
-    let mut modules = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let file_name = spec.split(' ').next().unwrap_or("");
-        let module = read(Path::new(file_name))?;
-        let cmd_phys = add_string(&mut buf, &mut off_cmdlines, spec.as_bytes()).ok_or_else(layout_err)?;
-        let offs = size;
-        let len = module.data.len() as u64;
-        size = page_align(offs + len).ok_or_else(|| too_big(path, u64::MAX))?;
-        if !fits(size) {
-            return Err(LoadError::InitrdTooLarge {
-                what: "multiboot module",
-                path: module.path,
-                size: len,
-                available: layout.below_4g.saturating_sub(phys + offs),
-                ceiling: layout.below_4g,
-            });
-        }
-        buf.resize(size as usize, 0);
-        put_bytes(&mut buf, offs as usize, &module.data).ok_or_else(layout_err)?;
-        let (start, end) = ((phys + offs) as u32, (phys + offs + len) as u32);
-        let rec = off_mbinfo as usize + i * MB_MOD_SIZE as usize;
-        put_le_u32(&mut buf, rec, start).ok_or_else(layout_err)?;
-        put_le_u32(&mut buf, rec + 4, end).ok_or_else(layout_err)?;
-        put_le_u32(&mut buf, rec + 8, cmd_phys).ok_or_else(layout_err)?;
-        modules.push((start, end));
-    }
-
+    b.buf.resize(size as usize, 0);
+    let modules = b.add_modules(&specs, off_mbinfo, &mut off_cmdlines, read)?;
     let kcmd = format!("{kernel_path} {cmdline}");
-    let kcmd_phys = add_string(&mut buf, &mut off_cmdlines, kcmd.as_bytes()).ok_or_else(layout_err)?;
-    let mut off_bl = off_bootloader;
-    let bl_phys = add_string(&mut buf, &mut off_bl, BOOTLOADER_NAME.as_bytes()).ok_or_else(layout_err)?;
+    let kcmd_phys = b.add_string(&mut off_cmdlines, kcmd.as_bytes())?;
+    let bl_phys = b.add_string(&mut off_bootloader, BOOTLOADER_NAME.as_bytes())?;
 
     // The image must not cover the information area the ROM fills.
+    let size = b.size;
     let info_end = u64::from(ADDR_MBI) + MBI_SIZE as u64;
     if phys < info_end && phys + size > u64::from(ADDR_E820_MAP) {
         return Err(bad(path, format!("the image at {phys:#x}+{size:#x} overlaps the multiboot information area {ADDR_E820_MAP:#x}..{info_end:#x}")));
@@ -341,33 +385,34 @@ pub fn load(
         (MBI_MMAP_ADDR, ADDR_E820_MAP),
         (MBI_BOOTLOADER, bl_phys),
     ] {
-        put_le_u32(&mut mbi, off, v).ok_or_else(layout_err)?;
+        put_le_u32(&mut mbi, off, v).ok_or_else(|| b.layout_err())?;
     }
+    let info = MultibootInfo { entry, load_addr, buffer_size: size as u32, modules };
+    fill(fw, &info, b.buf, &mbi).map_err(LoadError::fw(path))?;
+    Ok(info)
+}
 
-    let fwerr = LoadError::fw(path);
-    let size32 = size as u32;
-    fw.add_u32(keys::KERNEL_ENTRY, entry).map_err(&fwerr)?;
-    fw.add_u32(keys::KERNEL_ADDR, load_addr).map_err(&fwerr)?;
-    fw.add_u32(keys::KERNEL_SIZE, size32).map_err(&fwerr)?;
-    fw.add_bytes(keys::KERNEL_DATA, buf).map_err(&fwerr)?;
-    fw.add_u32(keys::INITRD_ADDR, ADDR_MBI).map_err(&fwerr)?;
-    fw.add_u32(keys::INITRD_SIZE, MBI_SIZE as u32).map_err(&fwerr)?;
-    fw.add_bytes(keys::INITRD_DATA, mbi.to_vec()).map_err(&fwerr)?;
-    Ok(MultibootInfo { entry, load_addr, buffer_size: size32, modules })
+/// Writes the keys QEMU's `multiboot_dma.bin` reads, in QEMU's order.
+fn fill(fw: &mut FwCfgItems, info: &MultibootInfo, buf: Vec<u8>, mbi: &[u8]) -> Result<(), crate::items::FwCfgError> {
+    fw.add_u32(keys::KERNEL_ENTRY, info.entry)?;
+    fw.add_u32(keys::KERNEL_ADDR, info.load_addr)?;
+    fw.add_u32(keys::KERNEL_SIZE, info.buffer_size)?;
+    fw.add_bytes(keys::KERNEL_DATA, buf)?;
+    fw.add_u32(keys::INITRD_ADDR, ADDR_MBI)?;
+    fw.add_u32(keys::INITRD_SIZE, MBI_SIZE as u32)?;
+    fw.add_bytes(keys::INITRD_DATA, mbi.to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::FwCfgOptions;
     use crate::elf::build::{elf, Seg};
+    use crate::items::FwCfgOptions;
     use std::collections::HashMap;
     use std::path::PathBuf;
-    use std::sync::Arc;
-    use xendm_devices::mem::TestMemory;
 
-    fn fw() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    fn fw() -> FwCfgItems {
+        FwCfgItems::new(&FwCfgOptions::default()).unwrap()
     }
 
     fn header(flags: u32, extra: &[u32]) -> Vec<u8> {
@@ -388,7 +433,7 @@ mod tests {
         LoadedFile { path: "/boot/mb.aout".into(), data: img }
     }
 
-    fn u32_key(fw: &FwCfg, key: u16) -> u32 {
+    fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
         u32::from_le_bytes(fw.item_data(key).unwrap().try_into().unwrap())
     }
 

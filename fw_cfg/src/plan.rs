@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::device::FwCfgError;
+use crate::items::FwCfgError;
 
 /// The largest kernel, initrd or module file we read.
 pub const MAX_FILE_SIZE: u64 = 512 << 20;
@@ -135,7 +135,7 @@ impl LoadedFile {
     }
 }
 
-/// What [`load`] did; the caller finishes the job.
+/// What [`crate::boot::load`] did; the caller finishes the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootPlan {
     pub protocol: BootProtocol,

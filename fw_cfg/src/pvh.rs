@@ -32,8 +32,8 @@
 use std::path::Path;
 
 use crate::bytes::le_u32;
-use crate::device::{keys, FwCfg};
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
+use crate::items::{keys, FwCfgItems};
 use crate::plan::BootProtocol;
 use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout, MAX_FILE_SIZE};
 
@@ -61,6 +61,14 @@ fn bad(path: &Path, detail: impl Into<String>) -> LoadError {
     LoadError::BadImage { path: path.to_path_buf(), detail: detail.into() }
 }
 
+/// The PT_LOAD segments planned: `[low, high)` and the bytes to write.
+struct Segments {
+    low32: u32,
+    size32: u32,
+    high: u64,
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
 /// Loads PVH ELF `kernel` (and `initrd`).
 ///
 /// # Errors
@@ -68,12 +76,41 @@ fn bad(path: &Path, detail: impl Into<String>) -> LoadError {
 /// truncated segments, segments outside RAM, initrd too large, command line
 /// too long, keys already set.
 pub fn load(
-    fw: &mut FwCfg,
+    fw: &mut FwCfgItems,
     kernel: &LoadedFile,
     initrd: Option<LoadedFile>,
     cmdline: &str,
     layout: &RamLayout,
 ) -> Result<PvhInfo, LoadError> {
+    let path = kernel.path.as_path();
+    let img = kernel.data.as_slice();
+    let (e, entry) = parse_entry(kernel)?;
+    if cmdline.contains('\0') {
+        return Err(LoadError::CmdlineNul { path: path.to_path_buf() });
+    }
+    if cmdline.len() > MAX_CMDLINE {
+        return Err(LoadError::CmdlineTooLong {
+            path: path.to_path_buf(),
+            len: cmdline.len(),
+            max: MAX_CMDLINE as u64,
+        });
+    }
+    let segs = plan_segments(kernel, &e, layout)?;
+    let initrd = initrd.map(|rd| place_initrd(rd, &segs, layout)).transpose()?;
+    let initrd_info = initrd.as_ref().map(|(addr, size, _)| (*addr, *size));
+
+    let mut setup = vec![0u8; SETUP_SIZE];
+    let n = img.len().min(SETUP_SIZE);
+    if let (Some(d), Some(s)) = (setup.get_mut(..n), img.get(..n)) {
+        d.copy_from_slice(s);
+    }
+    fill(fw, entry, &segs, cmdline, setup, initrd).map_err(LoadError::fw(path))?;
+    Ok(PvhInfo { entry, low: segs.low32, high: segs.high, segments: segs.writes, initrd: initrd_info })
+}
+
+/// The ELF headers checked for PVH (flags, x86, the entry note) and the
+/// 32-bit entry point.
+fn parse_entry(kernel: &LoadedFile) -> Result<(elf::Elf, u32), LoadError> {
     let path = kernel.path.as_path();
     let img = kernel.data.as_slice();
     let e = elf::parse(img).map_err(|err| match err {
@@ -111,18 +148,14 @@ pub fn load(
     if entry == 0 {
         return Err(bad(path, "the PVH entry point is 0"));
     }
-    if cmdline.contains('\0') {
-        return Err(LoadError::CmdlineNul { path: path.to_path_buf() });
-    }
-    if cmdline.len() > MAX_CMDLINE {
-        return Err(LoadError::CmdlineTooLong {
-            path: path.to_path_buf(),
-            len: cmdline.len(),
-            max: MAX_CMDLINE as u64,
-        });
-    }
+    Ok((e, entry))
+}
 
-    // Segments: [low, high) over all PT_LOAD headers, as QEMU's load_elf.
+/// Segments: `[low, high)` over all PT_LOAD headers, as QEMU's `load_elf`,
+/// each checked to fit in RAM; the bytes are file bytes then zeros up to
+/// `p_memsz`.
+fn plan_segments(kernel: &LoadedFile, e: &elf::Elf, layout: &RamLayout) -> Result<Segments, LoadError> {
+    let path = kernel.path.as_path();
     let loads: Vec<_> = e.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
     let low = loads.iter().map(|p| p.paddr).min().ok_or_else(|| bad(path, "the ELF file has no PT_LOAD segment"))?;
     let mut high = low;
@@ -151,9 +184,9 @@ pub fn load(
     }
     let low32 = u32::try_from(low).map_err(|_| bad(path, format!("the lowest segment {low:#x} is above 4 GiB")))?;
     let size32 = u32::try_from(high - low).map_err(|_| bad(path, "the segments span more than 4 GiB"))?;
-    let mut segments = Vec::new();
+    let mut writes = Vec::new();
     for p in &loads {
-        let data = elf::segment_bytes(img, p)
+        let data = elf::segment_bytes(&kernel.data, p)
             .map_err(|err| LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() })?;
         if p.memsz == 0 {
             continue;
@@ -161,68 +194,70 @@ pub fn load(
         let mut bytes = Vec::with_capacity(p.memsz as usize);
         bytes.extend_from_slice(data);
         bytes.resize(p.memsz as usize, 0);
-        segments.push((p.paddr, bytes));
+        writes.push((p.paddr, bytes));
     }
+    Ok(Segments { low32, size32, high, writes })
+}
 
-    let mut initrd_info = None;
-    let mut initrd_data = None;
-    if let Some(rd) = initrd {
-        let size = rd.data.len() as u64;
-        let ceiling = layout.initrd_ceiling().unwrap_or(0);
-        let addr = ceiling.checked_sub(size).filter(|_| size < ceiling).map(|a| a & !0xfff);
-        // Must not overlap the segments.
-        let addr = addr.filter(|&a| a >= high || a.saturating_add(size) <= low);
-        let Some(addr) = addr else {
-            return Err(LoadError::InitrdTooLarge {
-                what: "initrd",
-                path: rd.path,
-                size,
-                available: ceiling.saturating_sub(high),
-                ceiling,
-            });
-        };
-        initrd_info = Some((addr as u32, size as u32));
-        initrd_data = Some(rd.data);
-    }
+/// The initrd at the top of low RAM (QEMU's ceiling), page-aligned, not
+/// overlapping the segments: `(addr, size, bytes)`.
+fn place_initrd(rd: LoadedFile, segs: &Segments, layout: &RamLayout) -> Result<(u32, u32, Vec<u8>), LoadError> {
+    let size = rd.data.len() as u64;
+    let ceiling = layout.initrd_ceiling().unwrap_or(0);
+    let addr = ceiling.checked_sub(size).filter(|_| size < ceiling).map(|a| a & !0xfff);
+    let (low, high) = (u64::from(segs.low32), segs.high);
+    // Must not overlap the segments.
+    let addr = addr.filter(|&a| a >= high || a.saturating_add(size) <= low);
+    let Some(addr) = addr else {
+        return Err(LoadError::InitrdTooLarge {
+            what: "initrd",
+            path: rd.path,
+            size,
+            available: ceiling.saturating_sub(high),
+            ceiling,
+        });
+    };
+    Ok((addr as u32, size as u32, rd.data))
+}
 
-    let mut setup = vec![0u8; SETUP_SIZE];
-    let n = img.len().min(SETUP_SIZE);
-    if let (Some(d), Some(s)) = (setup.get_mut(..n), img.get(..n)) {
-        d.copy_from_slice(s);
-    }
+/// Writes the keys QEMU's `pvh.bin` reads, in QEMU's order.
+fn fill(
+    fw: &mut FwCfgItems,
+    entry: u32,
+    segs: &Segments,
+    cmdline: &str,
+    setup: Vec<u8>,
+    initrd: Option<(u32, u32, Vec<u8>)>,
+) -> Result<(), crate::items::FwCfgError> {
     let mut cmd = cmdline.as_bytes().to_vec();
     cmd.push(0);
-
-    let fwerr = LoadError::fw(path);
-    fw.add_u32(keys::KERNEL_ENTRY, entry).map_err(&fwerr)?;
-    fw.add_u32(keys::KERNEL_ADDR, low32).map_err(&fwerr)?;
-    fw.add_u32(keys::KERNEL_SIZE, size32).map_err(&fwerr)?;
-    fw.add_u32(keys::CMDLINE_SIZE, cmd.len() as u32).map_err(&fwerr)?;
-    fw.add_bytes(keys::CMDLINE_DATA, cmd).map_err(&fwerr)?;
-    fw.add_u32(keys::SETUP_SIZE, SETUP_SIZE as u32).map_err(&fwerr)?;
-    fw.add_bytes(keys::SETUP_DATA, setup).map_err(&fwerr)?;
-    if let (Some((addr, size)), Some(data)) = (initrd_info, initrd_data) {
-        fw.add_u32(keys::INITRD_ADDR, addr).map_err(&fwerr)?;
-        fw.add_u32(keys::INITRD_SIZE, size).map_err(&fwerr)?;
-        fw.add_bytes(keys::INITRD_DATA, data).map_err(&fwerr)?;
+    fw.add_u32(keys::KERNEL_ENTRY, entry)?;
+    fw.add_u32(keys::KERNEL_ADDR, segs.low32)?;
+    fw.add_u32(keys::KERNEL_SIZE, segs.size32)?;
+    fw.add_u32(keys::CMDLINE_SIZE, cmd.len() as u32)?;
+    fw.add_bytes(keys::CMDLINE_DATA, cmd)?;
+    fw.add_u32(keys::SETUP_SIZE, SETUP_SIZE as u32)?;
+    fw.add_bytes(keys::SETUP_DATA, setup)?;
+    if let Some((addr, size, data)) = initrd {
+        fw.add_u32(keys::INITRD_ADDR, addr)?;
+        fw.add_u32(keys::INITRD_SIZE, size)?;
+        fw.add_bytes(keys::INITRD_DATA, data)?;
     }
-    Ok(PvhInfo { entry, low: low32, high, segments, initrd: initrd_info })
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::FwCfgOptions;
     use crate::elf::build::{elf, note, Seg};
     use crate::elf::PT_NOTE;
-    use std::sync::Arc;
-    use xendm_devices::mem::TestMemory;
+    use crate::items::FwCfgOptions;
 
-    fn fw() -> FwCfg {
-        FwCfg::new(Arc::new(TestMemory::new(&[(0, 0x1000)]).unwrap()), FwCfgOptions::default()).unwrap()
+    fn fw() -> FwCfgItems {
+        FwCfgItems::new(&FwCfgOptions::default()).unwrap()
     }
 
-    fn u32_key(fw: &FwCfg, key: u16) -> u32 {
+    fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
         u32::from_le_bytes(fw.item_data(key).unwrap().try_into().unwrap())
     }
 

@@ -1,4 +1,152 @@
-//! The `xendm` process around the machine: start-up steps, run state and
-//! privilege dropping.
+//! The `xendm` process around the machine: start-up as a list of steps, the
+//! run state, privilege dropping.
+//!
+//! Start-up order (each step's failure ends the process with a message that
+//! libxl leaves in `/var/log/xen/qemu-dm-<name>.log`):
+//!
+//! 1. plan the machine ([`crate::machine::spec`]): every option checked, the
+//!    kernel and initrd read, the fw_cfg items and PVH writes computed; open
+//!    the serial backends and the trace file. Nothing has touched Xen or the
+//!    guest yet;
+//! 2. open the Xen handles, the mapcache and the hypervisor, build the
+//!    machine on them ([`crate::machine::build`]), write PVH segments if any
+//!    (`setup.rs`);
+//! 3. create the ioreq server, claim every range and PCI function the bus
+//!    lists, bind the event channels;
+//! 4. start serial input, bind the QMP sockets, enable the server (unless
+//!    `-S`), start the ioreq thread, open xenstore, drop privileges
+//!    (`serve.rs`);
+//! 5. serve QMP, write `device-model/<domid>/state = running`, and wait for
+//!    SIGHUP/SIGTERM/SIGINT or QMP `quit`; then stop the ioreq thread,
+//!    destroy the server, flush the trace, exit 0.
+//!
+//! `-machine none` (the libxl 4.20 probe) only serves QMP (`probe.rs`).
 
+mod control;
+mod monitors;
 pub mod privileges;
+mod probe;
+mod record;
+mod serve;
+mod setup;
+
+use std::ffi::OsString;
+
+use anyhow::{bail, Context, Result};
+use tracing::info;
+
+use crate::cli::{Config, MachineKind};
+use crate::control::chardev::Chardev;
+use crate::machine::spec::MachineSpec;
+use record::TraceFile;
+use setup::XenHandles;
+
+/// Runs the device model `cfg` describes until it is told to stop.
+///
+/// # Errors
+/// The first step that fails, with its context.
+pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
+    log_start(&cfg, argv);
+    if cfg.machine.kind == MachineKind::None {
+        return probe::run(&cfg);
+    }
+    let domid = guest_domid(&cfg)?;
+
+    // 1. The plan, serial backends and the trace: no Xen, no guest.
+    let spec = plan_machine(&cfg)?;
+    let serial = open_serial_backends(&spec)?;
+    let trace = TraceFile::create(&cfg, argv)?;
+
+    // 2. Xen handles, memory and hypervisor; the machine on them.
+    let xen = XenHandles::open(domid)?;
+    let mut machine = setup::instantiate(spec, &xen, &serial, trace)?;
+    setup::write_boot_segments(&xen, &machine)?;
+
+    // 3. ioreq server.
+    let server = setup::create_ioreq_server(&xen, &mut machine)?;
+
+    // 4-5. QMP, enable, ioreq thread, announce, serve, stop.
+    serve::serve(&cfg, domid, machine, server, &serial)
+}
+
+/// The start-up log line (argv as given) and the ignored options.
+fn log_start(cfg: &Config, argv: &[OsString]) {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "xendm starting: {}",
+        argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    );
+    if !cfg.ignored.is_empty() {
+        info!("options accepted and ignored: {}", cfg.ignored.join(" "));
+    }
+}
+
+/// The guest to serve, as Xen's 16-bit domain id; refuses what a run cannot
+/// do yet (`-incoming`).
+fn guest_domid(cfg: &Config) -> Result<u16> {
+    let Some(domid) = cfg.domid else { bail!("-xen-domid is required") };
+    let domid16 = u16::try_from(domid).with_context(|| format!("-xen-domid {domid}: not a valid domain id"))?;
+    if cfg.incoming.is_some() {
+        bail!("-incoming: restoring device state is not supported yet");
+    }
+    Ok(domid16)
+}
+
+/// Phase 1 ([`MachineSpec::from_config`]), with its log line.
+fn plan_machine(cfg: &Config) -> Result<MachineSpec> {
+    let spec = MachineSpec::from_config(cfg)?;
+    if let Some(boot) = &spec.boot {
+        info!(protocol = ?boot.plan.protocol, rom = boot.plan.rom_name, "kernel loaded into fw_cfg");
+    }
+    Ok(spec)
+}
+
+/// Opens the backend of every planned serial port, COM1 first.
+fn open_serial_backends(spec: &MachineSpec) -> Result<Vec<Chardev>> {
+    spec.serials.iter().map(|s| Chardev::open(s).with_context(|| format!("-serial {s:?}"))).collect()
+}
+
+/// The single-threaded runtime QMP and the signal wait run on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
+            crate::cli::Command::Run(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_guest_must_be_a_16_bit_domain_and_incoming_is_refused() {
+        assert_eq!(guest_domid(&config(&["-xen-domid", "7"])).unwrap(), 7);
+        let mut c = config(&["-xen-domid", "7"]);
+        c.domid = Some(70000);
+        assert_eq!(format!("{:#}", guest_domid(&c).unwrap_err()).split(':').next(), Some("-xen-domid 70000"));
+        c.domid = None;
+        assert_eq!(guest_domid(&c).unwrap_err().to_string(), "-xen-domid is required");
+        let c = config(&["-xen-domid", "7", "-incoming", "fd:3"]);
+        assert_eq!(guest_domid(&c).unwrap_err().to_string(), "-incoming: restoring device state is not supported yet");
+    }
+
+    #[test]
+    fn a_bad_plan_fails_before_any_serial_backend_or_xen_handle_opens() {
+        // The pty of serial0 is never opened: the host device of serial1
+        // is refused while planning.
+        let c = config(&["-xen-domid", "7", "-serial", "pty", "-serial", "/dev/ttyS0"]);
+        let e = run(c, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "-serial /dev/ttyS0: host character devices are not supported");
+    }
+
+    #[test]
+    fn serial_backends_open_in_com_order() {
+        let s = MachineSpec::from_config(&config(&["-xen-domid", "7", "-serial", "null", "-serial", "null"])).unwrap();
+        let open = open_serial_backends(&s).unwrap();
+        assert_eq!(open.iter().map(Chardev::filename).collect::<Vec<_>>(), ["null", "null"]);
+    }
+}

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let dirs: Vec<PathBuf> = args.map(PathBuf::from).collect();
-    match xendm::trace::replay(&trace, &xendm::machine::replay::XendmReplay { dirs }) {
+    match xendm::trace::replay(&trace, &xendm::machine::replay::MachineRebuilder { dirs }) {
         Ok(s) => {
             println!("{}: {} records replayed, no divergence", trace.display(), s.records);
             ExitCode::SUCCESS

@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 
 use super::opts::{parse_decimal, Opts};
-use super::{CliError, QmpEndpoint, QmpSocket, SerialSpec};
+use super::{CliError, QmpEndpoint};
+use crate::control::chardev::ChardevSpec;
+use crate::control::qmp::QmpSocketSpec;
 
 /// The most serial ports a PC has in QEMU (COM1-COM4).
 pub(super) const MAX_SERIAL_PORTS: usize = 4;
@@ -194,7 +196,7 @@ pub(super) fn parse_qmp(value: &str, index: usize) -> Result<Monitor, CliError> 
     Ok(Monitor::Direct(QmpEndpoint {
         // The id QEMU gives the chardev behind `-qmp`.
         id: format!("compat_monitor{index}"),
-        socket: QmpSocket::Path(path),
+        socket: QmpSocketSpec::Path(path),
     }))
 }
 
@@ -216,8 +218,9 @@ fn parse_unix(option: &str, rest: &str) -> Result<(PathBuf, bool), CliError> {
     Ok((path, server))
 }
 
-/// Parses one `-serial` argument (QEMU's legacy chardev shorthand).
-pub(super) fn parse_serial(value: &str) -> Result<SerialSpec, CliError> {
+/// Parses one `-serial` argument (QEMU's legacy chardev shorthand) into the
+/// serial backend's own spec. This is the only `-serial` parser.
+pub(super) fn parse_serial(value: &str) -> Result<ChardevSpec, CliError> {
     const OPT: &str = "-serial";
     let unsupported = |reason: &str| CliError::Unsupported {
         option: OPT.into(),
@@ -226,24 +229,24 @@ pub(super) fn parse_serial(value: &str) -> Result<SerialSpec, CliError> {
         reason: reason.into(),
     };
     match value {
-        "none" => return Ok(SerialSpec::None),
-        "null" => return Ok(SerialSpec::Null),
-        "pty" => return Ok(SerialSpec::Pty),
-        "stdio" => return Ok(SerialSpec::Stdio),
+        "none" => return Ok(ChardevSpec::None),
+        "null" => return Ok(ChardevSpec::Null),
+        "pty" => return Ok(ChardevSpec::Pty),
+        "stdio" => return Ok(ChardevSpec::Stdio),
         _ => {}
     }
     if let Some(path) = value.strip_prefix("file:") {
-        return Ok(SerialSpec::File(nonempty_path(OPT, "file path", path)?));
+        return Ok(ChardevSpec::File(nonempty_path(OPT, "file path", path)?));
     }
     if let Some(rest) = value.strip_prefix("unix:") {
         let (path, server) = parse_unix(OPT, rest)?;
-        return Ok(SerialSpec::Unix { path, server });
+        return Ok(ChardevSpec::Unix { path, server });
     }
     if value.starts_with("/dev/parport") {
         return Err(unsupported("a parallel port device cannot back a serial port"));
     }
     if value.starts_with("/dev/") {
-        return Ok(SerialSpec::HostDevice(PathBuf::from(value)));
+        return Ok(ChardevSpec::HostDevice(PathBuf::from(value)));
     }
     const NETWORK: [&str; 4] = ["tcp:", "telnet:", "udp:", "websocket:"];
     if NETWORK.iter().any(|p| value.starts_with(p)) {
@@ -281,8 +284,8 @@ pub(super) fn resolve(
         used.push(id);
         let socket = match &chardev.backend {
             Backend::Socket { path, fd, server: true, wait: false } => match (path, fd) {
-                (Some(path), None) => QmpSocket::Path(path.clone()),
-                (None, Some(fd)) => QmpSocket::Fd(*fd),
+                (Some(path), None) => QmpSocketSpec::Path(path.clone()),
+                (None, Some(fd)) => QmpSocketSpec::Fd(*fd),
                 // parse_chardev guarantees exactly one of the two.
                 _ => return Err(invalid(OPT, format!("chardev '{id}' has no socket address"))),
             },

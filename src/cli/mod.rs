@@ -2,7 +2,7 @@
 //!
 //! libxl (`libxl__build_device_model_args_new`, Xen 4.17) launches the device
 //! model with a QEMU command line. QEMU's syntax is not getopt-shaped, so this
-//! is a small table-driven parser ([`table`]) plus a QemuOpts value parser
+//! is a small table-driven parser (`table.rs`) plus a QemuOpts value parser
 //! ([`opts`]):
 //!
 //! * options are single-dash long names (`-xen-domid 1`); `--name` is the same
@@ -36,6 +36,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use thiserror::Error;
+use xendm_fw_cfg::BootProtocol;
+
+use crate::control::chardev::ChardevSpec;
+use crate::control::qmp::QmpSocketSpec;
 
 pub use opts::OptsError;
 
@@ -76,16 +80,17 @@ pub struct Config {
     pub qmp: Vec<QmpEndpoint>,
     /// `-kernel PATH`.
     pub kernel: Option<PathBuf>,
-    /// `-initrd PATH`, the whole argument as a path.
-    pub initrd: Option<PathBuf>,
-    /// `-initrd` verbatim. For a multiboot kernel it is a comma-separated
+    /// `-initrd` verbatim (a path for Linux and PVH). For a multiboot kernel it is a comma-separated
     /// module list (`,,` escapes a comma) which the multiboot loader splits.
     pub initrd_spec: Option<String>,
     /// `-append CMDLINE`, verbatim (inner and trailing spaces kept).
     pub append: Option<String>,
-    /// `-serial SPEC` in order. A [`SerialSpec::None`] entry occupies no COM
-    /// port; use [`Config::serial_ports`] to get the ports.
-    pub serial: Vec<SerialSpec>,
+    /// `-serial SPEC` in order. A [`ChardevSpec::None`] entry occupies no COM
+    /// port; use [`Config::serial_ports`] to get the ports. `file:PATH`
+    /// output truncates the file first, as QEMU's `-serial file:` does. Host
+    /// devices (`/dev/...`) are parsed but refused when the machine is
+    /// planned.
+    pub serial: Vec<ChardevSpec>,
     /// `-boot order=...` (validated: letters `a`-`p`, no repeats).
     pub boot_order: Option<String>,
     /// `-machine`/`-M` (merged over all occurrences); defaults to `xenfv`.
@@ -111,7 +116,7 @@ pub struct Config {
     /// `-xendm-boot linux|multiboot|pvh` (xendm's own): force the kernel type.
     pub boot_protocol: Option<BootProtocol>,
     /// `-xendm-record PATH` (xendm's own): record the ioreq stream here.
-    /// (`XENDM_RECORD` in the environment is read by `main`, not here.)
+    /// (`XENDM_RECORD` in the environment is read at start-up, not here.)
     pub record: Option<PathBuf>,
     /// Options accepted and ignored, as given (`-display none`, ...), for a
     /// start-up log line.
@@ -120,8 +125,8 @@ pub struct Config {
 
 impl Config {
     /// The serial ports in COM order (COM1 first), skipping `none` entries.
-    pub fn serial_ports(&self) -> impl Iterator<Item = &SerialSpec> {
-        self.serial.iter().filter(|s| **s != SerialSpec::None)
+    pub fn serial_ports(&self) -> impl Iterator<Item = &ChardevSpec> {
+        self.serial.iter().filter(|s| **s != ChardevSpec::None)
     }
 }
 
@@ -130,43 +135,9 @@ impl Config {
 pub struct QmpEndpoint {
     /// The chardev id (`libxl-cmd`, `libxenstat-cmd`, ...).
     pub id: String,
-    /// Where the listening socket comes from.
-    pub socket: QmpSocket,
-}
-
-/// The listening socket of a QMP monitor. Always a server socket with
-/// `wait=off` (the parser refuses anything else).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QmpSocket {
-    /// `path=P`: create and listen on a Unix socket at this path.
-    Path(PathBuf),
-    /// `fd=N`: an inherited, already listening socket (libxl `dm_restrict=1`).
-    Fd(i32),
-}
-
-/// One `-serial` argument.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialSpec {
-    /// `none`: no port (occupies no COM index).
-    None,
-    /// `null`: a port whose output is discarded and that never receives input.
-    Null,
-    /// `pty`: a new pseudo-terminal, reported by `query-chardev`.
-    Pty,
-    /// `stdio`: our stdin/stdout (under libxl stdout is the qemu-dm log).
-    Stdio,
-    /// `file:PATH`: output appended to a file, no input.
-    File(PathBuf),
-    /// `unix:PATH[,server=on,wait=off]`: a Unix stream socket; `server` says
-    /// whether we listen (true) or connect (false).
-    Unix {
-        /// Socket path.
-        path: PathBuf,
-        /// Listen rather than connect.
-        server: bool,
-    },
-    /// `/dev/...`: a host character device (a tty, or `/dev/hvcN` in a stubdom).
-    HostDevice(PathBuf),
+    /// Where the listening socket comes from. Always a server socket with
+    /// `wait=off` (the parser refuses anything else).
+    pub socket: QmpSocketSpec,
 }
 
 /// `-machine`.
@@ -199,17 +170,6 @@ pub struct Smp {
     pub cpus: u32,
     /// Maximum vCPUs (>= `cpus`).
     pub maxcpus: u32,
-}
-
-/// `-xendm-boot`: how to boot `-kernel`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootProtocol {
-    /// Linux/x86 boot protocol (bzImage).
-    Linux,
-    /// Multiboot v1.
-    Multiboot,
-    /// PVH (ELF note `XEN_ELFNOTE_PHYS32_ENTRY`).
-    Pvh,
 }
 
 /// `-run-with` as given (QEMU 8.1+, used by libxl 4.20+ after its probe).

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use super::chardev::{self, Chardev, Monitor, MAX_SERIAL_PORTS};
 use super::help;
 use super::opts::{parse_decimal, parse_size, Opts};
-use super::{BootProtocol, CliError, Command, Config, Machine, MachineKind, RunWith, SerialSpec, Smp};
+use super::{CliError, Command, Config, Machine, MachineKind, RunWith, Smp};
+use crate::control::chardev::ChardevSpec;
+use xendm_fw_cfg::BootProtocol;
 
 /// The first domid Xen reserves (`DOMID_FIRST_RESERVED`); guest domids are below it.
 const DOMID_FIRST_RESERVED: u32 = 0x7FF0;
@@ -228,7 +230,7 @@ pub(super) const TABLE: &[OptSpec] = &[
         Ok(())
     }),
     value("initrd", false, |s, v| {
-        s.cfg.initrd = Some(path("-initrd", v)?);
+        path("-initrd", v)?;
         s.cfg.initrd_spec = Some(v.to_string());
         Ok(())
     }),
@@ -239,7 +241,7 @@ pub(super) const TABLE: &[OptSpec] = &[
     // Serial ports.
     value("serial", true, |s, v| {
         let spec = chardev::parse_serial(v)?;
-        if spec != SerialSpec::None && s.cfg.serial_ports().count() >= MAX_SERIAL_PORTS {
+        if spec != ChardevSpec::None && s.cfg.serial_ports().count() >= MAX_SERIAL_PORTS {
             return Err(invalid("-serial", format!("at most {MAX_SERIAL_PORTS} serial ports, '{v}' is one too many")));
         }
         s.cfg.serial.push(spec);
@@ -502,7 +504,7 @@ fn finish(mut s: State) -> Result<Command, CliError> {
     cfg.qmp = chardev::resolve(&s.chardevs, &s.monitors, &mut cfg.ignored)?;
     if cfg.kernel.is_none() {
         for (set, option) in [
-            (cfg.initrd.is_some(), "-initrd"),
+            (cfg.initrd_spec.is_some(), "-initrd"),
             (cfg.append.is_some(), "-append"),
             (cfg.boot_protocol.is_some(), "-xendm-boot"),
         ] {

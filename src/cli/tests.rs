@@ -33,7 +33,7 @@ fn err(args: &[&str]) -> CliError {
 }
 
 fn qmp_path(id: &str, path: &str) -> QmpEndpoint {
-    QmpEndpoint { id: id.into(), socket: QmpSocket::Path(path.into()) }
+    QmpEndpoint { id: id.into(), socket: QmpSocketSpec::Path(path.into()) }
 }
 
 /// The minimum a run needs, followed by `extra`.
@@ -60,10 +60,9 @@ fn captured_libxl_argv_hvm1() {
             qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-1"),
         ],
         kernel: Some("/guest/vmlinuz".into()),
-        initrd: Some("/guest/initrd.img".into()),
         initrd_spec: Some("/guest/initrd.img".into()),
         append: Some("console=ttyS0 panic=-1 labhold=900  quiet".into()),
-        serial: vec![SerialSpec::File("/tmp/guest-serial-hvm1.log".into())],
+        serial: vec![ChardevSpec::File("/tmp/guest-serial-hvm1.log".into())],
         boot_order: Some("cda".into()),
         machine: Machine { kind: MachineKind::Xenfv, max_ram_below_4g: None, igd_passthru: false },
         mem_mib: Some(128),
@@ -107,7 +106,7 @@ fn captured_libxl_argv_hvm2_with_trace_options() {
             qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-2"),
         ]
     );
-    assert_eq!(cfg.serial, [SerialSpec::File("/tmp/guest-serial-hvm2.log".into())]);
+    assert_eq!(cfg.serial, [ChardevSpec::File("/tmp/guest-serial-hvm2.log".into())]);
     assert_eq!(cfg.mem_mib, Some(128));
     assert_eq!(cfg.machine.kind, MachineKind::Xenfv);
     assert_eq!(cfg.append.as_deref(), Some("console=ttyS0 panic=-1 labhold=900  quiet"));
@@ -174,9 +173,9 @@ fn xen_abi_1_3_example() {
         ]
     );
     assert_eq!(cfg.kernel, Some(PathBuf::from("/srv/bzImage")));
-    assert_eq!(cfg.initrd, Some(PathBuf::from("/srv/initrd")));
+    assert_eq!(cfg.initrd_spec.as_deref(), Some("/srv/initrd"));
     assert_eq!(cfg.append.as_deref(), Some("console=ttyS0"));
-    assert_eq!(cfg.serial, [SerialSpec::Pty]);
+    assert_eq!(cfg.serial, [ChardevSpec::Pty]);
     assert_eq!(cfg.boot_order.as_deref(), Some("cda"));
     assert_eq!(cfg.smp, Some(Smp { cpus: 2, maxcpus: 2 }));
     assert_eq!(cfg.mem_mib, Some(512));
@@ -228,7 +227,7 @@ fn dm_restrict_form() {
     assert_eq!(
         cfg.qmp,
         [
-            QmpEndpoint { id: "libxl-cmd".into(), socket: QmpSocket::Fd(9) },
+            QmpEndpoint { id: "libxl-cmd".into(), socket: QmpSocketSpec::Fd(9) },
             qmp_path("libxenstat-cmd", "/var/run/xen/qmp-libxenstat-3"),
         ]
     );
@@ -301,7 +300,7 @@ fn probe_run_of_libxl_4_20() {
     assert_eq!(cfg.domid, None);
     assert!(cfg.start_paused);
     assert_eq!(cfg.machine.kind, MachineKind::None);
-    assert_eq!(cfg.qmp, [QmpEndpoint { id: "libxl-cmd".into(), socket: QmpSocket::Fd(4) }]);
+    assert_eq!(cfg.qmp, [QmpEndpoint { id: "libxl-cmd".into(), socket: QmpSocketSpec::Fd(4) }]);
     // Only the probe may omit the domid.
     let e = err(&["-machine", "xenfv"]);
     assert!(e.to_string().contains("-xen-domid is required"), "{e}");
@@ -337,7 +336,7 @@ fn stubdom_variant() {
         "256",
     ]);
     assert!(cfg.qmp.is_empty());
-    assert_eq!(cfg.serial, [SerialSpec::HostDevice("/dev/hvc3".into())]);
+    assert_eq!(cfg.serial, [ChardevSpec::HostDevice("/dev/hvc3".into())]);
     assert_eq!(cfg.incoming.as_deref(), Some("$STUBDOM_RESTORE_INCOMING_ARG"));
     assert_eq!(cfg.vnc, None);
     // Stubdom disks are emulated on /dev/xvdX and therefore refused.
@@ -412,7 +411,6 @@ fn initrd_spec_is_kept_raw_for_multiboot() {
         "/boot/vmlinuz console=hvc0,/boot/initrd.img",
     ]));
     assert_eq!(cfg.initrd_spec.as_deref(), Some("/boot/vmlinuz console=hvc0,/boot/initrd.img"));
-    assert_eq!(cfg.initrd, Some(PathBuf::from("/boot/vmlinuz console=hvc0,/boot/initrd.img")));
     assert_eq!(cfg.boot_protocol, Some(BootProtocol::Multiboot));
     for (name, p) in [("linux", BootProtocol::Linux), ("pvh", BootProtocol::Pvh)] {
         let cfg = run(with_domid(&["-kernel", "/k", "-xendm-boot", name]));
@@ -524,17 +522,17 @@ fn machine_variants() {
 #[test]
 fn serial_backends() {
     let serial = |v| run(with_domid(&["-serial", v])).serial;
-    assert_eq!(serial("pty"), [SerialSpec::Pty]);
-    assert_eq!(serial("null"), [SerialSpec::Null]);
-    assert_eq!(serial("stdio"), [SerialSpec::Stdio]);
-    assert_eq!(serial("none"), [SerialSpec::None]);
-    assert_eq!(serial("file:/tmp/a,b"), [SerialSpec::File("/tmp/a,b".into())]);
-    assert_eq!(serial("/dev/hvc3"), [SerialSpec::HostDevice("/dev/hvc3".into())]);
+    assert_eq!(serial("pty"), [ChardevSpec::Pty]);
+    assert_eq!(serial("null"), [ChardevSpec::Null]);
+    assert_eq!(serial("stdio"), [ChardevSpec::Stdio]);
+    assert_eq!(serial("none"), [ChardevSpec::None]);
+    assert_eq!(serial("file:/tmp/a,b"), [ChardevSpec::File("/tmp/a,b".into())]);
+    assert_eq!(serial("/dev/hvc3"), [ChardevSpec::HostDevice("/dev/hvc3".into())]);
     assert_eq!(
         serial("unix:/run/s,,1,server=on,wait=off"),
-        [SerialSpec::Unix { path: "/run/s,1".into(), server: true }]
+        [ChardevSpec::Unix { path: "/run/s,1".into(), server: true }]
     );
-    assert_eq!(serial("unix:/run/s"), [SerialSpec::Unix { path: "/run/s".into(), server: false }]);
+    assert_eq!(serial("unix:/run/s"), [ChardevSpec::Unix { path: "/run/s".into(), server: false }]);
     assert_eq!(
         parse(with_domid(&["-serial", "tcp:127.0.0.1:4555,server"])).unwrap_err().to_string(),
         "-serial: unsupported backend 'tcp:127.0.0.1:4555,server' (network serial consoles \
@@ -553,7 +551,7 @@ fn serial_ports_skip_none_and_stop_at_four() {
         "file:/x",
     ]));
     let ports: Vec<_> = cfg.serial_ports().cloned().collect();
-    assert_eq!(ports, [SerialSpec::Pty, SerialSpec::Null, SerialSpec::Stdio, SerialSpec::File("/x".into())]);
+    assert_eq!(ports, [ChardevSpec::Pty, ChardevSpec::Null, ChardevSpec::Stdio, ChardevSpec::File("/x".into())]);
     let mut args = vec!["-serial"; 10];
     for (i, a) in args.iter_mut().enumerate() {
         if i % 2 == 1 {

@@ -1,8 +1,9 @@
 //! Serial backends: where a UART's output goes and its input comes from.
 //!
-//! Built from QEMU's `-serial` syntax (`qemu-options.hx`, "Character device
-//! options"): `pty`, `file:PATH`, `stdio`, `null`, `none`, and
-//! `unix:PATH[,server[=on|off]][,wait=on|off|,nowait]`. libxl passes the
+//! A [`ChardevSpec`] is what the command line's `-serial` parser
+//! (`crate::cli`, QEMU's syntax from `qemu-options.hx`, "Character device
+//! options") produces: `pty`, `file:PATH`, `stdio`, `null`, `none`,
+//! `unix:PATH[,server=on,wait=off]` and `/dev/...`. libxl passes the
 //! `serial=` value through verbatim (`xen-abi.md` 1.2); `pty` is the one
 //! `xl console` needs: QMP `query-chardev` reports `pty:/dev/pts/N` and libxl
 //! writes it to `/local/domain/<domid>/serial/0/tty`.
@@ -27,18 +28,20 @@
 //! * `file:` truncates, like QEMU's default (`append=off`); there is no
 //!   `append` option in the `-serial` form.
 //! * `stdio` does not switch the terminal to raw mode.
-//! * A unix socket server keeps buffering (bounded) while no client is
-//!   connected; QEMU discards. A client connection is not re-established
-//!   after the peer closes it.
-//! * `tcp:`, `udp:`, `vc`, `chardev:`, host tty paths and the other QEMU
-//!   backends are refused with an error naming the spec.
+//! * A unix socket server never waits for its first client (the command
+//!   line refuses `wait=on`); it keeps buffering (bounded) while no client
+//!   is connected, where QEMU discards. A client connection is not
+//!   re-established after the peer closes it.
+//! * Host character devices (`/dev/ttyS0`, a stubdom's `/dev/hvcN`) are
+//!   parsed but refused ([`ChardevSpec::check_supported`]); `tcp:`, `udp:`,
+//!   `vc`, `chardev:` and the other QEMU backends are refused by the
+//!   command line.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -61,7 +64,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Bytes the writer thread takes off the queue per write.
 const WRITE_CHUNK: usize = 4096;
 
-/// A `-serial` backend, parsed from QEMU's syntax.
+/// A `-serial` backend, as the command line gives it (`crate::cli` parses
+/// QEMU's syntax into this).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChardevSpec {
     /// `none`: no serial port at all (the caller should not create a UART).
@@ -74,17 +78,34 @@ pub enum ChardevSpec {
     Stdio,
     /// `file:PATH`: output written to PATH (created or truncated), no input.
     File(PathBuf),
-    /// `unix:PATH`: a unix stream socket; `server` listens at PATH, else
-    /// connects to it. A server with `wait` blocks [`Chardev::open`] until the
-    /// first client connects.
-    Unix { path: PathBuf, server: bool, wait: bool },
+    /// `unix:PATH[,server=on,wait=off]`: a unix stream socket; `server`
+    /// listens at PATH (without waiting for a client), else connects to it.
+    Unix { path: PathBuf, server: bool },
+    /// `/dev/...`: a host character device (a tty, or `/dev/hvcN` in a
+    /// stubdom). Not supported yet: [`ChardevSpec::check_supported`] and
+    /// [`Chardev::open`] refuse it.
+    HostDevice(PathBuf),
 }
 
-/// Errors from parsing or opening a serial backend.
+impl ChardevSpec {
+    /// Refuses the backends xendm parses but cannot open, before anything
+    /// is opened.
+    ///
+    /// # Errors
+    /// For a host character device.
+    pub fn check_supported(&self) -> Result<(), ChardevError> {
+        match self {
+            Self::HostDevice(path) => Err(ChardevError::HostDevice { path: path.clone() }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Errors from opening a serial backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ChardevError {
-    #[error("parsing -serial {spec:?}: {reason}")]
-    Parse { spec: String, reason: String },
+    #[error("-serial {}: host character devices are not supported", path.display())]
+    HostDevice { path: PathBuf },
     #[error("opening a pty: {op} failed: {source}")]
     Pty { op: &'static str, source: std::io::Error },
     #[error("opening serial output file {path}: {source}")]
@@ -93,65 +114,12 @@ pub enum ChardevError {
     Listen { path: PathBuf, source: std::io::Error },
     #[error("connecting to unix socket {path}: {source}")]
     Connect { path: PathBuf, source: std::io::Error },
-    #[error("waiting for a client on unix socket {path}: {source}")]
-    Accept { path: PathBuf, source: std::io::Error },
     #[error("using stdio for serial: {source}")]
     Stdio { source: std::io::Error },
     #[error("starting the serial {role} thread: {source}")]
     Thread { role: &'static str, source: std::io::Error },
     #[error("serial input is already connected to a UART")]
     InputStarted,
-}
-
-fn parse_bool(spec: &str, key: &str, v: &str) -> Result<bool, ChardevError> {
-    match v {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(ChardevError::Parse { spec: spec.to_string(), reason: format!("{key}={v}: expected on or off") }),
-    }
-}
-
-impl FromStr for ChardevSpec {
-    type Err = ChardevError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ChardevError::Parse { spec: s.to_string(), reason: reason.to_string() };
-        match s {
-            "none" => return Ok(Self::None),
-            "null" => return Ok(Self::Null),
-            "pty" => return Ok(Self::Pty),
-            "stdio" => return Ok(Self::Stdio),
-            _ => {}
-        }
-        if let Some(path) = s.strip_prefix("file:") {
-            if path.is_empty() {
-                return Err(err("file: needs a path"));
-            }
-            return Ok(Self::File(PathBuf::from(path)));
-        }
-        if let Some(rest) = s.strip_prefix("unix:") {
-            let mut parts = rest.split(',');
-            let path = parts.next().unwrap_or_default();
-            if path.is_empty() {
-                return Err(err("unix: needs a socket path"));
-            }
-            let (mut server, mut wait) = (false, None);
-            for opt in parts {
-                match opt.split_once('=') {
-                    None if opt == "server" => server = true,
-                    None if opt == "nowait" => wait = Some(false),
-                    Some(("server", v)) => server = parse_bool(s, "server", v)?,
-                    Some(("wait", v)) => wait = Some(parse_bool(s, "wait", v)?),
-                    _ => return Err(err(&format!("unknown unix socket option {opt:?}"))),
-                }
-            }
-            // QEMU waits for the first client unless told not to.
-            let wait = server && wait.unwrap_or(true);
-            return Ok(Self::Unix { path: PathBuf::from(path), server, wait });
-        }
-        let backend = s.split(':').next().unwrap_or(s);
-        Err(err(&format!("backend {backend:?} is not supported (use pty, file:PATH, stdio, null, none or unix:PATH)")))
-    }
 }
 
 fn tick() -> Timespec {
@@ -584,6 +552,7 @@ impl Chardev {
     /// # Errors
     /// If the pty, file or socket cannot be set up; the error names it.
     pub fn open(spec: &ChardevSpec) -> Result<Chardev, ChardevError> {
+        spec.check_supported()?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut dev = Chardev {
             spec: spec.clone(),
@@ -595,7 +564,7 @@ impl Chardev {
             _pty_slave: None,
         };
         let target = match spec {
-            ChardevSpec::None | ChardevSpec::Null => None,
+            ChardevSpec::None | ChardevSpec::Null | ChardevSpec::HostDevice(_) => None,
             ChardevSpec::Pty => {
                 let (master, slave, path) = open_pty()?;
                 tracing::info!(pty = %path.display(), "serial: pty opened");
@@ -622,7 +591,7 @@ impl Chardev {
                     .map_err(|source| ChardevError::File { path: path.clone(), source })?;
                 Some(OutTarget::Fd(Arc::new(OwnedFd::from(f))))
             }
-            ChardevSpec::Unix { path, server, wait } => {
+            ChardevSpec::Unix { path, server } => {
                 let conn = Arc::new(UnixConn {
                     path: path.clone(),
                     server: *server,
@@ -633,12 +602,6 @@ impl Chardev {
                 if *server {
                     let listener = UnixListener::bind(path)
                         .map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
-                    if *wait {
-                        tracing::info!(path = %path.display(), "serial: waiting for a connection");
-                        let (s, _) =
-                            listener.accept().map_err(|source| ChardevError::Accept { path: path.clone(), source })?;
-                        conn.set(s);
-                    }
                     listener
                         .set_nonblocking(true)
                         .map_err(|source| ChardevError::Listen { path: path.clone(), source })?;
@@ -696,7 +659,7 @@ impl Chardev {
             ChardevSpec::Pty => format!("pty:{}", self.pty_path.as_deref().unwrap_or(Path::new("")).display()),
             ChardevSpec::File(_) => "file".to_string(),
             ChardevSpec::Stdio => "stdio".to_string(),
-            ChardevSpec::None | ChardevSpec::Null => "null".to_string(),
+            ChardevSpec::None | ChardevSpec::Null | ChardevSpec::HostDevice(_) => "null".to_string(),
             ChardevSpec::Unix { path, server, .. } => {
                 let connected = self.conn.as_ref().is_some_and(|c| c.connected());
                 format!(
@@ -820,35 +783,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_qemu_serial_specs() {
-        let p = |s: &str| s.parse::<ChardevSpec>();
-        assert_eq!(p("pty").unwrap(), ChardevSpec::Pty);
-        assert_eq!(p("null").unwrap(), ChardevSpec::Null);
-        assert_eq!(p("none").unwrap(), ChardevSpec::None);
-        assert_eq!(p("stdio").unwrap(), ChardevSpec::Stdio);
-        assert_eq!(
-            p("file:/tmp/guest-serial-hvm1.log").unwrap(),
-            ChardevSpec::File("/tmp/guest-serial-hvm1.log".into())
-        );
-        assert_eq!(p("unix:/run/s").unwrap(), ChardevSpec::Unix { path: "/run/s".into(), server: false, wait: false });
-        assert_eq!(
-            p("unix:/run/s,server").unwrap(),
-            ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: true }
-        );
-        assert_eq!(
-            p("unix:/run/s,server,nowait").unwrap(),
-            ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false }
-        );
-        assert_eq!(
-            p("unix:/run/s,server=on,wait=off").unwrap(),
-            ChardevSpec::Unix { path: "/run/s".into(), server: true, wait: false }
-        );
-        for bad in
-            ["file:", "unix:", "unix:/s,server=maybe", "unix:/s,telnet", "tcp:localhost:4444", "vc", "/dev/ttyS0", ""]
-        {
-            let e = p(bad).unwrap_err();
-            assert!(e.to_string().contains("-serial"), "{bad}: {e}");
-        }
+    fn host_devices_are_refused_before_anything_opens() {
+        let spec = ChardevSpec::HostDevice("/dev/ttyS0".into());
+        let e = spec.check_supported().unwrap_err();
+        assert_eq!(e.to_string(), "-serial /dev/ttyS0: host character devices are not supported");
+        let e = Chardev::open(&spec).err().unwrap();
+        assert!(matches!(e, ChardevError::HostDevice { .. }), "{e}");
+        assert!(ChardevSpec::Pty.check_supported().is_ok());
     }
 
     #[test]
@@ -914,7 +855,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.log");
         std::fs::write(&path, b"stale contents from an earlier run").unwrap();
-        let dev = Chardev::open(&format!("file:{}", path.display()).parse().unwrap()).unwrap();
+        let dev = Chardev::open(&ChardevSpec::File(path.clone())).unwrap();
         assert_eq!(dev.filename(), "file");
         let uart = new_uart(&dev);
         dev.start_input(uart.clone()).unwrap();
@@ -927,7 +868,7 @@ mod tests {
 
     #[test]
     fn null_backend() {
-        let dev = Chardev::open(&"null".parse().unwrap()).unwrap();
+        let dev = Chardev::open(&ChardevSpec::Null).unwrap();
         assert_eq!(dev.filename(), "null");
         let uart = new_uart(&dev);
         dev.start_input(uart.clone()).unwrap();
@@ -940,7 +881,7 @@ mod tests {
     fn unix_server_talks_to_a_client_and_survives_reconnects() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.sock");
-        let spec: ChardevSpec = format!("unix:{},server,nowait", path.display()).parse().unwrap();
+        let spec = ChardevSpec::Unix { path: path.clone(), server: true };
         let dev = Chardev::open(&spec).unwrap();
         assert_eq!(dev.filename(), format!("disconnected:unix:{},server=on", path.display()));
         let uart = new_uart(&dev);
@@ -978,37 +919,11 @@ mod tests {
     }
 
     #[test]
-    fn unix_server_wait_blocks_until_a_client_connects() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wait.sock");
-        let p2 = path.clone();
-        let client = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match UnixStream::connect(&p2) {
-                    Ok(s) => return s,
-                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                    Err(e) => panic!("connect: {e}"),
-                }
-            }
-        });
-        let dev = Chardev::open(&format!("unix:{},server=on", path.display()).parse().unwrap()).unwrap();
-        assert_eq!(dev.filename(), format!("unix:{},server=on", path.display()));
-        let client = client.join().unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let uart = new_uart(&dev);
-        guest_write(&uart, b"ok");
-        let mut got = [0u8; 2];
-        (&client).read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"ok");
-    }
-
-    #[test]
     fn unix_client_connects_to_a_test_server() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peer.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let dev = Chardev::open(&format!("unix:{}", path.display()).parse().unwrap()).unwrap();
+        let dev = Chardev::open(&ChardevSpec::Unix { path: path.clone(), server: false }).unwrap();
         let (peer, _) = listener.accept().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(dev.filename(), format!("unix:{}", path.display()));
@@ -1024,9 +939,8 @@ mod tests {
         drop(peer);
         drop(listener);
         guest_write(&uart, &[b'z'; 5000]);
-        let e = Chardev::open(&format!("unix:{}", dir.path().join("absent.sock").display()).parse().unwrap())
-            .err()
-            .unwrap();
+        let e =
+            Chardev::open(&ChardevSpec::Unix { path: dir.path().join("absent.sock"), server: false }).err().unwrap();
         assert!(e.to_string().contains("absent.sock"), "{e}");
     }
 

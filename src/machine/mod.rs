@@ -22,29 +22,29 @@
 //! Unclaimed ports read all-ones through Xen's null handler, which is what
 //! a guest probing absent hardware expects.
 //!
-//! The machine is built before any Xen handle is opened: [`LateMemory`] and
-//! [`LateHypervisor`] are handed to the devices and bound to the mapcache and
-//! the Xen hypervisor afterwards, so a bad kernel path or option is reported
-//! without touching the guest.
+//! The machine comes to life in two phases:
+//!
+//! 1. [`spec::MachineSpec::from_config`] plans it from the command line with
+//!    no Xen and no guest memory (files read, every error found);
+//! 2. [`build`] places the planned devices against the real objects: the
+//!    Xen mapcache and hypervisor in the daemon, fakes in tests, the replay
+//!    memory in replay. Nothing is bound late.
 
 pub mod hooks;
 pub mod pc;
 pub mod replay;
+pub mod spec;
 pub mod state;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestAddress;
 use xendm_devices::pc::uart::{SerialSink, Uart};
-use xendm_devices::{Bus, GuestMemory, Hypervisor, MemError, ShutdownReason};
-use xendm_fw_cfg::{BootFiles, BootPlan, FwCfg, FwCfgOptions, RamLayout};
+use xendm_devices::{Bus, GuestMemory, Hypervisor};
+use xendm_fw_cfg::{BootPlan, FwCfg, RamLayout};
 
-use crate::cli::{Config, MachineKind};
+use crate::cli::MachineKind;
 use crate::ioreq::engine::{Engine, EngineHooks};
-
-/// QEMU's default `-m`.
-pub const DEFAULT_MEM_MIB: u64 = 128;
+use spec::{BootSpec, MachineSpec};
 
 /// Base port and ISA IRQ of COM1..COM4.
 pub use xendm_devices::pc::layout::COM_PORTS;
@@ -62,6 +62,8 @@ pub enum MachineError {
     Load(#[from] xendm_fw_cfg::LoadError),
     #[error("-serial: at most {max} serial ports are supported, {given} given", max = COM_PORTS.len())]
     TooManySerials { given: usize },
+    #[error(transparent)]
+    Serial(#[from] crate::control::chardev::ChardevError),
     #[error("-initrd/-append given without -kernel")]
     BootArgsWithoutKernel,
     #[error("no option ROM named {0} is built into xendm")]
@@ -88,75 +90,38 @@ pub struct Machine {
     pub devices: pc::PcDevices,
 }
 
-/// Everything [`build`] needs besides the config.
-pub struct Inputs {
-    pub hv: Arc<dyn Hypervisor>,
+/// The host objects a machine is instantiated against (phase 2).
+pub struct MachineBackends {
+    /// Guest memory, as the engine (string copies) and DMA devices see it.
     pub mem: Arc<dyn GuestMemory>,
+    /// Interrupt lines, PCI routing and shutdown.
+    pub hv: Arc<dyn Hypervisor>,
+    /// What the engine does on INVALIDATE and TIMEOFFSET requests.
     pub hooks: Box<dyn EngineHooks>,
-    /// One sink per `-serial` port (a [`xendm_devices::pc::uart::NullSink`] where
-    /// there is no backend, e.g. in replay).
+    /// One sink per serial port, COM1 first (a
+    /// [`xendm_devices::pc::uart::NullSink`] where there is no backend, e.g.
+    /// in replay).
     pub serial_sinks: Vec<Box<dyn SerialSink>>,
 }
 
-/// The guest's RAM layout for `config`.
-pub fn ram_layout(config: &Config) -> RamLayout {
-    RamLayout::xen(config.mem_mib.unwrap_or(DEFAULT_MEM_MIB), config.machine.max_ram_below_4g)
-}
-
-/// Builds the machine `config` describes. Reads the kernel and initrd.
+/// Places the devices of `spec` against `backends` (phase 2). Touches
+/// neither guest memory nor the hypervisor: devices act only on guest
+/// accesses.
 ///
 /// # Errors
-/// If the kernel or initrd cannot be loaded, or devices cannot be placed.
-pub fn build(config: &Config, inputs: Inputs) -> Result<Machine, MachineError> {
-    if config.machine.kind == MachineKind::None {
-        return Err(MachineError::NoMachine);
-    }
-    let Inputs { hv, mem, hooks, serial_sinks } = inputs;
-    let layout = ram_layout(config);
-    let (vcpus, max_vcpus) = match &config.smp {
-        Some(s) => (s.cpus.max(1), s.maxcpus.max(s.cpus).max(1)),
-        None => (1, 1),
-    };
-    let serials: Vec<&crate::cli::SerialSpec> = config.serial_ports().collect();
-    if serials.len() > COM_PORTS.len() {
-        return Err(MachineError::TooManySerials { given: serials.len() });
-    }
+/// If devices cannot be placed (two devices claiming one port).
+pub fn build(spec: MachineSpec, backends: MachineBackends) -> Result<Machine, MachineError> {
+    let MachineSpec { kind, acpi, layout, vcpus, max_vcpus, serials, cmos, boot } = spec;
+    let MachineBackends { hv, mem, hooks, serial_sinks } = backends;
     let mut bus = Bus::new();
-    let params = pc::PcParams {
-        ram_below_4g: layout.below_4g,
-        ram_above_4g: layout.above_4g,
-        vcpus,
-        boot_order: config.boot_order.clone().unwrap_or_else(|| "cda".to_string()),
-        acpi: !config.no_acpi,
-        xen_platform: config.machine.kind == MachineKind::Xenfv,
-        serial_ports: serials.len(),
-    };
+    let params = pc::PcParams { cmos, acpi, xen_platform: kind == MachineKind::Xenfv, serial_ports: serials.len() };
     let mut devices = pc::place_devices(&mut bus, &hv, &params, serial_sinks)?;
 
-    // Direct kernel boot: fw_cfg + loader + our ROM at boot index 0.
-    let boot = match &config.kernel {
-        None => {
-            if config.initrd_spec.is_some() || config.append.is_some() {
-                return Err(MachineError::BootArgsWithoutKernel);
-            }
-            None
-        }
-        Some(kernel) => {
-            let opts = FwCfgOptions { nb_cpus: u16::try_from(vcpus).unwrap_or(u16::MAX), ..FwCfgOptions::default() };
-            let mut fw = FwCfg::new(mem.clone(), opts)?;
-            let files = BootFiles {
-                kernel: kernel.clone(),
-                initrd: config.initrd_spec.clone(),
-                cmdline: config.append.clone().unwrap_or_default(),
-            };
-            let force = config.boot_protocol.map(|p| match p {
-                crate::cli::BootProtocol::Linux => xendm_fw_cfg::BootProtocol::Linux,
-                crate::cli::BootProtocol::Multiboot => xendm_fw_cfg::BootProtocol::Multiboot,
-                crate::cli::BootProtocol::Pvh => xendm_fw_cfg::BootProtocol::Pvh,
-            });
-            let plan = xendm_fw_cfg::load(&mut fw, &files, &layout, force)?;
-            let rom = xendm_roms::by_name(plan.rom_name).ok_or(MachineError::MissingRom(plan.rom_name))?;
-            fw.add_boot_rom(plan.rom_name, rom.to_vec())?;
+    // Direct kernel boot: fw_cfg serving the planned items.
+    let boot = match boot {
+        None => None,
+        Some(BootSpec { plan, fw_cfg }) => {
+            let fw = FwCfg::new(mem.clone(), fw_cfg);
             devices.fw_cfg = Some(pc::place_fw_cfg(&mut bus, fw)?);
             Some(plan)
         }
@@ -166,100 +131,10 @@ pub fn build(config: &Config, inputs: Inputs) -> Result<Machine, MachineError> {
     Ok(Machine { engine: Engine::new(bus, mem, hooks), uarts, boot, vcpus, max_vcpus, layout, devices })
 }
 
-/// Guest memory bound after the machine is built (see the module docs).
-/// Until bound, every access fails as unmapped.
-#[derive(Default)]
-pub struct LateMemory(OnceLock<Arc<dyn GuestMemory>>);
-
-impl LateMemory {
-    /// Binds the real memory; a second call is ignored (returns false).
-    pub fn bind(&self, mem: Arc<dyn GuestMemory>) -> bool {
-        self.0.set(mem).is_ok()
-    }
-}
-
-impl GuestMemory for LateMemory {
-    fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemError> {
-        match self.0.get() {
-            Some(m) => m.read(addr, buf),
-            None => Err(MemError::Unmapped { addr: addr.0, len: buf.len() }),
-        }
-    }
-    fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemError> {
-        match self.0.get() {
-            Some(m) => m.write(addr, buf),
-            None => Err(MemError::Unmapped { addr: addr.0, len: buf.len() }),
-        }
-    }
-}
-
-/// A hypervisor bound after the machine is built. Calls before binding are
-/// logged and dropped (none happen: devices act only on guest accesses).
-#[derive(Default)]
-pub struct LateHypervisor(OnceLock<Arc<dyn Hypervisor>>);
-
-impl LateHypervisor {
-    /// Binds the real hypervisor; a second call is ignored (returns false).
-    pub fn bind(&self, hv: Arc<dyn Hypervisor>) -> bool {
-        self.0.set(hv).is_ok()
-    }
-    fn get(&self, what: &str) -> Option<&Arc<dyn Hypervisor>> {
-        let h = self.0.get();
-        if h.is_none() {
-            tracing::warn!("{what} before the hypervisor was bound; dropped");
-        }
-        h
-    }
-}
-
-impl Hypervisor for LateHypervisor {
-    fn set_isa_irq_level(&self, irq: u8, level: bool) {
-        if let Some(h) = self.get("set_isa_irq_level") {
-            h.set_isa_irq_level(irq, level);
-        }
-    }
-    fn set_pci_intx_level(&self, device: u8, intx: u8, level: bool) {
-        if let Some(h) = self.get("set_pci_intx_level") {
-            h.set_pci_intx_level(device, intx, level);
-        }
-    }
-    fn set_pci_link_route(&self, link: u8, irq: u8) {
-        if let Some(h) = self.get("set_pci_link_route") {
-            h.set_pci_link_route(link, irq);
-        }
-    }
-    fn inject_msi(&self, addr: u64, data: u32) {
-        if let Some(h) = self.get("inject_msi") {
-            h.inject_msi(addr, data);
-        }
-    }
-    fn shutdown(&self, reason: ShutdownReason) {
-        if let Some(h) = self.get("shutdown") {
-            h.shutdown(reason);
-        }
-    }
-}
-
-/// Paths of the files the loader read, for trace headers.
-pub fn boot_file_paths(config: &Config) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(k) = &config.kernel {
-        v.push(k.clone());
-    }
-    if let Some(spec) = &config.initrd_spec {
-        // A multiboot module list names several files; each is "path args".
-        for part in xendm_fw_cfg::multiboot::split_modules(spec) {
-            if let Some(p) = part.split(' ').next().filter(|p| !p.is_empty()) {
-                v.push(PathBuf::from(p));
-            }
-        }
-    }
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Config;
     use crate::ioreq::abi::{Ioreq, IoreqKind};
     use crate::ioreq::engine::NoHooks;
     use xendm_devices::hv::FakeHypervisor;
@@ -273,8 +148,12 @@ mod tests {
         }
     }
 
-    fn inputs(hv: Arc<FakeHypervisor>) -> Inputs {
-        Inputs {
+    fn spec(args: &[&str]) -> MachineSpec {
+        MachineSpec::from_config(&config(args)).unwrap()
+    }
+
+    fn backends(hv: Arc<FakeHypervisor>) -> MachineBackends {
+        MachineBackends {
             hv,
             mem: Arc::new(TestMemory::pc(16 << 20).unwrap()),
             hooks: Box::new(NoHooks),
@@ -299,7 +178,7 @@ mod tests {
     #[test]
     fn xenfv_has_the_qemu_xen_pci_topology() {
         let hv = Arc::new(FakeHypervisor::new());
-        let mut m = build(&config(&["-xen-domid", "1", "-serial", "null", "-m", "128"]), inputs(hv)).unwrap();
+        let mut m = build(spec(&["-xen-domid", "1", "-serial", "null", "-m", "128"]), backends(hv)).unwrap();
         let e = &mut m.engine;
         assert_eq!(cfg_read(e, Sbdf::new(0, 0), 0, 4), 0x1237_8086);
         assert_eq!(cfg_read(e, Sbdf::new(1, 0), 0, 4), 0x7000_8086);
@@ -319,7 +198,7 @@ mod tests {
     #[test]
     fn pc_accel_xen_has_no_platform_device_and_no_acpi_drops_pm() {
         let hv = Arc::new(FakeHypervisor::new());
-        let mut m = build(&config(&["-xen-domid", "1", "-machine", "pc,accel=xen", "-no-acpi"]), inputs(hv)).unwrap();
+        let mut m = build(spec(&["-xen-domid", "1", "-machine", "pc,accel=xen", "-no-acpi"]), backends(hv)).unwrap();
         assert_eq!(m.engine.bus_mut().pci_functions(), vec![Sbdf::new(0, 0), Sbdf::new(1, 0)]);
     }
 
@@ -333,9 +212,9 @@ mod tests {
         }
         let out = Arc::new(Mutex::new(Vec::new()));
         let hv = Arc::new(FakeHypervisor::new());
-        let mut inp = inputs(hv.clone());
-        inp.serial_sinks = vec![Box::new(Sink(out.clone()))];
-        let mut m = build(&config(&["-xen-domid", "1", "-serial", "pty"]), inp).unwrap();
+        let mut b = backends(hv.clone());
+        b.serial_sinks = vec![Box::new(Sink(out.clone()))];
+        let mut m = build(spec(&["-xen-domid", "1", "-serial", "pty"]), b).unwrap();
         let w = |port, data| Ioreq {
             addr: port,
             data,
@@ -353,35 +232,52 @@ mod tests {
         assert!(hv.calls().iter().any(|c| matches!(c, xendm_devices::HvCall::IsaIrq { irq: 4, .. })));
     }
 
-    #[test]
-    fn boot_args_without_kernel_and_missing_kernel_are_errors() {
-        let hv = Arc::new(FakeHypervisor::new());
-        let mut c = config(&["-xen-domid", "1"]);
-        c.append = Some("x".into()); // the CLI refuses this already; the machine does too
-        let e = build(&c, inputs(hv.clone())).err().unwrap();
-        assert!(matches!(e, MachineError::BootArgsWithoutKernel));
-        let e = build(&config(&["-xen-domid", "1", "-kernel", "/nonexistent/vmlinuz"]), inputs(hv)).err().unwrap();
-        assert!(e.to_string().contains("/nonexistent/vmlinuz"), "{e}");
+    /// Guest memory that counts every access.
+    #[derive(Default)]
+    struct Watched(std::sync::atomic::AtomicUsize);
+
+    impl GuestMemory for Watched {
+        fn read(&self, _: vm_memory::GuestAddress, _: &mut [u8]) -> Result<(), xendm_devices::MemError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn write(&self, _: vm_memory::GuestAddress, _: &[u8]) -> Result<(), xendm_devices::MemError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
     }
 
     #[test]
-    fn late_handles_fail_until_bound() {
-        let late = LateMemory::default();
-        let mut b = [0u8; 2];
-        assert!(late.read(GuestAddress(0), &mut b).is_err());
-        assert!(late.bind(Arc::new(TestMemory::pc(2 << 20).unwrap())));
-        assert!(late.read(GuestAddress(0), &mut b).is_ok());
+    fn building_touches_neither_guest_memory_nor_the_hypervisor() {
+        // Start-up binds the real mapcache and hypervisor before building:
+        // building must not act on them, only guest accesses may.
+        let kernel = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/boot/mini-bzImage");
+        let s = spec(&["-xen-domid", "1", "-serial", "null", "-serial", "null", "-kernel", kernel]);
         let hv = Arc::new(FakeHypervisor::new());
-        let lh = LateHypervisor::default();
-        lh.shutdown(ShutdownReason::Reboot);
-        lh.bind(hv.clone());
-        lh.shutdown(ShutdownReason::Poweroff);
-        assert_eq!(hv.calls(), vec![xendm_devices::HvCall::Shutdown { reason: ShutdownReason::Poweroff }]);
-    }
-
-    #[test]
-    fn boot_file_paths_follow_the_module_list() {
-        let c = config(&["-xen-domid", "1", "-kernel", "/k", "-initrd", "/m1 x y,/m2"]);
-        assert_eq!(boot_file_paths(&c), vec![PathBuf::from("/k"), PathBuf::from("/m1"), PathBuf::from("/m2")]);
+        let mem = Arc::new(Watched::default());
+        let b =
+            MachineBackends { hv: hv.clone(), mem: mem.clone(), hooks: Box::new(NoHooks), serial_sinks: Vec::new() };
+        let mut m = build(s, b).unwrap();
+        assert!(hv.calls().is_empty(), "{:?}", hv.calls());
+        assert_eq!(mem.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(m.uarts.len(), 2);
+        assert_eq!(m.boot.as_ref().map(|b| b.rom_name), Some("linuxboot_dma.bin"));
+        // fw_cfg serves the planned items: the signature through port 0x511.
+        let sig: Vec<u8> = (0..4)
+            .map(|_| {
+                let req = Ioreq {
+                    addr: 0x511,
+                    data: 0,
+                    count: 1,
+                    size: 1,
+                    data_is_ptr: false,
+                    is_read: true,
+                    df: false,
+                    kind: IoreqKind::Pio,
+                };
+                m.engine.handle(0, &req) as u8
+            })
+            .collect();
+        assert_eq!(sig, b"QEMU");
     }
 }

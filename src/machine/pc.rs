@@ -40,14 +40,9 @@ use super::MachineError;
 /// The machine facts placement needs (all from the command line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcParams {
-    /// RAM below 4 GiB, bytes.
-    pub ram_below_4g: u64,
-    /// RAM above 4 GiB, bytes.
-    pub ram_above_4g: u64,
-    /// vCPUs at boot (CMOS 0x5F).
-    pub vcpus: u32,
-    /// `-boot order=` letters (CMOS 0x3D/0x38).
-    pub boot_order: String,
+    /// What the CMOS NVRAM starts with (RAM sizes, boot order, vCPUs); the
+    /// host bridge reports the same RAM size.
+    pub cmos: CmosConfig,
     /// The PIIX4 PM function is there (not `-no-acpi`).
     pub acpi: bool,
     /// The Xen platform device is there (`-machine xenfv`).
@@ -124,7 +119,7 @@ pub fn place_devices(
     if params.serial_ports > layout::COM_PORTS.len() {
         return Err(MachineError::TooManySerials { given: params.serial_ports });
     }
-    let ram = params.ram_below_4g.saturating_add(params.ram_above_4g);
+    let ram = params.cmos.ram_bytes_below_4g.saturating_add(params.cmos.ram_bytes_above_4g);
     let host_bridge = Arc::new(Mutex::new(I440fx::new(ram)));
     bus.register_pci(layout::PCI_HOST_BRIDGE, "i440fx", host_bridge.clone())?;
     bus.enable_pci_host_ports()?;
@@ -135,13 +130,7 @@ pub fn place_devices(
     let pm = if params.acpi { Some(place_pm(bus, hv, params)?) } else { None };
     let xen_platform = if params.xen_platform { Some(place_xen_platform(bus)?) } else { None };
 
-    let cmos = Arc::new(Mutex::new(Cmos::new(&CmosConfig {
-        ram_bytes_below_4g: params.ram_below_4g,
-        ram_bytes_above_4g: params.ram_above_4g,
-        boot_order: params.boot_order.clone(),
-        smp_cpus: params.vcpus,
-        fd_bootchk: true,
-    })?));
+    let cmos = Arc::new(Mutex::new(Cmos::new(&params.cmos)?));
     pio(bus, layout::PORT_CMOS, layout::LEN_CMOS, "cmos", cmos.clone(), 0)?;
     let port92 = Arc::new(Mutex::new(Port92::new(hv.clone())));
     pio(bus, layout::PORT_FAST_A20, layout::LEN_FAST_A20, "port92", port92.clone(), 0)?;
@@ -246,14 +235,17 @@ mod tests {
     use xendm_devices::mem::TestMemory;
     use xendm_devices::pc::piix4_pm::{ACPI_ENABLE, SCI_EN};
     use xendm_devices::Sbdf;
-    use xendm_fw_cfg::FwCfgOptions;
+    use xendm_fw_cfg::{FwCfgItems, FwCfgOptions};
 
     fn params() -> PcParams {
         PcParams {
-            ram_below_4g: 1 << 30,
-            ram_above_4g: 0,
-            vcpus: 1,
-            boot_order: "cad".into(),
+            cmos: CmosConfig {
+                ram_bytes_below_4g: 1 << 30,
+                ram_bytes_above_4g: 0,
+                boot_order: "cad".into(),
+                smp_cpus: 1,
+                fd_bootchk: true,
+            },
             acpi: true,
             xen_platform: true,
             serial_ports: 1,
@@ -274,7 +266,10 @@ mod tests {
         d.fw_cfg = Some(
             place_fw_cfg(
                 &mut bus,
-                FwCfg::new(Arc::new(TestMemory::pc(1 << 20).unwrap()), FwCfgOptions::default()).unwrap(),
+                FwCfg::new(
+                    Arc::new(TestMemory::pc(1 << 20).unwrap()),
+                    FwCfgItems::new(&FwCfgOptions::default()).unwrap(),
+                ),
             )
             .unwrap(),
         );
@@ -330,7 +325,13 @@ mod tests {
         let hv: Arc<dyn Hypervisor> = Arc::new(FakeHypervisor::new());
         let e = place_devices(&mut Bus::new(), &hv, &PcParams { serial_ports: 5, ..params() }, Vec::new()).err();
         assert!(matches!(e, Some(MachineError::TooManySerials { given: 5 })));
-        let e = place_devices(&mut Bus::new(), &hv, &PcParams { boot_order: "x".into(), ..params() }, Vec::new()).err();
+        let e = place_devices(
+            &mut Bus::new(),
+            &hv,
+            &PcParams { cmos: CmosConfig { boot_order: "x".into(), ..params().cmos }, ..params() },
+            Vec::new(),
+        )
+        .err();
         assert!(matches!(e, Some(MachineError::Cmos(_))));
     }
 

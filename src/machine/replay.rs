@@ -1,10 +1,12 @@
 //! Rebuilding a recorded machine for replay.
 //!
 //! A trace header carries the DM's argv and the SHA-256 of every file the DM
-//! read at start-up. [`XendmReplay`] parses the argv with the real CLI parser,
-//! finds each file *by content* in a list of directories (paths in the trace
-//! are the recording host's, e.g. dom0's `/guest/vmlinuz`), and builds the
-//! machine with [`crate::machine::build`], serial output discarded.
+//! read at start-up. [`MachineRebuilder`] parses the argv with the real CLI
+//! parser, finds each file *by content* in a list of directories (paths in
+//! the trace are the recording host's, e.g. dom0's `/guest/vmlinuz`), plans
+//! the machine ([`MachineSpec::from_config`]) and builds it against the
+//! replay's memory and hypervisor ([`crate::machine::build`]), serial output
+//! discarded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,11 +17,13 @@ use xendm_devices::{GuestMemory, Hypervisor};
 
 use crate::cli::{self, Command};
 use crate::ioreq::engine::{Engine, NoHooks};
-use crate::machine::{self, Inputs};
+use crate::machine::spec::MachineSpec;
+use crate::machine::{self, MachineBackends};
 use crate::trace::{Header, ReplayMachine};
 
-/// Builds machines for replay, finding boot files by hash in `dirs`.
-pub struct XendmReplay {
+/// Rebuilds the machine a trace was recorded on, finding its boot files by
+/// hash in `dirs`.
+pub struct MachineRebuilder {
     /// Directories searched (not recursively) for the trace's files.
     pub dirs: Vec<PathBuf>,
 }
@@ -36,7 +40,7 @@ fn sha256_of(path: &Path) -> Option<String> {
     Some(hex::encode(Sha256::digest(&data)))
 }
 
-impl XendmReplay {
+impl MachineRebuilder {
     /// Finds a file with this SHA-256 in the search directories.
     pub fn find(&self, sha256: &str) -> Option<PathBuf> {
         for d in &self.dirs {
@@ -79,7 +83,7 @@ fn rewrite(arg: &str, map: &BTreeMap<String, PathBuf>) -> String {
     out
 }
 
-impl ReplayMachine for XendmReplay {
+impl ReplayMachine for MachineRebuilder {
     fn build(&self, header: &Header, mem: Arc<dyn GuestMemory>, hv: Arc<dyn Hypervisor>) -> Result<Engine, String> {
         let map = self.resolve(&header.files)?;
         let argv: Vec<std::ffi::OsString> = header.argv.iter().map(|a| rewrite(a, &map).into()).collect();
@@ -87,8 +91,9 @@ impl ReplayMachine for XendmReplay {
             Command::Run(c) => c,
             _ => return Err("trace argv does not run a device model".into()),
         };
-        let sinks = cfg.serial_ports().map(|_| Box::new(xendm_devices::pc::uart::NullSink) as _).collect();
-        let m = machine::build(&cfg, Inputs { hv, mem, hooks: Box::new(NoHooks), serial_sinks: sinks })
+        let spec = MachineSpec::from_config(&cfg).map_err(|e| e.to_string())?;
+        let sinks = spec.serials.iter().map(|_| Box::new(xendm_devices::pc::uart::NullSink) as _).collect();
+        let m = machine::build(spec, MachineBackends { hv, mem, hooks: Box::new(NoHooks), serial_sinks: sinks })
             .map_err(|e| e.to_string())?;
         Ok(m.engine)
     }
@@ -112,7 +117,7 @@ mod tests {
     fn files_are_found_by_content() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("x"), b"hello").unwrap();
-        let r = XendmReplay { dirs: vec![d.path().to_path_buf()] };
+        let r = MachineRebuilder { dirs: vec![d.path().to_path_buf()] };
         let sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
         assert_eq!(r.find(sha), Some(d.path().join("x")));
         let mut files = BTreeMap::new();

@@ -290,7 +290,8 @@ mod tests {
     use super::*;
     use crate::ioreq::abi::{Ioreq, IoreqKind};
     use crate::ioreq::engine::NoHooks;
-    use crate::machine::{build, Inputs};
+    use crate::machine::spec::MachineSpec;
+    use crate::machine::{build, MachineBackends};
     use std::path::PathBuf;
     use std::sync::Arc;
     use xendm_devices::bus::{RangeChange, Space};
@@ -306,13 +307,13 @@ mod tests {
             crate::cli::Command::Run(c) => c,
             other => panic!("{other:?}"),
         };
-        let inputs = Inputs {
+        let backends = MachineBackends {
             hv: Arc::new(FakeHypervisor::new()),
             mem: Arc::new(TestMemory::pc(32 << 20).unwrap()),
             hooks: Box::new(NoHooks),
             serial_sinks: Vec::new(),
         };
-        build(&config, inputs).unwrap()
+        build(MachineSpec::from_config(&config).unwrap(), backends).unwrap()
     }
 
     fn out(m: &mut Machine, port: u64, size: u32, data: u64) {

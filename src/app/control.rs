@@ -1,0 +1,176 @@
+//! The run state QMP, the main loop and the ioreq server share, and how a
+//! run ends.
+//!
+//! QMP's `cont`, `stop`, `query-status` and `quit` (QEMU `qapi/run-state.json`
+//! and `qapi/misc.json`) act on [`Control`] through
+//! [`crate::control::qmp::VmControl`]. `cont` enables the ioreq server and,
+//! the first time a `-S` guest starts, writes `state = running` to xenstore
+//! (libxl waits for it); it is idempotent because libxl sends it on every
+//! create.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use xendm_devices::sync::lock;
+
+use crate::control::qmp::{ChardevInfo, RunState, VmControl};
+use crate::xen::ioreq_server::ServerControl;
+
+const PRELAUNCH: u8 = 0;
+const RUNNING: u8 = 1;
+const PAUSED: u8 = 2;
+
+/// Writes `device-model/<domid>/state = running` (logging any failure).
+pub type Announce = Box<dyn Fn() + Send>;
+
+/// Run state shared by QMP, the main loop and the ioreq server.
+pub struct Control {
+    state: AtomicU8,
+    server: Option<ServerControl>,
+    chardevs: Vec<ChardevInfo>,
+    vcpus: u32,
+    quit: Arc<Notify>,
+    xenstore_announce: Mutex<Option<Announce>>,
+}
+
+impl Control {
+    /// A run that starts running, or in `prelaunch` (`-S`), with the ioreq
+    /// server to switch on `cont`/`stop` (none in probe mode). `quit` is
+    /// notified on QMP `quit`.
+    pub fn new(
+        start_paused: bool,
+        server: Option<ServerControl>,
+        chardevs: Vec<ChardevInfo>,
+        vcpus: u32,
+        quit: Arc<Notify>,
+    ) -> Self {
+        Self {
+            state: AtomicU8::new(if start_paused { PRELAUNCH } else { RUNNING }),
+            server,
+            chardevs,
+            vcpus,
+            quit,
+            xenstore_announce: Mutex::new(None),
+        }
+    }
+
+    /// What `cont` calls once the guest runs (xenstore, when available).
+    pub fn set_xenstore_announce(&self, announce: Announce) {
+        *lock(&self.xenstore_announce) = Some(announce);
+    }
+
+    fn set_enabled(&self, on: bool) -> Result<(), String> {
+        match &self.server {
+            Some(s) => s.set_enabled(on).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl VmControl for Control {
+    fn status(&self) -> RunState {
+        match self.state.load(Ordering::SeqCst) {
+            PRELAUNCH => RunState::Prelaunch,
+            RUNNING => RunState::Running,
+            _ => RunState::Paused,
+        }
+    }
+    fn cont(&self) -> Result<(), String> {
+        if self.state.load(Ordering::SeqCst) == RUNNING {
+            return Ok(()); // libxl sends cont on every create: idempotent
+        }
+        self.set_enabled(true)?;
+        self.state.store(RUNNING, Ordering::SeqCst);
+        info!("guest continued (QMP cont)");
+        if let Some(f) = &*lock(&self.xenstore_announce) {
+            f();
+        }
+        Ok(())
+    }
+    fn stop(&self) -> Result<(), String> {
+        self.set_enabled(false)?;
+        self.state.store(PAUSED, Ordering::SeqCst);
+        info!("guest stopped (QMP stop)");
+        Ok(())
+    }
+    fn chardevs(&self) -> Vec<ChardevInfo> {
+        self.chardevs.clone()
+    }
+    fn vcpus(&self) -> u32 {
+        self.vcpus
+    }
+    fn quit(&self) {
+        info!("QMP quit");
+        self.quit.notify_one();
+    }
+}
+
+/// Waits for SIGHUP, SIGTERM, SIGINT or QMP `quit`, and says which came.
+pub async fn wait_for_end(quit: &Notify) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut hup, mut term, mut int) =
+        match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => {
+                warn!("cannot install signal handlers; waiting for QMP quit only");
+                quit.notified().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = hup.recv() => info!("terminating on SIGHUP"),
+        _ = term.recv() => info!("terminating on SIGTERM"),
+        _ = int.recv() => info!("terminating on SIGINT"),
+        () = quit.notified() => info!("terminating on QMP quit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn control(start_paused: bool) -> (Control, Arc<AtomicUsize>) {
+        let c = Control::new(start_paused, None, Vec::new(), 2, Arc::new(Notify::new()));
+        let announced = Arc::new(AtomicUsize::new(0));
+        let a = announced.clone();
+        c.set_xenstore_announce(Box::new(move || {
+            a.fetch_add(1, Ordering::SeqCst);
+        }));
+        (c, announced)
+    }
+
+    #[test]
+    fn a_paused_start_runs_and_announces_on_the_first_cont_only() {
+        let (c, announced) = control(true);
+        assert_eq!(c.status(), RunState::Prelaunch);
+        c.cont().unwrap();
+        assert_eq!(c.status(), RunState::Running);
+        c.cont().unwrap(); // libxl's cont on every create
+        assert_eq!(announced.load(Ordering::SeqCst), 1);
+        c.stop().unwrap();
+        assert_eq!(c.status(), RunState::Paused);
+        c.cont().unwrap();
+        assert_eq!(announced.load(Ordering::SeqCst), 2);
+        assert_eq!(c.vcpus(), 2);
+    }
+
+    #[test]
+    fn a_running_start_does_not_announce_again_on_cont() {
+        let (c, announced) = control(false);
+        assert_eq!(c.status(), RunState::Running);
+        c.cont().unwrap();
+        assert_eq!(announced.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn quit_ends_the_wait() {
+        let quit = Arc::new(Notify::new());
+        let c = Control::new(false, None, Vec::new(), 1, quit.clone());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        c.quit(); // a permit is stored: the wait returns at once
+        rt.block_on(wait_for_end(&quit));
+    }
+}

@@ -1,0 +1,29 @@
+//! `-machine none` (the libxl 4.20 probe run): QMP only, no guest, no Xen.
+//! libxl starts the device model this way to ask it for its version and
+//! capabilities, then quits it.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::sync::Notify;
+use tracing::info;
+
+use super::control::{wait_for_end, Control};
+use super::{monitors, runtime};
+use crate::cli::Config;
+
+/// Serves QMP on every monitor until a signal or QMP `quit`.
+///
+/// # Errors
+/// If the runtime cannot start or a monitor socket cannot be bound.
+pub fn run(cfg: &Config) -> Result<()> {
+    let rt = runtime()?;
+    let quit = Arc::new(Notify::new());
+    let ctl = Arc::new(Control::new(true, None, monitors::qmp_chardevs(cfg), 0, quit.clone()));
+    rt.block_on(async {
+        monitors::serve(monitors::bind(cfg)?, &ctl)?;
+        info!("probe mode (-machine none): serving QMP only");
+        wait_for_end(&quit).await;
+        Ok(())
+    })
+}

@@ -1,0 +1,256 @@
+//! Phase 1 of start-up: the machine as a plan, with no Xen and no guest
+//! memory.
+//!
+//! [`MachineSpec::from_config`] turns the parsed command line into
+//! everything the machine needs except the live objects: the RAM layout
+//! (QEMU's `xen_ram_init`), the vCPU counts, which devices exist (`xenfv` or
+//! `pc,accel=xen`, ACPI or not, which serial ports and their backends), the
+//! CMOS parameters, and for `-kernel` the boot plan: the kernel and initrd
+//! read and validated, every fw_cfg item the loader produces, the boot ROM,
+//! and the PVH segments to write into guest RAM. Every error that can be
+//! found without touching the guest is found here, so a bad option or
+//! kernel ends the process before any Xen handle is opened.
+//!
+//! Phase 2, [`crate::machine::build`], places the devices of a spec against
+//! real guest memory and a real hypervisor (or fakes, or a trace).
+//!
+//! The split follows propolis' spec builder (validate everything, then
+//! instantiate) and linux-loader's separation of loading from configuring;
+//! facts, not code.
+
+use std::path::PathBuf;
+
+use xendm_devices::pc::cmos::{Cmos, CmosConfig};
+use xendm_fw_cfg::{BootFiles, BootPlan, FwCfgItems, FwCfgOptions, RamLayout};
+
+use super::{MachineError, COM_PORTS};
+use crate::cli::{Config, MachineKind};
+use crate::control::chardev::ChardevSpec;
+
+/// QEMU's default `-m`.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+
+/// QEMU's default `-boot order` on a PC.
+const DEFAULT_BOOT_ORDER: &str = "cda";
+
+/// A machine fully planned and checked, not yet placed (see the module docs).
+#[derive(Debug)]
+pub struct MachineSpec {
+    /// `xenfv` (with the Xen platform device) or `pc,accel=xen`.
+    pub kind: MachineKind,
+    /// Whether the PIIX4 ACPI function exists (no `-no-acpi`).
+    pub acpi: bool,
+    /// The guest RAM layout for `-m` and `max-ram-below-4g`.
+    pub layout: RamLayout,
+    /// vCPUs the guest starts with (`-smp`, else 1).
+    pub vcpus: u32,
+    /// Maximum vCPUs (`-smp maxcpus=`), the number of ioreq slots to serve.
+    pub max_vcpus: u32,
+    /// The backend of each serial port, COM1 first: at most four, each one
+    /// xendm can open.
+    pub serials: Vec<ChardevSpec>,
+    /// What the CMOS NVRAM starts with (checked: a bad `-boot order` fails
+    /// here).
+    pub cmos: CmosConfig,
+    /// Direct kernel boot (`-kernel`).
+    pub boot: Option<BootSpec>,
+}
+
+/// Direct kernel boot, planned: what the device will serve and what the
+/// caller still writes into the guest.
+#[derive(Debug)]
+pub struct BootSpec {
+    /// What the loader decided: the format, the option ROM, and (PVH) the
+    /// segments to write into guest RAM before the guest runs.
+    pub plan: BootPlan,
+    /// Every fw_cfg item, the loader's keys and the boot ROM included.
+    pub fw_cfg: FwCfgItems,
+}
+
+impl MachineSpec {
+    /// Plans the machine `config` describes. Reads the kernel and initrd;
+    /// touches neither Xen nor the guest.
+    ///
+    /// # Errors
+    /// `-machine none`, too many or unsupported serial ports, a bad boot
+    /// order, boot arguments without a kernel, a kernel or initrd that
+    /// cannot be loaded.
+    pub fn from_config(config: &Config) -> Result<Self, MachineError> {
+        if config.machine.kind == MachineKind::None {
+            return Err(MachineError::NoMachine);
+        }
+        let layout = ram_layout(config);
+        let (vcpus, max_vcpus) = vcpu_counts(config);
+        let serials = serial_ports(config)?;
+        let cmos = cmos_config(config, &layout, vcpus)?;
+        let boot = plan_boot(config, &layout, vcpus)?;
+        Ok(Self { kind: config.machine.kind, acpi: !config.no_acpi, layout, vcpus, max_vcpus, serials, cmos, boot })
+    }
+}
+
+/// The guest's RAM layout for `config`.
+pub fn ram_layout(config: &Config) -> RamLayout {
+    RamLayout::xen(config.mem_mib.unwrap_or(DEFAULT_MEM_MIB), config.machine.max_ram_below_4g)
+}
+
+/// `(vcpus, max_vcpus)`: at least one, and the maximum never below the
+/// boot count.
+fn vcpu_counts(config: &Config) -> (u32, u32) {
+    match &config.smp {
+        Some(s) => (s.cpus.max(1), s.maxcpus.max(s.cpus).max(1)),
+        None => (1, 1),
+    }
+}
+
+/// The serial ports in COM order, each checked to be one xendm can open.
+fn serial_ports(config: &Config) -> Result<Vec<ChardevSpec>, MachineError> {
+    let serials: Vec<ChardevSpec> = config.serial_ports().cloned().collect();
+    if serials.len() > COM_PORTS.len() {
+        return Err(MachineError::TooManySerials { given: serials.len() });
+    }
+    for s in &serials {
+        s.check_supported()?;
+    }
+    Ok(serials)
+}
+
+/// The CMOS parameters, checked by building the NVRAM contents once.
+fn cmos_config(config: &Config, layout: &RamLayout, vcpus: u32) -> Result<CmosConfig, MachineError> {
+    let cmos = CmosConfig {
+        ram_bytes_below_4g: layout.below_4g,
+        ram_bytes_above_4g: layout.above_4g,
+        boot_order: config.boot_order.clone().unwrap_or_else(|| DEFAULT_BOOT_ORDER.to_string()),
+        smp_cpus: vcpus,
+        fd_bootchk: true,
+    };
+    Cmos::new(&cmos)?;
+    Ok(cmos)
+}
+
+/// Direct kernel boot: fw_cfg items from the loader plus our ROM at boot
+/// index 0 (fw_cfg exists only with `-kernel`, as QEMU on Xen).
+fn plan_boot(config: &Config, layout: &RamLayout, vcpus: u32) -> Result<Option<BootSpec>, MachineError> {
+    let Some(kernel) = &config.kernel else {
+        if config.initrd_spec.is_some() || config.append.is_some() {
+            return Err(MachineError::BootArgsWithoutKernel);
+        }
+        return Ok(None);
+    };
+    let opts = FwCfgOptions { nb_cpus: u16::try_from(vcpus).unwrap_or(u16::MAX), ..FwCfgOptions::default() };
+    let mut fw_cfg = FwCfgItems::new(&opts)?;
+    let files = BootFiles {
+        kernel: kernel.clone(),
+        initrd: config.initrd_spec.clone(),
+        cmdline: config.append.clone().unwrap_or_default(),
+    };
+    let plan = xendm_fw_cfg::load(&mut fw_cfg, &files, layout, config.boot_protocol)?;
+    let rom = xendm_roms::by_name(plan.rom_name).ok_or(MachineError::MissingRom(plan.rom_name))?;
+    fw_cfg.add_boot_rom(plan.rom_name, rom.to_vec())?;
+    Ok(Some(BootSpec { plan, fw_cfg }))
+}
+
+/// Paths of the files the loader reads, for trace headers.
+pub fn boot_file_paths(config: &Config) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(k) = &config.kernel {
+        v.push(k.clone());
+    }
+    if let Some(spec) = &config.initrd_spec {
+        // A multiboot module list names several files; each is "path args".
+        for part in xendm_fw_cfg::multiboot::split_modules(spec) {
+            if let Some(p) = part.split(' ').next().filter(|p| !p.is_empty()) {
+                v.push(PathBuf::from(p));
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xendm_fw_cfg::{keys, BootProtocol};
+
+    fn config(args: &[&str]) -> Config {
+        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
+            crate::cli::Command::Run(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn mini_kernel() -> String {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/boot/mini-bzImage").to_string()
+    }
+
+    #[test]
+    fn devices_vcpus_and_layout_come_from_the_command_line() {
+        let s = MachineSpec::from_config(&config(&[
+            "-xen-domid",
+            "1",
+            "-machine",
+            "pc,accel=xen",
+            "-no-acpi",
+            "-m",
+            "8192",
+            "-smp",
+            "2,maxcpus=4",
+            "-serial",
+            "none",
+            "-serial",
+            "pty",
+        ]))
+        .unwrap();
+        assert_eq!(s.kind, MachineKind::PcAccelXen);
+        assert!(!s.acpi);
+        assert_eq!((s.vcpus, s.max_vcpus), (2, 4));
+        assert_eq!(s.layout, RamLayout { below_4g: 0xF000_0000, above_4g: (8192 << 20) - 0xF000_0000 });
+        assert_eq!(s.serials, [ChardevSpec::Pty]);
+        assert_eq!(s.cmos.boot_order, "cda");
+        assert_eq!(s.cmos.smp_cpus, 2);
+        assert!(s.boot.is_none());
+    }
+
+    #[test]
+    fn every_refusal_happens_while_planning() {
+        let mut c = config(&["-xen-domid", "1"]);
+        c.append = Some("x".into()); // the CLI refuses this already; the plan does too
+        assert!(matches!(MachineSpec::from_config(&c), Err(MachineError::BootArgsWithoutKernel)));
+
+        let c = config(&["-xen-domid", "1", "-serial", "pty", "-serial", "/dev/ttyS0"]);
+        let e = MachineSpec::from_config(&c).unwrap_err();
+        assert_eq!(e.to_string(), "-serial /dev/ttyS0: host character devices are not supported");
+
+        let mut c = config(&["-xen-domid", "1"]);
+        c.serial = vec![ChardevSpec::Null; 5];
+        assert!(matches!(MachineSpec::from_config(&c), Err(MachineError::TooManySerials { given: 5 })));
+
+        let e = MachineSpec::from_config(&config(&["-xen-domid", "1", "-boot", "order=e"])).unwrap_err();
+        assert!(matches!(e, MachineError::Cmos(_)), "{e}");
+
+        let e = MachineSpec::from_config(&config(&["-machine", "none,accel=xen"])).unwrap_err();
+        assert!(matches!(e, MachineError::NoMachine));
+
+        let e = MachineSpec::from_config(&config(&["-xen-domid", "1", "-kernel", "/nonexistent/vmlinuz"])).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/vmlinuz"), "{e}");
+    }
+
+    #[test]
+    fn a_kernel_is_planned_into_fw_cfg_items_with_its_rom() {
+        let k = mini_kernel();
+        let s = MachineSpec::from_config(&config(&["-xen-domid", "1", "-smp", "3", "-kernel", &k])).unwrap();
+        let boot = s.boot.unwrap();
+        assert_eq!(boot.plan.protocol, BootProtocol::Linux);
+        assert!(boot.plan.guest_writes.is_empty());
+        assert_eq!(boot.fw_cfg.item_data(keys::NB_CPUS), Some(&3u16.to_le_bytes()[..]));
+        assert!(boot.fw_cfg.item_data(keys::KERNEL_DATA).is_some());
+        assert_eq!(boot.fw_cfg.file_data("bootorder").unwrap(), b"/rom@genroms/linuxboot_dma.bin\0");
+        let rom = xendm_roms::by_name("linuxboot_dma.bin").unwrap();
+        assert_eq!(boot.fw_cfg.file_data("genroms/linuxboot_dma.bin").unwrap(), rom);
+    }
+
+    #[test]
+    fn boot_file_paths_follow_the_module_list() {
+        let c = config(&["-xen-domid", "1", "-kernel", "/k", "-initrd", "/m1 x y,/m2"]);
+        assert_eq!(boot_file_paths(&c), vec![PathBuf::from("/k"), PathBuf::from("/m1"), PathBuf::from("/m2")]);
+    }
+}
