@@ -321,6 +321,7 @@ fn check_response(i: u32, req: &Ioreq, resp: u64) {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one loop of request kinds, read top to bottom
 fn random_ioreqs_never_break_the_machine() {
     let mem = Arc::new(TestMemory::pc(RAM_MIB << 20).unwrap());
     let hv = Arc::new(FakeHypervisor::new());

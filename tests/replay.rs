@@ -78,6 +78,7 @@ type Prep = Vec<(u64, Vec<u8>)>;
 
 /// The scripted session: what firmware and a guest would do, plus hostile
 /// requests. `(buffered, request, memory to prepare before it)`.
+#[allow(clippy::too_many_lines)] // one scripted session, read top to bottom
 fn script() -> Vec<(bool, Ioreq, Prep)> {
     let mut s: Vec<(bool, Ioreq, Prep)> = Vec::new();
     let mut add = |r: Ioreq| s.push((false, r, vec![]));

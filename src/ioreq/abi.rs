@@ -290,6 +290,18 @@ pub const BUF_SLOT_SIZE: usize = size_of::<u64>();
 pub const BUF_PAGE_SIZE: usize = size_of::<BufferedIopageRaw>();
 const _: () = assert!(BUF_PAGE_SIZE == 4096);
 
+/// `XENMEM_resource_ioreq_server` (`public/memory.h`): the resource type
+/// under which Xen hands out an ioreq server's pages.
+pub const XENMEM_RESOURCE_IOREQ_SERVER: u32 = 0;
+/// Frame 0 of the ioreq server resource: the buffered ring page
+/// (`XENMEM_resource_ioreq_server_frame_bufioreq`).
+pub const IOREQ_SERVER_FRAME_BUFIOREQ: u64 = 0;
+/// Frame 1 of the ioreq server resource: the synchronous page with one slot
+/// per vCPU (`XENMEM_resource_ioreq_server_frame_ioreq(0)`).
+pub const IOREQ_SERVER_FRAME_IOREQ: u64 = 1;
+/// Size of a Xen page on x86 (`1 << XEN_PAGE_SHIFT`, `public/io/ring.h`).
+pub const XEN_PAGE_SIZE: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +315,7 @@ mod tests {
         std::fs::write(
             &src,
             format!(
-                "#include <stdio.h>\n#include <stdint.h>\n#include <stddef.h>\n#include <string.h>\n#include <xen/xen.h>\n#include <xen/hvm/ioreq.h>\nint main(void) {{\n{body}\nreturn 0; }}\n"
+                "#include <stdio.h>\n#include <stdint.h>\n#include <stddef.h>\n#include <string.h>\n#include <xen/xen.h>\n#include <xen/hvm/ioreq.h>\n#include <xen/memory.h>\n#include <xen/io/ring.h>\nint main(void) {{\n{body}\nreturn 0; }}\n"
             ),
         )
         .unwrap();
@@ -321,6 +333,20 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn ioreq_server_resource_constants_match_the_installed_header() {
+        let c = run_c(
+            r#"
+    printf("%d %d %d %lu\n", XENMEM_resource_ioreq_server, XENMEM_resource_ioreq_server_frame_bufioreq,
+           XENMEM_resource_ioreq_server_frame_ioreq(0), 1UL << XEN_PAGE_SHIFT);
+"#,
+        );
+        let want = format!(
+            "{XENMEM_RESOURCE_IOREQ_SERVER} {IOREQ_SERVER_FRAME_BUFIOREQ} {IOREQ_SERVER_FRAME_IOREQ} {XEN_PAGE_SIZE}\n"
+        );
+        assert_eq!(c, want);
     }
 
     #[test]

@@ -357,6 +357,7 @@ mod tests {
     /// drive it (order and values from `tools/firmware/hvmloader/pci.c` and
     /// the lab capture).
     #[test]
+    #[allow(clippy::too_many_lines)] // a golden sequence, read top to bottom
     fn golden_hvmloader_full_chipset() {
         let (mut bus, hv, devices) = place(&params());
         assert_eq!(

@@ -69,14 +69,9 @@ impl BufIoreq {
     }
 }
 
-/// `XENMEM_resource_ioreq_server` (`public/memory.h`).
-pub const XENMEM_RESOURCE_IOREQ_SERVER: c_uint = 0;
-/// Frame 0 of the ioreq server resource: the buffered ring page.
-pub const IOREQ_SERVER_FRAME_BUFIOREQ: u64 = 0;
-/// Frame 1 of the ioreq server resource: the synchronous page (vCPU slots).
-pub const IOREQ_SERVER_FRAME_IOREQ: u64 = 1;
-/// Size of a Xen page on x86.
-pub const XEN_PAGE_SIZE: usize = 4096;
+pub use crate::ioreq::abi::{
+    IOREQ_SERVER_FRAME_BUFIOREQ, IOREQ_SERVER_FRAME_IOREQ, XENMEM_RESOURCE_IOREQ_SERVER, XEN_PAGE_SIZE,
+};
 
 /// The calling thread's `errno`, read right after a failed C call.
 fn errno() -> i32 {

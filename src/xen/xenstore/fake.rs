@@ -336,67 +336,11 @@ fn first_string(payload: &[u8]) -> String {
 }
 
 fn handle(st: &mut Store, conn: u64, h: Header, payload: &[u8]) -> Reply {
-    let ok = || Ok(b"OK\0".to_vec());
     let Some(op) = Op::from_code(h.ty) else {
         return Err("EINVAL");
     };
-    match op {
-        Op::TransactionStart => {
-            let id = st.next_tx;
-            st.next_tx += 1;
-            let tx = Tx { conn, base_generation: st.generation, nodes: st.nodes.clone(), changed: Vec::new() };
-            st.txs.insert(id, tx);
-            return Ok(format!("{id}\0").into_bytes());
-        }
-        Op::TransactionEnd => {
-            let Some(tx) = st.txs.remove(&h.tx_id) else {
-                return Err("ENOENT");
-            };
-            if tx.conn != conn {
-                return Err("ENOENT");
-            }
-            match first_string(payload).as_str() {
-                "F" => return ok(),
-                "T" => {}
-                _ => return Err("EINVAL"),
-            }
-            if tx.base_generation != st.generation {
-                return Err("EAGAIN");
-            }
-            st.nodes = tx.nodes;
-            st.generation += 1;
-            for p in tx.changed {
-                fire(st, &p);
-            }
-            return ok();
-        }
-        Op::Watch => {
-            let args = strings(payload);
-            let (Some(path), Some(token)) = (args.first(), args.get(1)) else {
-                return Err("EINVAL");
-            };
-            let abs = if path.starts_with('@') { path.clone() } else { resolve(path)? };
-            if st.watches.iter().any(|w| w.conn == conn && w.path == *path && w.token == *token) {
-                return Err("EEXIST");
-            }
-            st.watches.push(WatchReg { conn, path: path.clone(), abs, token: token.clone() });
-            return ok();
-        }
-        Op::Unwatch => {
-            let args = strings(payload);
-            let (Some(path), Some(token)) = (args.first(), args.get(1)) else {
-                return Err("EINVAL");
-            };
-            let before = st.watches.len();
-            st.watches.retain(|w| !(w.conn == conn && w.path == *path && w.token == *token));
-            return if st.watches.len() == before { Err("ENOENT") } else { ok() };
-        }
-        Op::GetDomainPath => {
-            let arg = first_string(payload);
-            let domid: u32 = arg.parse().map_err(|_| "EINVAL")?;
-            return Ok(format!("/local/domain/{domid}\0").into_bytes());
-        }
-        _ => {}
+    if let Some(reply) = connection_op(st, conn, op, &h, payload) {
+        return reply;
     }
     // Node operations, inside a transaction or not.
     let in_tx = h.tx_id != 0;
@@ -418,56 +362,7 @@ fn handle(st: &mut Store, conn: u64, h: Header, payload: &[u8]) -> Reply {
         } else {
             &mut st.nodes
         };
-        match op {
-            Op::Read => nodes.get(&abs).map(|n| n.value.clone()).ok_or("ENOENT"),
-            Op::Directory => {
-                if nodes.contains_key(&abs) {
-                    Ok(children(nodes, &abs))
-                } else {
-                    Err("ENOENT")
-                }
-            }
-            Op::GetPerms => match nodes.get(&abs) {
-                Some(n) => Ok(n.perms.iter().flat_map(|p| format!("{p}\0").into_bytes()).collect()),
-                None => Err("ENOENT"),
-            },
-            Op::Write => {
-                write_node(nodes, &abs, rest);
-                changed = Some(abs.clone());
-                ok()
-            }
-            Op::Mkdir => {
-                if create(nodes, &abs) {
-                    changed = Some(abs.clone());
-                }
-                ok()
-            }
-            Op::Rm => {
-                if nodes.contains_key(&abs) {
-                    remove_subtree(nodes, &abs);
-                    changed = Some(abs.clone());
-                    ok()
-                } else if parent(&abs).is_some_and(|p| nodes.contains_key(p)) {
-                    ok()
-                } else {
-                    Err("ENOENT")
-                }
-            }
-            Op::SetPerms => {
-                let perms: Result<Vec<Perm>, _> = strings(rest).iter().map(|s| s.parse::<Perm>()).collect();
-                match (perms, nodes.get_mut(&abs)) {
-                    (Ok(p), _) if p.is_empty() => Err("EINVAL"),
-                    (Err(_), _) => Err("EINVAL"),
-                    (Ok(_), None) => Err("ENOENT"),
-                    (Ok(p), Some(n)) => {
-                        n.perms = p;
-                        changed = Some(abs.clone());
-                        ok()
-                    }
-                }
-            }
-            _ => Err("EINVAL"),
-        }
+        node_op(nodes, op, &abs, rest, &mut changed)
     };
     if let Some(path) = changed {
         if in_tx {
@@ -480,4 +375,133 @@ fn handle(st: &mut Store, conn: u64, h: Header, payload: &[u8]) -> Reply {
         }
     }
     result
+}
+
+/// Transactions, watches and domain paths: the operations on the
+/// connection rather than on one node (None for a node operation).
+fn connection_op(st: &mut Store, conn: u64, op: Op, h: &Header, payload: &[u8]) -> Option<Reply> {
+    let ok = || Ok(b"OK\0".to_vec());
+    Some(match op {
+        Op::TransactionStart => {
+            let id = st.next_tx;
+            st.next_tx += 1;
+            let tx = Tx { conn, base_generation: st.generation, nodes: st.nodes.clone(), changed: Vec::new() };
+            st.txs.insert(id, tx);
+            Ok(format!("{id}\0").into_bytes())
+        }
+        Op::TransactionEnd => end_transaction(st, conn, h.tx_id, payload),
+        Op::Watch => {
+            let args = strings(payload);
+            let (Some(path), Some(token)) = (args.first(), args.get(1)) else {
+                return Some(Err("EINVAL"));
+            };
+            let abs = if path.starts_with('@') { Ok(path.clone()) } else { resolve(path) };
+            match abs {
+                Err(e) => Err(e),
+                Ok(_) if st.watches.iter().any(|w| w.conn == conn && w.path == *path && w.token == *token) => {
+                    Err("EEXIST")
+                }
+                Ok(abs) => {
+                    st.watches.push(WatchReg { conn, path: path.clone(), abs, token: token.clone() });
+                    ok()
+                }
+            }
+        }
+        Op::Unwatch => {
+            let args = strings(payload);
+            let (Some(path), Some(token)) = (args.first(), args.get(1)) else {
+                return Some(Err("EINVAL"));
+            };
+            let before = st.watches.len();
+            st.watches.retain(|w| !(w.conn == conn && w.path == *path && w.token == *token));
+            if st.watches.len() == before {
+                Err("ENOENT")
+            } else {
+                ok()
+            }
+        }
+        Op::GetDomainPath => match first_string(payload).parse::<u32>() {
+            Ok(domid) => Ok(format!("/local/domain/{domid}\0").into_bytes()),
+            Err(_) => Err("EINVAL"),
+        },
+        _ => return None,
+    })
+}
+
+fn end_transaction(st: &mut Store, conn: u64, tx_id: u32, payload: &[u8]) -> Reply {
+    let Some(tx) = st.txs.remove(&tx_id) else {
+        return Err("ENOENT");
+    };
+    if tx.conn != conn {
+        return Err("ENOENT");
+    }
+    match first_string(payload).as_str() {
+        "F" => return Ok(b"OK\0".to_vec()),
+        "T" => {}
+        _ => return Err("EINVAL"),
+    }
+    if tx.base_generation != st.generation {
+        return Err("EAGAIN");
+    }
+    st.nodes = tx.nodes;
+    st.generation += 1;
+    for p in tx.changed {
+        fire(st, &p);
+    }
+    Ok(b"OK\0".to_vec())
+}
+
+/// One operation on the node at `abs`; `changed` names it if it changed.
+fn node_op(nodes: &mut BTreeMap<String, Node>, op: Op, abs: &str, rest: &[u8], changed: &mut Option<String>) -> Reply {
+    let ok = || Ok(b"OK\0".to_vec());
+    match op {
+        Op::Read => nodes.get(abs).map(|n| n.value.clone()).ok_or("ENOENT"),
+        Op::Directory => {
+            if nodes.contains_key(abs) {
+                Ok(children(nodes, abs))
+            } else {
+                Err("ENOENT")
+            }
+        }
+        Op::GetPerms => match nodes.get(abs) {
+            Some(n) => Ok(n.perms.iter().flat_map(|p| format!("{p}\0").into_bytes()).collect()),
+            None => Err("ENOENT"),
+        },
+        Op::Write => {
+            write_node(nodes, abs, rest);
+            *changed = Some(abs.to_string());
+            ok()
+        }
+        Op::Mkdir => {
+            if create(nodes, abs) {
+                *changed = Some(abs.to_string());
+            }
+            ok()
+        }
+        Op::Rm => {
+            if nodes.contains_key(abs) {
+                remove_subtree(nodes, abs);
+                *changed = Some(abs.to_string());
+                ok()
+            } else if parent(abs).is_some_and(|p| nodes.contains_key(p)) {
+                ok()
+            } else {
+                Err("ENOENT")
+            }
+        }
+        Op::SetPerms => {
+            let perms: Result<Vec<Perm>, _> = strings(rest).iter().map(|s| s.parse::<Perm>()).collect();
+            match (perms, nodes.get_mut(abs)) {
+                (Ok(p), _) if p.is_empty() => Err("EINVAL"),
+                (Err(_), _) => Err("EINVAL"),
+                (Ok(_), None) => Err("ENOENT"),
+                (Ok(p), Some(n)) => {
+                    n.perms = p;
+                    *changed = Some(abs.to_string());
+                    ok()
+                }
+            }
+        }
+        _ => Err("EINVAL"),
+    }
 }
