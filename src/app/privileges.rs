@@ -8,6 +8,9 @@
 //! uid are set, in that order, so the uid change cannot be undone. glibc
 //! applies `setuid`/`setgid` to every thread of the process.
 //!
+//! The calls go through `nix` (safe wrappers over libc; `getpwnam_r`
+//! rather than `getpwnam`), so this file has no `unsafe` outside its tests.
+//!
 //! libxl refuses to run a restricted DM as uid 0; so do we: `-runas root` or
 //! `0:0` is an error rather than a silent no-op.
 
@@ -15,6 +18,7 @@ use std::ffi::CString;
 use std::path::Path;
 
 use anyhow::Context;
+use nix::unistd::{self, Gid, Uid, User};
 use tracing::info;
 
 use crate::cli::Config;
@@ -75,18 +79,11 @@ pub fn resolve_runas(spec: &str) -> Result<RunAs, PrivError> {
         let gid = g.parse().map_err(|_| PrivError::BadSpec(spec.to_string()))?;
         RunAs { uid, gid, name: None }
     } else {
-        let c = CString::new(spec).map_err(|_| PrivError::BadSpec(spec.to_string()))?;
-        // SAFETY: `c` is a valid NUL-terminated string. getpwnam returns NULL
-        // or a pointer to static storage that stays valid until the next
-        // getpw* call; we copy the two integers out before returning, and
-        // xendm calls this once, at start-up, from one thread.
-        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-        if pw.is_null() {
-            return Err(PrivError::NoUser(spec.to_string()));
-        }
-        // SAFETY: non-NULL result of getpwnam, see above.
-        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-        RunAs { uid, gid, name: Some(spec.to_string()) }
+        // getpwnam_r through nix: no shared static buffer.
+        let user = User::from_name(spec)
+            .map_err(|e| PrivError::Sys { call: format!("getpwnam({spec})"), source: e.into() })?
+            .ok_or_else(|| PrivError::NoUser(spec.to_string()))?;
+        RunAs { uid: user.uid.as_raw(), gid: user.gid.as_raw(), name: Some(spec.to_string()) }
     };
     if r.uid == 0 {
         return Err(PrivError::Root(spec.to_string()));
@@ -94,12 +91,8 @@ pub fn resolve_runas(spec: &str) -> Result<RunAs, PrivError> {
     Ok(r)
 }
 
-fn sys(call: impl Into<String>, rc: libc::c_int) -> Result<(), PrivError> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(PrivError::Sys { call: call.into(), source: std::io::Error::last_os_error() })
-    }
+fn sys(call: impl Into<String>) -> impl FnOnce(nix::Error) -> PrivError {
+    move |e| PrivError::Sys { call: call.into(), source: e.into() }
 }
 
 /// `chroot(dir)` then `chdir("/")`.
@@ -107,14 +100,8 @@ fn sys(call: impl Into<String>, rc: libc::c_int) -> Result<(), PrivError> {
 /// # Errors
 /// If either call fails (the message names the directory).
 pub fn chroot(dir: &Path) -> Result<(), PrivError> {
-    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| PrivError::Sys {
-        call: format!("chroot({})", dir.display()),
-        source: std::io::ErrorKind::InvalidInput.into(),
-    })?;
-    // SAFETY: valid NUL-terminated path; chroot does not retain the pointer.
-    sys(format!("chroot({})", dir.display()), unsafe { libc::chroot(c.as_ptr()) })?;
-    // SAFETY: static NUL-terminated string.
-    sys("chdir(/)", unsafe { libc::chdir(c"/".as_ptr()) })
+    unistd::chroot(dir).map_err(sys(format!("chroot({})", dir.display())))?;
+    unistd::chdir("/").map_err(sys("chdir(/)"))
 }
 
 /// Sets supplementary groups, gid and uid (in that order), then checks that
@@ -123,23 +110,17 @@ pub fn chroot(dir: &Path) -> Result<(), PrivError> {
 /// # Errors
 /// If any call fails.
 pub fn become_user(r: &RunAs) -> Result<(), PrivError> {
+    let gid = Gid::from_raw(r.gid);
     match &r.name {
         Some(name) => {
             let c = CString::new(name.as_str()).map_err(|_| PrivError::BadSpec(name.clone()))?;
-            // SAFETY: valid NUL-terminated user name; plain integer gid.
-            sys(format!("initgroups({name})"), unsafe { libc::initgroups(c.as_ptr(), r.gid) })?;
+            unistd::initgroups(&c, gid).map_err(sys(format!("initgroups({name})")))?;
         }
-        None => {
-            // SAFETY: a zero-length list; the pointer is not read.
-            sys("setgroups([])", unsafe { libc::setgroups(0, std::ptr::null()) })?;
-        }
+        None => unistd::setgroups(&[]).map_err(sys("setgroups([])"))?,
     }
-    // SAFETY: plain integer arguments.
-    sys(format!("setgid({})", r.gid), unsafe { libc::setgid(r.gid) })?;
-    // SAFETY: plain integer argument.
-    sys(format!("setuid({})", r.uid), unsafe { libc::setuid(r.uid) })?;
-    // SAFETY: plain integer argument; we expect failure.
-    if unsafe { libc::setuid(0) } == 0 {
+    unistd::setgid(gid).map_err(sys(format!("setgid({})", r.gid)))?;
+    unistd::setuid(Uid::from_raw(r.uid)).map_err(sys(format!("setuid({})", r.uid)))?;
+    if unistd::setuid(Uid::from_raw(0)).is_ok() {
         return Err(PrivError::Sys {
             call: "setuid(0) after dropping".into(),
             source: std::io::ErrorKind::PermissionDenied.into(),
