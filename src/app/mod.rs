@@ -32,6 +32,7 @@ mod record;
 mod serve;
 mod setup;
 pub mod signals;
+mod xenstore_work;
 
 use std::ffi::OsString;
 
