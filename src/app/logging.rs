@@ -177,7 +177,7 @@ impl<W: Write, C: Clock> State<W, C> {
     fn notice(&mut self, msg: &str) {
         let mut line = String::new();
         self.clock.timestamp(&mut line);
-        line.push_str(" WARN xendm::app::logging: ");
+        line.push_str("  WARN xendm::app::logging: ");
         line.push_str(msg);
         line.push('\n');
         self.emit(line.as_bytes());
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(lines[9], line(9).trim_end());
         assert_eq!(
             lines[10],
-            "T+0s WARN xendm::app::logging: log budget of 340 bytes per 60 s spent; dropping log lines for up to 60 s"
+            "T+0s  WARN xendm::app::logging: log budget of 340 bytes per 60 s spent; dropping log lines for up to 60 s"
         );
         assert_eq!(b.stats(), BudgetStats { written_lines: 11, dropped_lines: 990, failed_writes: 0 });
     }
@@ -366,7 +366,7 @@ mod tests {
         clock.advance(Duration::from_secs(60));
         send(&b, 3); // window 1 is 120 s: notice, 1 written, 2 dropped
         let lines = sink.lines();
-        assert_eq!(lines[2], "T+60s WARN xendm::app::logging: 4 log lines (136 bytes) suppressed by the log budget");
+        assert_eq!(lines[2], "T+60s  WARN xendm::app::logging: 4 log lines (136 bytes) suppressed by the log budget");
         assert_eq!(lines[3], line(0).trim_end());
         assert!(lines[4].contains("per 120 s spent"), "{lines:#?}");
         // Still inside window 1 at 170 s: nothing gets through.
