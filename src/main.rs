@@ -11,24 +11,34 @@ use anyhow::{Context, Result};
 use tracing::error;
 use xendm::cli::{self, Command};
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("XENDM_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+/// Process set-up before anything else runs: SIGXFSZ ignored (so a full
+/// log or serial file cannot kill us), the budgeted log, the panic hook
+/// that ends the whole process (`xendm::app::signals`, `logging`,
+/// `panics`).
+fn init_process() {
+    let signal = xendm::app::signals::ignore_file_size_signal();
+    xendm::app::logging::init();
+    xendm::app::panics::install();
+    if let Err(e) = signal {
+        error!("cannot ignore SIGXFSZ ({e}); a log past RLIMIT_FSIZE will kill the device model");
+    }
+}
+
+/// Writes to stderr, ignoring failure (`eprintln!` panics when stderr
+/// cannot be written, e.g. past RLIMIT_FSIZE).
+fn print_error(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    init_process();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let cmd = match cli::parse(args.clone()) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
-            eprintln!("xendm: {e}\nTry 'xendm --help'.");
+            print_error(format_args!("xendm: {e}\nTry 'xendm --help'."));
             return ExitCode::from(2);
         }
     };
@@ -45,7 +55,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = report(&e);
             error!("{msg}");
-            eprintln!("xendm: {msg}");
+            print_error(format_args!("xendm: {msg}"));
             ExitCode::FAILURE
         }
     }

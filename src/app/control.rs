@@ -5,7 +5,8 @@
 //! and `qapi/misc.json`) act on [`Control`] through
 //! [`crate::control::qmp::VmControl`]. `cont` enables the ioreq server and,
 //! the first time a `-S` guest starts, writes `state = running` to xenstore
-//! (libxl waits for it); it is idempotent because libxl sends it on every
+//! (libxl waits for it) through a hook that does not block (the write is
+//! done on another thread); it is idempotent because libxl sends it on every
 //! create.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -22,7 +23,9 @@ const PRELAUNCH: u8 = 0;
 const RUNNING: u8 = 1;
 const PAUSED: u8 = 2;
 
-/// Writes `device-model/<domid>/state = running` (logging any failure).
+/// Has `device-model/<domid>/state = running` written (logging any
+/// failure). It runs on the QMP thread, so it must not block: the real one
+/// hands the write to a thread of its own (`xenstore_work.rs`).
 pub type Announce = Box<dyn Fn() + Send>;
 
 /// Run state shared by QMP, the main loop and the ioreq server.

@@ -23,12 +23,16 @@
 //! `-machine none` (the libxl 4.20 probe) only serves QMP (`probe.rs`).
 
 mod control;
+pub mod logging;
 mod monitors;
+pub mod panics;
 pub mod privileges;
 mod probe;
 mod record;
 mod serve;
 mod setup;
+pub mod signals;
+mod xenstore_work;
 
 use std::ffi::OsString;
 

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::control::{wait_for_end, Control};
-use super::{monitors, privileges, runtime};
+use super::{monitors, privileges, runtime, xenstore_work};
 use crate::cli::Config;
 use crate::control::chardev::Chardev;
 use crate::control::qmp::ChardevInfo;
@@ -52,21 +52,21 @@ pub fn serve(cfg: &Config, domid: u16, m: Machine, server: IoreqServer, serial: 
     let ioreq = IoreqThread::spawn(server, m.engine)?;
     let xs = open_xenstore(cfg);
     if let Some(xs) = &xs {
-        ctl.set_xenstore_announce(announcer(xs.clone(), domid));
+        // Off the QMP thread (xenstore_work.rs), started before the drop.
+        ctl.set_xenstore_announce(xenstore_work::announcer(xs.clone(), domid)?);
+        crate::xen::pvbackends::spawn_vkbd_closer(xs.clone(), u32::from(domid)).context("starting the vkbd thread")?;
     }
     privileges::drop_privileges(cfg, domid)?;
 
-    let result = rt.block_on(async {
-        monitors::serve(listeners, &ctl)?;
-        if let Some(xs) = &xs {
-            if !cfg.start_paused {
-                xenstore::announce_running(xs, u32::from(domid)).context("announcing running in xenstore")?;
-            }
-            tokio::spawn(crate::xen::pvbackends::close_vkbd_forever(xs.clone(), u32::from(domid)));
-        }
-        info!(domid, vcpus, "device model running");
-        wait_for_end(&quit).await;
-        anyhow::Ok(())
+    // The sockets listen already, so the announce may come before QMP
+    // serves (and not on its thread).
+    let result = announce_start(cfg, xs.as_deref(), domid).and_then(|()| {
+        rt.block_on(async {
+            monitors::serve(listeners, &ctl)?;
+            info!(domid, vcpus, "device model running");
+            wait_for_end(&quit).await;
+            anyhow::Ok(())
+        })
     });
 
     ioreq.stop();
@@ -102,13 +102,15 @@ fn open_xenstore(cfg: &Config) -> Option<Arc<XenStore>> {
     }
 }
 
-/// What `cont` runs to tell libxl the guest runs.
-fn announcer(xs: Arc<XenStore>, domid: u16) -> super::control::Announce {
-    Box::new(move || {
-        if let Err(e) = xenstore::announce_running(&xs, u32::from(domid)) {
-            warn!("writing device-model state: {e}");
+/// Writes `state = running` now, unless started paused (then `cont` does).
+fn announce_start(cfg: &Config, xs: Option<&XenStore>, domid: u16) -> Result<()> {
+    match xs {
+        Some(xs) if !cfg.start_paused => {
+            xenstore::announce_running(xs, u32::from(domid)).context("announcing running in xenstore")?;
+            Ok(())
         }
-    })
+        _ => Ok(()),
+    }
 }
 
 /// The thread that owns the engine and serves ioreqs.

@@ -17,7 +17,9 @@
 //! until the UART has taken them; the UART wakes it through its rx notifier
 //! whenever the guest reads RBR, with a 100 ms re-check as a safety net.
 //! Backends that stop (EOF, a peer that went away) are logged and output is
-//! dropped; nothing here panics on I/O errors.
+//! dropped; nothing here panics on I/O errors. Failed writes (`EFBIG` at the
+//! file size limit, `ENOSPC`) follow `serial_failures.rs`: never a log line
+//! per write, nothing written before the limit lost, the DM keeps running.
 //!
 //! Differences from QEMU:
 //!
@@ -54,6 +56,8 @@ use rustix::pty::OpenptFlags;
 use rustix::termios::OptionalActions;
 use xendm_devices::pc::uart::{NullSink, SerialSink, Uart};
 use xendm_devices::ratelimit::RateLimit;
+
+use super::serial_failures::WriteFailures;
 
 /// Output bytes buffered per backend before the oldest are dropped.
 pub const OUTPUT_BUFFER: usize = 64 * 1024;
@@ -134,6 +138,8 @@ struct OutState {
     dropped: u64,
     /// The writer holds bytes it took off `buf` but has not written yet.
     in_flight: bool,
+    /// Warnings the writer logged about failures and drops.
+    warnings: u64,
     closed: bool,
 }
 
@@ -209,8 +215,13 @@ enum OutTarget {
 /// What happened to a chunk.
 enum Sent {
     All,
-    /// The backend failed or went away; the rest of the chunk is dropped.
+    /// The backend went away; the rest of the chunk is dropped.
     Lost(usize),
+    /// A write failed with `error`; the rest of the chunk is dropped.
+    Failed {
+        lost: usize,
+        error: Errno,
+    },
 }
 
 fn write_fd(fd: &OwnedFd, mut data: &[u8], stop: &AtomicBool) -> Sent {
@@ -226,10 +237,7 @@ fn write_fd(fd: &OwnedFd, mut data: &[u8], stop: &AtomicBool) -> Sent {
                 let mut fds = [PollFd::new(fd, PollFlags::OUT)];
                 let _ = rustix::event::poll(&mut fds, Some(&tick()));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "serial output: write failed; dropping output");
-                return Sent::Lost(data.len());
-            }
+            Err(error) => return Sent::Failed { lost: data.len(), error },
         }
     }
     Sent::All
@@ -267,31 +275,29 @@ fn write_unix(conn: &UnixConn, mut data: &[u8], stop: &AtomicBool) -> Sent {
     Sent::All
 }
 
-fn writer_loop(q: Arc<OutQueue>, target: OutTarget, stop: Arc<AtomicBool>) {
+fn writer_loop(q: Arc<OutQueue>, target: OutTarget, stop: Arc<AtomicBool>, name: String) {
     let mut chunk = Vec::with_capacity(WRITE_CHUNK);
-    let mut log = RateLimit::per_second();
-    let mut reported = 0u64;
+    let mut failures = WriteFailures::new(name);
     while q.take(&mut chunk).is_some() {
         let sent = match &target {
+            _ if failures.stopped() => Sent::Lost(chunk.len()),
             OutTarget::Fd(fd) => write_fd(fd, &chunk, &stop),
             OutTarget::Unix(c) => write_unix(c, &chunk, &stop),
         };
-        if let Sent::Lost(n) = sent {
-            let mut st = lock(&q.st);
-            st.dropped = st.dropped.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
-        }
-        q.done();
-        let dropped = lock(&q.st).dropped;
-        if dropped != reported {
-            if let Some(suppressed) = log.check() {
-                tracing::warn!(
-                    dropped_total = dropped,
-                    suppressed,
-                    "serial output dropped (no reader, or the backend failed)"
-                );
-                reported = dropped;
+        let lost = match sent {
+            Sent::All => 0,
+            Sent::Lost(n) => n,
+            Sent::Failed { lost, error } => {
+                failures.failed(error);
+                lost
             }
-        }
+        };
+        let mut st = lock(&q.st);
+        st.dropped = st.dropped.saturating_add(u64::try_from(lost).unwrap_or(u64::MAX));
+        failures.report_dropped(st.dropped);
+        st.warnings = failures.warnings;
+        drop(st);
+        q.done();
     }
 }
 
@@ -538,6 +544,15 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd, PathBuf), ChardevError> {
     Ok((master, slave, path))
 }
 
+/// The backend as log lines name it.
+fn backend_name(spec: &ChardevSpec) -> String {
+    match spec {
+        ChardevSpec::File(p) | ChardevSpec::HostDevice(p) => format!("file:{}", p.display()),
+        ChardevSpec::Unix { path, .. } => format!("unix:{}", path.display()),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 fn spawn(role: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), ChardevError> {
     std::thread::Builder::new()
         .name(format!("serial-{role}"))
@@ -619,8 +634,8 @@ impl Chardev {
         };
         if let Some(target) = target {
             let q = Arc::new(OutQueue::default());
-            let (q2, stop2) = (q.clone(), stop.clone());
-            spawn("out", move || writer_loop(q2, target, stop2))?;
+            let (q2, stop2, name) = (q.clone(), stop.clone(), backend_name(spec));
+            spawn("out", move || writer_loop(q2, target, stop2, name))?;
             dev.out = Some(q);
         }
         Ok(dev)
@@ -680,6 +695,11 @@ impl Chardev {
     /// Output bytes dropped so far because the backend did not keep up.
     pub fn dropped_output(&self) -> u64 {
         self.out.as_ref().map_or(0, |q| lock(&q.st).dropped)
+    }
+
+    /// Warnings logged so far about failed writes and dropped output.
+    pub fn output_warnings(&self) -> u64 {
+        self.out.as_ref().map_or(0, |q| lock(&q.st).warnings)
     }
 
     /// Output bytes waiting in our buffer.

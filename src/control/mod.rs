@@ -4,3 +4,4 @@
 
 pub mod chardev;
 pub mod qmp;
+mod serial_failures;

@@ -63,8 +63,10 @@ pub fn close_unserved(xs: &XenStore, kind: &str, domid: u32) -> Result<Vec<Strin
 }
 
 /// Watches the guest's vkbd backend directory and closes every device that
-/// appears there unserved. Runs until the watch ends (xenstore gone).
-pub async fn close_vkbd_forever(xs: Arc<XenStore>, domid: u32) {
+/// appears there unserved. Blocks until the watch ends (xenstore gone): run
+/// it on a thread of its own ([`spawn_vkbd_closer`]), never on the QMP
+/// runtime, since every xenstore call may wait up to the xenstore timeout.
+pub fn close_vkbd_forever(xs: &XenStore, domid: u32) {
     let dir = backend_dir("vkbd", domid);
     let mut rx = match xs.watch(&dir, "xendm-vkbd") {
         Ok(rx) => rx,
@@ -74,11 +76,19 @@ pub async fn close_vkbd_forever(xs: Arc<XenStore>, domid: u32) {
         }
     };
     // xenstore fires a watch once when it is set, then on every change.
-    while rx.recv().await.is_some() {
-        if let Err(e) = close_unserved(&xs, "vkbd", domid) {
+    while rx.blocking_recv().is_some() {
+        if let Err(e) = close_unserved(xs, "vkbd", domid) {
             tracing::warn!(error = %e, "closing unserved vkbd backends");
         }
     }
+}
+
+/// Runs [`close_vkbd_forever`] on a new thread (`xs-vkbd`).
+///
+/// # Errors
+/// If the thread cannot be started.
+pub fn spawn_vkbd_closer(xs: Arc<XenStore>, domid: u32) -> std::io::Result<()> {
+    std::thread::Builder::new().name("xs-vkbd".into()).spawn(move || close_vkbd_forever(&xs, domid)).map(drop)
 }
 
 #[cfg(test)]
@@ -117,21 +127,17 @@ mod tests {
         let sock = dir.path().join("xs");
         let fake = FakeXenstored::start(&sock).unwrap();
         let xs = Arc::new(XenStore::open_path(&sock).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let task = tokio::spawn(close_vkbd_forever(xs.clone(), 7));
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            fake.write("/local/domain/0/backend/vkbd/7/0/state", "1");
-            let mut closed = false;
-            for _ in 0..50 {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                if fake.read("/local/domain/0/backend/vkbd/7/0/state").as_deref() == Some(&b"6"[..]) {
-                    closed = true;
-                    break;
-                }
+        spawn_vkbd_closer(xs, 7).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fake.write("/local/domain/0/backend/vkbd/7/0/state", "1");
+        let mut closed = false;
+        for _ in 0..50 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if fake.read("/local/domain/0/backend/vkbd/7/0/state").as_deref() == Some(&b"6"[..]) {
+                closed = true;
+                break;
             }
-            task.abort();
-            assert!(closed, "a vkbd added after start-up was not closed");
-        });
+        }
+        assert!(closed, "a vkbd added after start-up was not closed");
     }
 }

@@ -7,7 +7,10 @@
 //!
 //! * transport: a listening unix socket, either bound by us
 //!   (`-chardev socket,path=...`) or inherited (`-chardev socket,fd=N`), see
-//!   [`bind`]; any number of sequential clients, a few concurrent ones;
+//!   [`bind`]; any number of sequential clients, a few concurrent ones per
+//!   socket, each bounded in time (`limits.rs`: idle, read and write
+//!   timeouts; a full socket makes room for a new client by closing the
+//!   one idle the longest);
 //! * framing: every message we send ends in `"\r\n"` (libxl splits only on
 //!   CRLF); requests are parsed as a stream of JSON values, so one read may
 //!   hold part of a request or several requests;
@@ -26,6 +29,7 @@
 //! * input handling (the 1 MiB cap, recovery after malformed JSON, when input
 //!   is parsed) is described in `session.rs`.
 //!
+//! * `limits.rs` - clients per socket, timeouts, eviction;
 //! * `session.rs` - one connection's protocol state: framing, negotiation;
 //! * `commands.rs` - the commands, their reply payloads, the greeting;
 //! * `encode.rs` - replies in QEMU's exact bytes.
@@ -46,10 +50,14 @@ use xendm_devices::ratelimit::RateLimit;
 
 mod commands;
 mod encode;
+mod limits;
 mod session;
+
+pub use limits::QmpLimits;
 
 use commands::greeting;
 use encode::encode;
+use limits::{Client, Clients};
 use session::Session;
 
 /// The QEMU version we advertise, `(major, minor, micro)`. libxl needs at
@@ -61,8 +69,8 @@ pub const QEMU_VERSION: (u32, u32, u32) = (7, 2, 0);
 /// buffer has the same cap).
 pub const MAX_INPUT: usize = 1 << 20;
 
-/// Concurrent clients served per listener; further ones wait in the listen
-/// backlog until one disconnects (libxl is strictly sequential).
+/// Concurrent clients served per listener (see [`QmpLimits`]; libxl is
+/// strictly sequential).
 pub const MAX_CLIENTS: usize = 8;
 
 /// Where the QMP socket comes from.
@@ -236,58 +244,122 @@ pub enum QmpError {
     /// Encoding a reply failed (not expected to happen).
     #[error("QMP encode reply: {0}")]
     Encode(#[source] serde_json::Error),
+    /// The client was too slow ([`QmpLimits`]): `what` is `idle`, `read`
+    /// or `write`.
+    #[error("QMP client {what} timeout ({}s)", after.as_secs_f32())]
+    Timeout { what: &'static str, after: Duration },
+    /// A new client needed the slot of this idle one.
+    #[error("QMP client closed to make room for a new one")]
+    Evicted,
 }
 
-/// Accepts clients forever and serves each one on its own task.
-///
-/// Up to [`MAX_CLIENTS`] connections are served at once; dropping the future
-/// closes every connection it spawned.
+/// Accepts clients forever and serves each one on its own task, with the
+/// default [`QmpLimits`].
 pub async fn serve(listener: UnixListener, ctl: Arc<dyn VmControl>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    let mut clients = JoinSet::new();
+    serve_with(listener, ctl, QmpLimits::default()).await;
+}
+
+/// Accepts clients forever and serves each one on its own task, within
+/// `limits`; dropping the future closes every connection it spawned.
+pub async fn serve_with(listener: UnixListener, ctl: Arc<dyn VmControl>, limits: QmpLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_clients.max(1)));
+    let clients = Arc::new(Clients::default());
+    let mut conns = JoinSet::new();
     let mut accept_errors = RateLimit::per_second();
+    let drop_log = Arc::new(std::sync::Mutex::new(RateLimit::per_second()));
     loop {
         // Reap finished connections so the set does not grow.
-        while clients.try_join_next().is_some() {}
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return; // the semaphore is never closed
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let ctl = Arc::clone(&ctl);
-                clients.spawn(async move {
-                    let _permit = permit;
-                    match serve_connection(stream, ctl.as_ref()).await {
-                        Ok(()) => tracing::debug!("QMP client disconnected"),
-                        Err(e) => tracing::debug!("QMP client dropped: {e}"),
-                    }
-                });
-            }
+        while conns.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 if let Some(n) = accept_errors.check() {
                     tracing::warn!(suppressed = n, "QMP accept: {e}");
                 }
                 // EMFILE and friends: back off instead of spinning.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        let Some(permit) = take_slot(&slots, &clients, &limits).await else {
+            return; // the semaphore is never closed
+        };
+        let (ctl, clients, drop_log) = (Arc::clone(&ctl), Arc::clone(&clients), Arc::clone(&drop_log));
+        conns.spawn(async move {
+            let _permit = permit;
+            let me = clients.register();
+            let result = serve_client(stream, ctl.as_ref(), &limits, &me).await;
+            clients.remove(&me);
+            match result {
+                Ok(()) => tracing::debug!("QMP client disconnected"),
+                Err(e @ (QmpError::Timeout { .. } | QmpError::Evicted)) => {
+                    if let Some(suppressed) = xendm_devices::sync::lock(&drop_log).check() {
+                        tracing::info!(suppressed, "{e}");
+                    }
+                }
+                Err(e) => tracing::debug!("QMP client dropped: {e}"),
+            }
+        });
+    }
+}
+
+/// A connection slot: at once if one is free, else after asking the
+/// client idle the longest to leave (again every `evict_idle_after` while
+/// every client is busy).
+async fn take_slot(
+    slots: &Arc<Semaphore>,
+    clients: &Clients,
+    limits: &QmpLimits,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = Arc::clone(slots).try_acquire_owned() {
+        return Some(p);
+    }
+    loop {
+        clients.evict_longest_idle(limits.evict_idle_after);
+        let retry = limits.evict_idle_after.max(Duration::from_millis(10));
+        match tokio::time::timeout(retry, Arc::clone(slots).acquire_owned()).await {
+            Ok(p) => return p.ok(),
+            Err(_) => continue,
         }
     }
 }
 
 /// Serves one client on `stream` until it disconnects: greeting, then
-/// request/response. Public so other transports (e.g. a vchan proxy) can
-/// reuse it.
-pub async fn serve_connection<S>(mut stream: S, ctl: &dyn VmControl) -> Result<(), QmpError>
+/// request/response, within the default [`QmpLimits`] timeouts. Public so
+/// other transports (e.g. a vchan proxy) can reuse it.
+pub async fn serve_connection<S>(stream: S, ctl: &dyn VmControl) -> Result<(), QmpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_client(stream, ctl, &QmpLimits::default(), &Client::default()).await
+}
+
+/// [`serve_connection`] for a registered client `me`, within `limits`.
+async fn serve_client<S>(mut stream: S, ctl: &dyn VmControl, limits: &QmpLimits, me: &Client) -> Result<(), QmpError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut session = Session::new();
     let greeting = encode(&greeting())?;
-    stream.write_all(&greeting).await.map_err(QmpError::Write)?;
-    stream.flush().await.map_err(QmpError::Write)?;
+    me.set_idle(false);
+    send(&mut stream, std::slice::from_ref(&greeting), limits).await?;
     let mut chunk = vec![0u8; 16 * 1024];
+    // When the request being received began (`None` between requests).
+    let mut request_began: Option<tokio::time::Instant> = None;
     loop {
-        let n = stream.read(&mut chunk).await.map_err(QmpError::Read)?;
+        me.set_idle(request_began.is_none());
+        let (what, after, left) = match request_began {
+            None => ("idle", limits.idle_timeout, limits.idle_timeout),
+            Some(t) => ("read", limits.read_timeout, limits.read_timeout.saturating_sub(t.elapsed())),
+        };
+        let n = tokio::select! {
+            r = tokio::time::timeout(left, stream.read(&mut chunk)) => match r {
+                Ok(r) => r.map_err(QmpError::Read)?,
+                Err(_) => return Err(QmpError::Timeout { what, after }),
+            },
+            () = me.evicted() => return Err(QmpError::Evicted),
+        };
+        me.set_idle(false);
         let Some(data) = chunk.get(..n) else {
             return Ok(());
         };
@@ -295,16 +367,32 @@ where
             return Ok(());
         }
         let out = session.feed(data, ctl)?;
-        for msg in &out.replies {
-            stream.write_all(msg).await.map_err(QmpError::Write)?;
-        }
-        stream.flush().await.map_err(QmpError::Write)?;
+        send(&mut stream, &out.replies, limits).await?;
         if out.quit {
             ctl.quit();
         }
         if out.close {
             return Ok(());
         }
+        request_began = match (session.has_partial_input(), request_began) {
+            (false, _) => None,
+            (true, None) => Some(tokio::time::Instant::now()),
+            (true, began) => began,
+        };
+    }
+}
+
+/// Writes `msgs` and flushes, within the write timeout.
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, msgs: &[Vec<u8>], limits: &QmpLimits) -> Result<(), QmpError> {
+    let write = async {
+        for msg in msgs {
+            stream.write_all(msg).await?;
+        }
+        stream.flush().await
+    };
+    match tokio::time::timeout(limits.write_timeout, write).await {
+        Ok(r) => r.map_err(QmpError::Write),
+        Err(_) => Err(QmpError::Timeout { what: "write", after: limits.write_timeout }),
     }
 }
 
@@ -397,11 +485,15 @@ mod tests {
     }
 
     fn start(vm: Arc<FakeVm>) -> Server {
+        start_with(vm, QmpLimits::default())
+    }
+
+    fn start_with(vm: Arc<FakeVm>, limits: QmpLimits) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp-libxl-2");
         let listener = bind(&QmpSocketSpec::Path(path.clone())).unwrap();
         let listener = UnixListener::from_std(listener).unwrap();
-        let task = tokio::spawn(serve(listener, vm));
+        let task = tokio::spawn(serve_with(listener, vm, limits));
         Server { _dir: dir, path, task }
     }
 
@@ -886,5 +978,97 @@ mod tests {
                 r#"{"frontend-open": true, "filename": "pty:/dev/pts/3", "label": "serial0"}], "id": 1}"#
             )
         );
+    }
+
+    /// Limits small enough for a test to see them act.
+    fn quick_limits() -> QmpLimits {
+        QmpLimits {
+            max_clients: 8,
+            idle_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            evict_idle_after: Duration::from_millis(200),
+        }
+    }
+
+    /// How long a client waits for its greeting.
+    async fn greeting_delay(path: &Path) -> Duration {
+        let t = std::time::Instant::now();
+        Client::greeted(path).await;
+        t.elapsed()
+    }
+
+    #[tokio::test]
+    async fn idle_clients_of_another_monitor_never_delay_libxls_greeting() {
+        let vm = Arc::new(FakeVm::new(1));
+        let (libxl, stat) = (start(vm.clone()), start(vm));
+        let mut idle = Vec::new();
+        for _ in 0..12 {
+            idle.push(UnixStream::connect(&stat.path).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(greeting_delay(&libxl.path).await < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn libxl_is_greeted_when_its_own_socket_is_full_of_idle_clients() {
+        let server = start_with(Arc::new(FakeVm::new(1)), quick_limits());
+        let mut idle = Vec::new();
+        for _ in 0..8 {
+            idle.push(Client::greeted(&server.path).await);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The audit waited 33 s for this greeting; now the client idle the
+        // longest makes room.
+        assert!(greeting_delay(&server.path).await < Duration::from_secs(2));
+        idle[0].expect_eof().await;
+        // Busy clients are never closed for a newcomer: one that keeps a
+        // request open holds its slot.
+        let mut c = Client::negotiated(&server.path).await;
+        assert_eq!(c.call(r#"{"execute":"cont","id":1}"#).await["id"], 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_is_dropped_after_the_idle_timeout_and_a_slow_request_after_the_read_timeout() {
+        let limits = QmpLimits {
+            idle_timeout: Duration::from_millis(300),
+            read_timeout: Duration::from_millis(300),
+            ..QmpLimits::default()
+        };
+        let server = start_with(Arc::new(FakeVm::new(1)), limits);
+        let t = std::time::Instant::now();
+        let mut c = Client::negotiated(&server.path).await;
+        c.expect_eof().await;
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        // A request that begins and never ends, trickled to stay under the
+        // idle timeout.
+        let mut c = Client::negotiated(&server.path).await;
+        let t = std::time::Instant::now();
+        for piece in [&b"{\"execute\""[..], b":", b" \"cont\""] {
+            c.send_raw(piece).await;
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        c.expect_eof().await;
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
+        let limits = QmpLimits {
+            max_clients: 1,
+            write_timeout: Duration::from_millis(300),
+            evict_idle_after: Duration::from_secs(60),
+            ..QmpLimits::default()
+        };
+        let server = start_with(Arc::new(FakeVm::new(128)), limits);
+        let mut hog = Client::negotiated(&server.path).await;
+        // About 2 MiB of replies, far more than the socket buffers hold.
+        let flood = r#"{"execute":"query-cpus-fast"}"#.repeat(100);
+        hog.send_raw(flood.as_bytes()).await;
+        // The only slot is freed once the write times out.
+        let t = std::time::Instant::now();
+        Client::greeted(&server.path).await;
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 }

@@ -159,6 +159,12 @@ impl Session {
         self.check_size(out)
     }
 
+    /// Whether a request has begun and not ended: unparsed input, or a
+    /// malformed line not skipped to its end yet.
+    pub(super) fn has_partial_input(&self) -> bool {
+        !self.buf.is_empty() || self.skip_line
+    }
+
     /// Refuses input that grew beyond [`MAX_INPUT`] and closes the connection.
     fn check_size(&mut self, mut out: Output) -> Result<Output, QmpError> {
         if self.buf.len() > MAX_INPUT {

@@ -65,6 +65,8 @@ pub struct FakeXenstored {
     path: PathBuf,
     store: Arc<Mutex<Store>>,
     stop: Arc<AtomicBool>,
+    /// While set, requests are held unanswered (a hung xenstored).
+    hang: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -86,12 +88,13 @@ impl FakeXenstored {
             log: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut fake = FakeXenstored { path: socket_path.to_owned(), store, stop, acceptor: None };
+        let hang = Arc::new(AtomicBool::new(false));
+        let mut fake = FakeXenstored { path: socket_path.to_owned(), store, stop, hang, acceptor: None };
         fake.write("/local/domain/0/domid", "0");
-        let (store, stop) = (Arc::clone(&fake.store), Arc::clone(&fake.stop));
+        let (store, stop, hang) = (Arc::clone(&fake.store), Arc::clone(&fake.stop), Arc::clone(&fake.hang));
         let acceptor = std::thread::Builder::new()
             .name("fake-xenstored".into())
-            .spawn(move || accept_loop(listener, store, stop))?;
+            .spawn(move || accept_loop(listener, store, stop, hang))?;
         fake.acceptor = Some(acceptor);
         Ok(fake)
     }
@@ -134,6 +137,13 @@ impl FakeXenstored {
         lock(&self.store).log.clone()
     }
 
+    /// Hangs (`true`: requests are read but held unanswered, as by a
+    /// xenstored that stopped responding) or resumes (`false`: the held
+    /// requests are answered in order).
+    pub fn set_hang(&self, hang: bool) {
+        self.hang.store(hang, Ordering::SeqCst);
+    }
+
     /// Closes every client connection (clients see EOF).
     pub fn disconnect_all(&self) {
         let mut st = lock(&self.store);
@@ -146,6 +156,7 @@ impl FakeXenstored {
 impl Drop for FakeXenstored {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.hang.store(false, Ordering::SeqCst);
         // Unblock accept().
         let _ = UnixStream::connect(&self.path);
         self.disconnect_all();
@@ -156,7 +167,7 @@ impl Drop for FakeXenstored {
     }
 }
 
-fn accept_loop(listener: UnixListener, store: Arc<Mutex<Store>>, stop: Arc<AtomicBool>) {
+fn accept_loop(listener: UnixListener, store: Arc<Mutex<Store>>, stop: Arc<AtomicBool>, hang: Arc<AtomicBool>) {
     let mut next_conn = 0u64;
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -169,14 +180,14 @@ fn accept_loop(listener: UnixListener, store: Arc<Mutex<Store>>, stop: Arc<Atomi
         next_conn += 1;
         let conn = next_conn;
         lock(&store).conns.insert(conn, writer);
-        let store = Arc::clone(&store);
+        let (store, hang) = (Arc::clone(&store), Arc::clone(&hang));
         let _ = std::thread::Builder::new()
             .name(format!("fake-xenstored-{conn}"))
-            .spawn(move || serve_conn(conn, stream, store));
+            .spawn(move || serve_conn(conn, stream, store, &hang));
     }
 }
 
-fn serve_conn(conn: u64, mut stream: UnixStream, store: Arc<Mutex<Store>>) {
+fn serve_conn(conn: u64, mut stream: UnixStream, store: Arc<Mutex<Store>>, hang: &AtomicBool) {
     let mut header = [0u8; HEADER_LEN];
     loop {
         if stream.read_exact(&mut header).is_err() {
@@ -191,6 +202,9 @@ fn serve_conn(conn: u64, mut stream: UnixStream, store: Arc<Mutex<Store>>) {
         let mut payload = vec![0u8; h.len as usize];
         if stream.read_exact(&mut payload).is_err() {
             break;
+        }
+        while hang.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let mut st = lock(&store);
         st.log.push((
