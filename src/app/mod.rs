@@ -27,6 +27,7 @@ mod monitors;
 pub mod privileges;
 mod probe;
 mod record;
+pub mod sandbox;
 mod serve;
 mod setup;
 
