@@ -95,7 +95,7 @@ fn chardev_infos(cfg: &Config, serial: &[Chardev]) -> Vec<ChardevInfo> {
 /// unavailable (logged: libxl will then not see the start).
 fn open_xenstore(cfg: &Config, domid: u16) -> Option<Arc<XenStore>> {
     if cfg.domid_restrict {
-        close_vkbd_before_restrict(domid);
+        close_vkbd_before_restrict(XenStore::open().map_err(|e| e.to_string()), domid);
         return None;
     }
     match XenStore::open() {
@@ -111,10 +111,9 @@ fn open_xenstore(cfg: &Config, domid: u16) -> Option<Arc<XenStore>> {
 /// the vkbd backend libxl wrote before starting us is closed now, once, on a
 /// connection opened and closed here (without it a guest that loads
 /// `xen-kbdfront` waits 30 s for the keyboard: `crate::xen::pvbackends`).
-fn close_vkbd_before_restrict(domid: u16) {
-    let closed = XenStore::open()
-        .map_err(|e| e.to_string())
-        .and_then(|xs| pvbackends::close_unserved(&xs, "vkbd", u32::from(domid)).map_err(|e| e.to_string()));
+/// `xs` is dropped (the connection closed) on return.
+fn close_vkbd_before_restrict(xs: Result<XenStore, String>, domid: u16) {
+    let closed = xs.and_then(|xs| pvbackends::close_unserved(&xs, "vkbd", u32::from(domid)).map_err(|e| e.to_string()));
     match closed {
         Ok(c) if c.is_empty() => info!(domid, "no unserved vkbd backend to close before restricting"),
         Ok(_) => {}
@@ -180,5 +179,25 @@ impl IoreqThread {
             }
             Err(_) => error!("the ioreq thread panicked"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xen::xenstore::fake::FakeXenstored;
+
+    /// The dm_restrict boot delay (issue 13): with `-xen-domid-restrict` the
+    /// vkbd backend libxl wrote before starting us must still be closed.
+    #[test]
+    fn under_domid_restrict_the_vkbd_backend_is_closed_before_xenstore_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("xs");
+        let fake = FakeXenstored::start(&sock).unwrap();
+        fake.write("/local/domain/0/backend/vkbd/9/0/state", "1");
+        close_vkbd_before_restrict(XenStore::open_path(&sock).map_err(|e| e.to_string()), 9);
+        assert_eq!(fake.read("/local/domain/0/backend/vkbd/9/0/state").as_deref(), Some(&b"6"[..]));
+        // No xenstore: logged, not fatal.
+        close_vkbd_before_restrict(Err("no xenstore".into()), 9);
     }
 }

@@ -809,7 +809,6 @@ fn usage_doc_lists_every_ignored_option() {
         "-usb",
         "-parallel none",
         "-global",
-        "-sandbox off",
         "-d",
         "-D",
         "-trace",
