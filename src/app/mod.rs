@@ -15,7 +15,8 @@
 //!    lists, bind the event channels;
 //! 4. start serial input, bind the QMP sockets, enable the server (unless
 //!    `-S`), start the ioreq thread, open xenstore, drop privileges
-//!    (`serve.rs`);
+//!    (`serve.rs`), enter the seccomp sandbox (`sandbox/`; the ioreq thread
+//!    serves once its own filter is in place);
 //! 5. serve QMP, write `device-model/<domid>/state = running`, and wait for
 //!    SIGHUP/SIGTERM/SIGINT or QMP `quit`; then stop the ioreq thread,
 //!    destroy the server, flush the trace, exit 0.
@@ -29,6 +30,7 @@ pub mod panics;
 pub mod privileges;
 mod probe;
 mod record;
+pub mod sandbox;
 mod serve;
 mod setup;
 pub mod signals;

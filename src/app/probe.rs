@@ -9,10 +9,12 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use super::control::{wait_for_end, Control};
+use super::sandbox::Sandbox;
 use super::{monitors, runtime};
 use crate::cli::Config;
 
-/// Serves QMP on every monitor until a signal or QMP `quit`.
+/// Serves QMP on every monitor until a signal or QMP `quit`, in the
+/// sandbox from the moment the sockets are bound.
 ///
 /// # Errors
 /// If the runtime cannot start or a monitor socket cannot be bound.
@@ -20,8 +22,10 @@ pub fn run(cfg: &Config) -> Result<()> {
     let rt = runtime()?;
     let quit = Arc::new(Notify::new());
     let ctl = Arc::new(Control::new(true, None, monitors::qmp_chardevs(cfg), 0, quit.clone()));
+    let listeners = monitors::bind(cfg)?;
+    Sandbox::new(cfg)?.lock_down()?;
     rt.block_on(async {
-        monitors::serve(monitors::bind(cfg)?, &ctl)?;
+        monitors::serve(listeners, &ctl)?;
         info!("probe mode (-machine none): serving QMP only");
         wait_for_end(&quit).await;
         Ok(())

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::control::{wait_for_end, Control};
+use super::sandbox::{Sandbox, ThreadGate};
 use super::{monitors, privileges, runtime, xenstore_work};
 use crate::cli::Config;
 use crate::control::chardev::Chardev;
@@ -21,6 +22,7 @@ use crate::control::qmp::ChardevInfo;
 use crate::ioreq::engine::Engine;
 use crate::machine::Machine;
 use crate::xen::ioreq_server::{IoreqServer, StopHandle};
+use crate::xen::pvbackends;
 use crate::xen::xenstore::{self, XenStore};
 
 /// How long the serial backends may take to write out what the guest left.
@@ -45,18 +47,20 @@ pub fn serve(cfg: &Config, domid: u16, m: Machine, server: IoreqServer, serial: 
     }
     let rt = runtime()?;
     let listeners = monitors::bind(cfg)?;
+    let mut sandbox = Sandbox::new(cfg)?;
     if !cfg.start_paused {
         server.set_enabled(true).context("enabling the ioreq server")?;
     }
     let vcpus = m.vcpus;
-    let ioreq = IoreqThread::spawn(server, m.engine)?;
-    let xs = open_xenstore(cfg);
+    let ioreq = IoreqThread::spawn(server, m.engine, sandbox.ioreq_gate())?;
+    let xs = open_xenstore(cfg, domid);
     if let Some(xs) = &xs {
         // Off the QMP thread (xenstore_work.rs), started before the drop.
         ctl.set_xenstore_announce(xenstore_work::announcer(xs.clone(), domid)?);
         crate::xen::pvbackends::spawn_vkbd_closer(xs.clone(), u32::from(domid)).context("starting the vkbd thread")?;
     }
     privileges::drop_privileges(cfg, domid)?;
+    sandbox.lock_down()?;
 
     // The sockets listen already, so the announce may come before QMP
     // serves (and not on its thread).
@@ -89,8 +93,9 @@ fn chardev_infos(cfg: &Config, serial: &[Chardev]) -> Vec<ChardevInfo> {
 
 /// xenstore, unless `-xen-domid-restrict` (see the module docs) or it is
 /// unavailable (logged: libxl will then not see the start).
-fn open_xenstore(cfg: &Config) -> Option<Arc<XenStore>> {
+fn open_xenstore(cfg: &Config, domid: u16) -> Option<Arc<XenStore>> {
     if cfg.domid_restrict {
+        close_vkbd_before_restrict(XenStore::open().map_err(|e| e.to_string()), domid);
         return None;
     }
     match XenStore::open() {
@@ -98,6 +103,22 @@ fn open_xenstore(cfg: &Config) -> Option<Arc<XenStore>> {
         Err(e) => {
             warn!("xenstore unavailable ({e}); libxl will not see the device model start");
             None
+        }
+    }
+}
+
+/// With `-xen-domid-restrict` no xenstore connection outlives start-up, so
+/// the vkbd backend libxl wrote before starting us is closed now, once, on a
+/// connection opened and closed here (without it a guest that loads
+/// `xen-kbdfront` waits 30 s for the keyboard: `crate::xen::pvbackends`).
+/// `xs` is dropped (the connection closed) on return.
+fn close_vkbd_before_restrict(xs: Result<XenStore, String>, domid: u16) {
+    let closed = xs.and_then(|xs| pvbackends::close_unserved(&xs, "vkbd", u32::from(domid)).map_err(|e| e.to_string()));
+    match closed {
+        Ok(c) if c.is_empty() => info!(domid, "no unserved vkbd backend to close before restricting"),
+        Ok(_) => {}
+        Err(e) => {
+            warn!("closing the vkbd backend before restricting: {e}; a guest loading xen-kbdfront may wait for it")
         }
     }
 }
@@ -121,16 +142,22 @@ struct IoreqThread {
 
 impl IoreqThread {
     /// Moves `server` and `engine` to a new thread that serves until
-    /// stopped, then destroys the server.
-    fn spawn(mut server: IoreqServer, engine: Engine) -> Result<Self> {
+    /// stopped, then destroys the server. It serves once `gate` opens
+    /// (the sandbox is entered after the privilege drop).
+    fn spawn(mut server: IoreqServer, engine: Engine, gate: ThreadGate) -> Result<Self> {
         let stop = Arc::new(StopHandle::new().context("creating the stop handle")?);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ioreq".into())
             .spawn(move || {
                 let mut engine = engine;
-                if let Err(e) = server.run(&mut engine, &stop2) {
-                    error!("ioreq server stopped: {e}");
+                match gate.enter() {
+                    Ok(()) => {
+                        if let Err(e) = server.run(&mut engine, &stop2) {
+                            error!("ioreq server stopped: {e}");
+                        }
+                    }
+                    Err(e) => error!("ioreq thread not serving: {e:#}"),
                 }
                 if let Err(e) = server.shutdown() {
                     warn!("destroying the ioreq server: {e}");
@@ -154,5 +181,25 @@ impl IoreqThread {
             }
             Err(_) => error!("the ioreq thread panicked"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xen::xenstore::fake::FakeXenstored;
+
+    /// The dm_restrict boot delay (issue 13): with `-xen-domid-restrict` the
+    /// vkbd backend libxl wrote before starting us must still be closed.
+    #[test]
+    fn under_domid_restrict_the_vkbd_backend_is_closed_before_xenstore_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("xs");
+        let fake = FakeXenstored::start(&sock).unwrap();
+        fake.write("/local/domain/0/backend/vkbd/9/0/state", "1");
+        close_vkbd_before_restrict(XenStore::open_path(&sock).map_err(|e| e.to_string()), 9);
+        assert_eq!(fake.read("/local/domain/0/backend/vkbd/9/0/state").as_deref(), Some(&b"6"[..]));
+        // No xenstore: logged, not fatal.
+        close_vkbd_before_restrict(Err("no xenstore".into()), 9);
     }
 }

@@ -38,6 +38,8 @@ Process and QMP:
   -runas USER|UID:GID       drop to this user after start-up
   -run-with chroot=DIR,user=USER
                             the same two, newer spelling
+  -sandbox on|off           seccomp filter after start-up (default on; the
+                            QEMU sub-options are accepted only as =deny)
 
 Machine:
   -machine TYPE[,accel=xen][,max-ram-below-4g=SIZE][,igd-passthru=on]
@@ -68,7 +70,7 @@ xendm:
 
 Accepted and ignored (see docs/usage.md): -nodefaults, -no-user-config,
 -display none, -nographic, -vnc, -k, -vga none, -net none, -usb,
--parallel none, -global, -sandbox off, -d, -D, -trace, -msg, unused chardevs.
+-parallel none, -global, -d, -D, -trace, -msg, unused chardevs.
 Everything else, including -device, -drive and -netdev, is refused with an
 error naming it.
 
@@ -76,6 +78,8 @@ Environment:
   XENDM_RECORD=PATH         as -xendm-record PATH
   XENDM_LOG, RUST_LOG       log filter in tracing-subscriber EnvFilter
                             syntax, e.g. 'info' or 'xendm=debug'
+  XENDM_SECCOMP=on|log|off  the seccomp filter: enforce (default), only log
+                            what it would refuse (kernel audit log), or none
 ",
         version = env!("CARGO_PKG_VERSION")
     )

@@ -118,9 +118,23 @@ pub struct Config {
     /// `-xendm-record PATH` (xendm's own): record the ioreq stream here.
     /// (`XENDM_RECORD` in the environment is read at start-up, not here.)
     pub record: Option<PathBuf>,
+    /// `-sandbox`: whether the seccomp filter is installed after start-up
+    /// (on unless `-sandbox off`; `XENDM_SECCOMP` in the environment, read at
+    /// start-up, can turn it off or to log-only for debugging).
+    pub sandbox: SandboxSetting,
     /// Options accepted and ignored, as given (`-display none`, ...), for a
     /// start-up log line.
     pub ignored: Vec<String>,
+}
+
+/// `-sandbox on|off` (QEMU's option; in xendm the filter is on by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxSetting {
+    /// The seccomp filter of `src/app/sandbox.rs` (the default).
+    #[default]
+    On,
+    /// `-sandbox off`: no filter, for debugging.
+    Off,
 }
 
 impl Config {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use super::chardev::{self, Chardev, Monitor, MAX_SERIAL_PORTS};
 use super::help;
 use super::opts::{parse_decimal, parse_size, Opts};
-use super::{CliError, Command, Config, Machine, MachineKind, RunWith, Smp};
+use super::{CliError, Command, Config, Machine, MachineKind, RunWith, SandboxSetting, Smp};
 use crate::control::chardev::ChardevSpec;
 use xendm_fw_cfg::BootProtocol;
 
@@ -297,16 +297,8 @@ pub(super) const TABLE: &[OptSpec] = &[
         s.ignore("-global", Some(v))
     }),
     value("sandbox", false, |s, v| {
-        let o = opts("-sandbox", v, Some("enable"))?;
-        match o.get_bool("enable").map_err(opts_err("-sandbox"))? {
-            Some(false) if o.pairs().count() == 1 => s.ignore("-sandbox", Some(v)),
-            _ => Err(unsupported(
-                "-sandbox",
-                "setting",
-                v,
-                "xendm installs no seccomp filter; use dm_restrict=1 (-xen-domid-restrict, -chroot, -runas) instead",
-            )),
-        }
+        s.cfg.sandbox = sandbox(v)?;
+        Ok(())
     }),
     value("d", true, |s, v| s.ignore("-d", Some(v))),
     value("D", false, |s, v| s.ignore("-D", Some(v))),
@@ -393,6 +385,32 @@ fn path(option: &str, value: &str) -> Result<PathBuf, CliError> {
     }
     Ok(PathBuf::from(value))
 }
+
+/// `-sandbox on|off[,KEY=deny...]` (QEMU's seccomp option). xendm's filter
+/// (`src/app/sandbox.rs`) is installed after the privilege drop and denies
+/// every group QEMU's sub-options name, so `=deny` (and, for
+/// `elevateprivileges`, `=allow`: nothing sets ids after the drop) is what it
+/// does anyway; anything it cannot honour is refused by name.
+fn sandbox(value: &str) -> Result<SandboxSetting, CliError> {
+    const OPT: &str = "-sandbox";
+    let o = opts(OPT, value, Some("enable"))?;
+    check_keys(OPT, &o, &["enable", "obsolete", "elevateprivileges", "spawn", "resourcecontrol"])?;
+    let enable = o.get_bool("enable").map_err(opts_err(OPT))?.unwrap_or(true);
+    for (key, val) in o.pairs() {
+        let honoured = match key {
+            "enable" => true,
+            "elevateprivileges" => matches!(val, "deny" | "allow"),
+            _ => val == "deny",
+        };
+        if !honoured {
+            return Err(unsupported(OPT, "setting", &format!("{key}={val}"), SANDBOX_ONLY_DENY));
+        }
+    }
+    Ok(if enable { SandboxSetting::On } else { SandboxSetting::Off })
+}
+
+const SANDBOX_ONLY_DENY: &str = "xendm's seccomp filter always denies obsolete calls, spawning, resource control and \
+     privilege changes after start-up (docs/usage.md, Sandbox)";
 
 /// `USER` or numeric `UID:GID` (QEMU `-runas`).
 fn runas(option: &str, value: &str) -> Result<String, CliError> {

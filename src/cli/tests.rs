@@ -658,7 +658,6 @@ fn refused_devices_and_options_name_themselves() {
     assert!(case(&["-net", "nic,model=e1000"]).starts_with("-net: unsupported"));
     assert!(case(&["-display", "sdl"]).starts_with("-display: unsupported display 'sdl'"));
     assert!(case(&["-vga", "std"]).starts_with("-vga: unsupported card 'std'"));
-    assert!(case(&["-sandbox", "on"]).starts_with("-sandbox: unsupported"));
     assert!(case(&["-parallel", "/dev/parport0"]).starts_with("-parallel: unsupported"));
     assert!(case(&["-boot", "order=cda,menu=on"]).starts_with("-boot: unsupported parameter 'menu'"));
     assert!(case(&["-boot", "order=cc"]).contains("repeated"));
@@ -687,8 +686,6 @@ fn harmless_options_are_recorded_as_ignored() {
         "none",
         "-global",
         "PIIX4_PM.disable_s3=1",
-        "-sandbox",
-        "off",
         "-d",
         "guest_errors",
         "-D",
@@ -713,7 +710,6 @@ fn harmless_options_are_recorded_as_ignored() {
             "-usb",
             "-parallel none",
             "-global PIIX4_PM.disable_s3=1",
-            "-sandbox off",
             "-d guest_errors",
             "-D /tmp/q.log",
             "-trace events=/tmp/ev",
@@ -813,7 +809,6 @@ fn usage_doc_lists_every_ignored_option() {
         "-usb",
         "-parallel none",
         "-global",
-        "-sandbox off",
         "-d",
         "-D",
         "-trace",
@@ -896,4 +891,32 @@ fn arbitrary_argv_never_panics() {
         let args: Vec<OsString> = (0..len).map(|_| OsString::from(pieces[next() % pieces.len()])).collect();
         let _ = parse(args);
     }
+}
+
+#[test]
+fn sandbox_is_on_by_default_and_sub_options_are_honoured_or_refused_by_name() {
+    use super::SandboxSetting::{Off, On};
+    let sandbox = |v: &[&str]| {
+        let mut a = vec!["-xen-domid", "1"];
+        a.extend_from_slice(v);
+        match parse(a.into_iter().map(Into::into)) {
+            Ok(Command::Run(c)) => Ok(c.sandbox),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    assert_eq!(sandbox(&[]), Ok(On));
+    assert_eq!(sandbox(&["-sandbox", "on"]), Ok(On));
+    assert_eq!(sandbox(&["-sandbox", "off"]), Ok(Off));
+    assert_eq!(sandbox(&["-sandbox", "enable=off"]), Ok(Off));
+    // libxl's planned line (xen-abi.md 4.8).
+    let planned = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
+    assert_eq!(sandbox(&["-sandbox", planned]), Ok(On));
+    assert_eq!(sandbox(&["-sandbox", "on,elevateprivileges=deny"]), Ok(On));
+    for refused in ["spawn=allow", "obsolete=allow", "resourcecontrol=allow", "elevateprivileges=children"] {
+        let e = sandbox(&["-sandbox", &format!("on,{refused}")]).unwrap_err();
+        assert!(e.starts_with(&format!("-sandbox: unsupported setting '{refused}'")), "{e}");
+    }
+    assert!(sandbox(&["-sandbox", "on,nonsense=1"]).unwrap_err().contains("nonsense"));
+    assert!(sandbox(&["-sandbox", "maybe"]).unwrap_err().starts_with("-sandbox: "));
 }

@@ -14,11 +14,13 @@ import sys
 
 NUMERIC = ("create_to_marker_s", "create_return_s", "guest_uptime_s",
            "reboot_to_marker_s", "shutdown_s", "destroy_s")
-INTEGER = ("dm_vmrss_kib", "dm_vmhwm_kib", "dm_threads")
+INTEGER = ("dm_vmrss_kib", "dm_vmhwm_kib", "dm_threads", "dm_seccomp", "dm_nonewprivs", "dm_uid")
+TEXT = ("vkbd_state",)
 COLUMNS = [("scenario", "scenario"), ("pass", "result"), ("create_return_s", "create->return s"),
            ("create_to_marker_s", "create->PASS s"), ("guest_uptime_s", "guest uptime s"),
            ("dm_vmrss_kib", "DM VmRSS KiB"), ("dm_vmhwm_kib", "DM VmHWM KiB"),
-           ("dm_threads", "DM threads")]
+           ("dm_threads", "DM threads"), ("dm_seccomp", "Seccomp"), ("dm_uid", "DM uid"),
+           ("vkbd_state", "vkbd")]
 
 
 def read_text(path):
@@ -31,7 +33,7 @@ def read_text(path):
 
 def load(out, scenario, boot_error):
     rec = {"scenario": scenario, "pass": False}
-    for k in NUMERIC + INTEGER:
+    for k in NUMERIC + INTEGER + TEXT:
         rec[k] = None
     rec["error"] = None
     d = os.path.join(out, "results", scenario)
@@ -51,6 +53,8 @@ def load(out, scenario, boot_error):
                 rec[key] = float(val)
             except ValueError:
                 pass
+        elif key in TEXT:
+            rec[key] = val
         elif key in INTEGER:
             try:
                 rec[key] = int(val)
