@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use super::control::{wait_for_end, Control};
+use super::inherited::InheritedFds;
 use super::{monitors, runtime};
 use crate::cli::Config;
 
@@ -16,12 +17,12 @@ use crate::cli::Config;
 ///
 /// # Errors
 /// If the runtime cannot start or a monitor socket cannot be bound.
-pub fn run(cfg: &Config) -> Result<()> {
+pub fn run(cfg: &Config, mut inherited: InheritedFds) -> Result<()> {
     let rt = runtime()?;
     let quit = Arc::new(Notify::new());
     let ctl = Arc::new(Control::new(true, None, monitors::qmp_chardevs(cfg), 0, quit.clone()));
     rt.block_on(async {
-        monitors::serve(monitors::bind(cfg)?, &ctl)?;
+        monitors::serve(monitors::bind(cfg, &mut inherited)?, &ctl)?;
         info!("probe mode (-machine none): serving QMP only");
         wait_for_end(&quit).await;
         Ok(())
