@@ -63,7 +63,7 @@ pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     preflight::check_privilege_options(&cfg)?;
     let spec = plan_machine(&cfg)?;
     let serial = open_serial_backends(&spec)?;
-    let trace = TraceFile::create(&cfg, argv)?;
+    let trace = TraceFile::create(&cfg, argv, &spec)?;
 
     // 2. Xen handles, memory and hypervisor; the machine on them.
     let xen = XenHandles::open(domid)?;
