@@ -217,6 +217,32 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/vmlinuz"), "{e}");
     }
 
+    /// Audit 2026-12 section 3: a FIFO as `-kernel` or `-initrd` hung
+    /// planning forever, `/dev/zero` was read to 512 MiB. Both are refused
+    /// now, at once (a guard thread turns a hang into a failure).
+    #[test]
+    fn fifos_and_devices_are_refused_while_planning_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let f = fifo.display().to_string();
+        let k = mini_kernel();
+        for (args, want) in [
+            (vec!["-kernel", f.as_str()], "opening kernel"),
+            (vec!["-kernel", k.as_str(), "-initrd", f.as_str()], "opening initrd"),
+            (vec!["-kernel", "/dev/zero"], "opening kernel /dev/zero: it is a character device"),
+        ] {
+            let mut all = vec!["-xen-domid", "1"];
+            all.extend(args);
+            let c = config(&all);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(MachineSpec::from_config(&c).map(|_| ()).map_err(|e| e.to_string())));
+            let r = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("planning blocked");
+            let e = r.unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
     #[test]
     fn a_kernel_is_planned_into_fw_cfg_items_with_its_rom() {
         let k = mini_kernel();
