@@ -961,34 +961,6 @@ mod tests {
         assert!(e.to_string().contains("no DMA"), "{e}");
     }
 
-    /// File-backed items are served from the open file by DMA and by port,
-    /// and a file truncated after start-up gives the DMA error bit and 0
-    /// from the data port, never other bytes.
-    #[test]
-    fn file_backed_items_are_served_and_truncation_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("initrd");
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let file = crate::LoadedFile::open(&path, "initrd").unwrap();
-        let m = mem();
-        let (fw, mut bus) = dev(m.clone());
-        let mut blob = crate::Blob::new();
-        blob.push_file(&file, 0, file.len()).unwrap();
-        fw.lock().unwrap().items_mut().add_blob(keys::INITRD_DATA, blob).unwrap();
-        assert_eq!(dma(&mut bus, &m, 0x1000, ctl_read(keys::INITRD_DATA), 200_000, 0x10_0000), 0);
-        assert_eq!(rd(&m, 0x10_0000, 200_000), data);
-        select(&mut bus, keys::INITRD_DATA);
-        assert_eq!(read_bytes(&mut bus, 5000), data[..5000], "port reads cross the 4 KiB buffer");
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1000).unwrap();
-        m.write(GuestAddress(0x10_0000), &[0xee; 16]).unwrap();
-        assert_eq!(dma(&mut bus, &m, 0x1000, ctl_read(keys::INITRD_DATA), 200_000, 0x10_0000), DMA_CTL_ERROR);
-        assert_eq!(rd(&m, 0x10_0000, 16), [0xee; 16], "nothing of a failed read is written");
-        select(&mut bus, keys::INITRD_DATA);
-        assert_eq!(read_bytes(&mut bus, 3), [0, 0, 0]);
-        assert_eq!(fw.lock().unwrap().cur_offset, 0, "the offset does not move over bytes not served");
-    }
-
     fn make() -> FwCfg {
         FwCfg::new(Arc::new(TestMemory::pc(RAM).unwrap()), FwCfgItems::new(&FwCfgOptions::default()).unwrap())
     }
