@@ -39,7 +39,47 @@ pub trait GuestMemory: Send + Sync {
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemError>;
     /// Writes `buf` at `addr`. On error, a prefix may have been written.
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemError>;
+
+    /// Writes `len` bytes at `addr` that `fill` produces piece by piece, so
+    /// a large write (a kernel served from its file) needs no buffer of its
+    /// size. `fill(offset, buf)` puts the data's bytes at `offset` into
+    /// `buf` and returns `false` if it cannot; the write stops there.
+    /// Returns how many bytes were written: `len`, or fewer if `fill`
+    /// stopped. On a memory error, a prefix may have been written.
+    ///
+    /// This is one write of `len` bytes: wrappers that observe writes (the
+    /// trace recorder) see one. The default writes [`WRITE_FROM_CHUNK`]
+    /// bytes at a time through [`GuestMemory::write`].
+    ///
+    /// # Errors
+    /// As [`GuestMemory::write`], for the first piece that fails.
+    fn write_from(
+        &self,
+        addr: GuestAddress,
+        len: u64,
+        fill: &mut dyn FnMut(u64, &mut [u8]) -> bool,
+    ) -> Result<u64, MemError> {
+        let overflow = MemError::Overflow { addr: addr.0, len: usize::try_from(len).unwrap_or(usize::MAX) };
+        if addr.0.checked_add(len).is_none() {
+            return Err(overflow);
+        }
+        let mut buf = vec![0u8; usize::try_from(len.min(WRITE_FROM_CHUNK as u64)).unwrap_or(WRITE_FROM_CHUNK)];
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from((len - done).min(WRITE_FROM_CHUNK as u64)).unwrap_or(WRITE_FROM_CHUNK);
+            let Some(piece) = buf.get_mut(..n) else { return Err(overflow) };
+            if !fill(done, piece) {
+                return Ok(done);
+            }
+            self.write(GuestAddress(addr.0 + done), piece)?;
+            done += n as u64;
+        }
+        Ok(done)
+    }
 }
+
+/// The piece size of [`GuestMemory::write_from`]'s default implementation.
+pub const WRITE_FROM_CHUNK: usize = 64 << 10;
 
 impl<T: GuestMemory + ?Sized> GuestMemory for Arc<T> {
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemError> {
@@ -47,6 +87,14 @@ impl<T: GuestMemory + ?Sized> GuestMemory for Arc<T> {
     }
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemError> {
         (**self).write(addr, buf)
+    }
+    fn write_from(
+        &self,
+        addr: GuestAddress,
+        len: u64,
+        fill: &mut dyn FnMut(u64, &mut [u8]) -> bool,
+    ) -> Result<u64, MemError> {
+        (**self).write_from(addr, len, fill)
     }
 }
 
@@ -115,5 +163,27 @@ mod tests {
         assert!(m.write(GuestAddress(0x9FFFF), b"xy").is_err(), "straddles the VGA hole");
         assert!(m.read(GuestAddress(2 << 20), &mut b).is_err());
         assert!(matches!(m.read(GuestAddress(u64::MAX), &mut b), Err(MemError::Overflow { .. })));
+    }
+
+    #[test]
+    fn write_from_streams_in_pieces_and_stops_when_fill_does() {
+        let m = TestMemory::pc(2 << 20).unwrap();
+        let len = 3 * WRITE_FROM_CHUNK as u64 + 5;
+        let mut calls = Vec::new();
+        let mut fill = |off: u64, buf: &mut [u8]| {
+            calls.push((off, buf.len()));
+            buf.iter_mut().enumerate().for_each(|(i, b)| *b = (off as usize + i) as u8);
+            true
+        };
+        assert_eq!(m.write_from(GuestAddress(0x10_0000), len, &mut fill).unwrap(), len);
+        assert_eq!(calls.len(), 4);
+        assert!(calls.iter().all(|&(_, n)| n <= WRITE_FROM_CHUNK));
+        let mut b = vec![0u8; len as usize];
+        m.read(GuestAddress(0x10_0000), &mut b).unwrap();
+        assert!(b.iter().enumerate().all(|(i, &v)| v == i as u8));
+        let mut stop = |off: u64, _: &mut [u8]| off == 0;
+        assert_eq!(m.write_from(GuestAddress(0x10_0000), len, &mut stop).unwrap(), WRITE_FROM_CHUNK as u64);
+        assert!(m.write_from(GuestAddress(0x9_0000), 0x20000, &mut |_, _| true).is_err(), "into the VGA hole");
+        assert!(matches!(m.write_from(GuestAddress(u64::MAX), 2, &mut |_, _| true), Err(MemError::Overflow { .. })));
     }
 }

@@ -20,8 +20,12 @@
 //!
 //! Where we differ from QEMU:
 //!
-//! * Files are read whole, and each is limited to [`crate::plan::MAX_FILE_SIZE`]
-//!   (512 MiB); a larger file is an error naming it. QEMU maps the initrd.
+//! * Files are opened, never read whole ([`crate::source`]): each must be a
+//!   regular file of at most [`crate::plan::MAX_FILE_SIZE`] (512 MiB), is
+//!   checked against the RAM layout from its size and headers, and stays
+//!   open: fw_cfg serves the kernel body, initrd and modules from it
+//!   ([`crate::blob`]). A larger or non-regular file is an error naming it.
+//!   QEMU reads the kernel whole and maps the initrd.
 //! * `xenfv` has PVH disabled in QEMU (machine 3.1), so QEMU would treat a
 //!   PVH ELF as an old zImage and fail; we load it as PVH.
 //! * Old (< 2.00) and non-bzImage Linux kernels are refused with a clear
@@ -51,8 +55,9 @@ pub fn detect(image: &[u8]) -> Option<BootProtocol> {
     }
 }
 
-/// Reads the boot files, fills `fw` for the detected (or `force`d) format
-/// and says which ROM to add.
+/// Opens the boot files, fills `fw` for the detected (or `force`d) format
+/// and says which ROM to add. Only headers are read; the items refer to the
+/// open files ([`BootPlan::files`]).
 ///
 /// # Errors
 /// See [`LoadError`]; every error names the file at fault.
@@ -62,39 +67,46 @@ pub fn load(
     layout: &RamLayout,
     force: Option<BootProtocol>,
 ) -> Result<BootPlan, LoadError> {
-    let kernel = LoadedFile::read(&files.kernel, "kernel")?;
-    let protocol = match force.or_else(|| detect(&kernel.data)) {
+    let kernel = LoadedFile::open(&files.kernel, "kernel")?;
+    let protocol = match force.or_else(|| detect(kernel.head())) {
         Some(p) => p,
         None => return Err(LoadError::NotAKernel { path: kernel.path }),
     };
-    let read_initrd = || files.initrd.as_deref().map(|p| LoadedFile::read(Path::new(p), "initrd")).transpose();
+    let open_initrd = || files.initrd.as_deref().map(|p| LoadedFile::open(Path::new(p), "initrd")).transpose();
     let mut guest_writes = Vec::new();
+    let mut opened = vec![kernel.clone()];
     match protocol {
         BootProtocol::Linux => {
-            let initrd = read_initrd()?;
-            let info = crate::linux::load(fw, &kernel, initrd, &files.cmdline, layout)?;
+            let initrd = open_initrd()?;
+            let info = crate::linux::load(fw, &kernel, initrd.as_ref(), &files.cmdline, layout)?;
             tracing::info!(?info, kernel = %kernel.path.display(), "loaded Linux bzImage");
+            opened.extend(initrd);
         }
         BootProtocol::Multiboot => {
-            let mut read = |p: &Path| LoadedFile::read(p, "multiboot module");
-            let info = crate::multiboot::load(fw, &kernel, files.initrd.as_deref(), &files.cmdline, layout, &mut read)?;
+            let mut open = |p: &Path| {
+                let m = LoadedFile::open(p, "multiboot module")?;
+                opened.push(m.clone());
+                Ok(m)
+            };
+            let info = crate::multiboot::load(fw, &kernel, files.initrd.as_deref(), &files.cmdline, layout, &mut open)?;
             tracing::info!(?info, kernel = %kernel.path.display(), "loaded multiboot kernel");
         }
         BootProtocol::Pvh => {
-            let initrd = read_initrd()?;
-            let info = crate::pvh::load(fw, &kernel, initrd, &files.cmdline, layout)?;
+            let initrd = open_initrd()?;
+            let info = crate::pvh::load(fw, &kernel, initrd.as_ref(), &files.cmdline, layout)?;
             tracing::info!(entry = info.entry, segments = info.segments.len(), kernel = %kernel.path.display(), "loaded PVH kernel");
             guest_writes = info.segments;
+            opened.extend(initrd);
         }
     }
-    Ok(BootPlan { protocol, rom_name: protocol.rom_name(), guest_writes })
+    Ok(BootPlan { protocol, rom_name: protocol.rom_name(), guest_writes, files: opened })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::items::{keys, FwCfgOptions};
-    use crate::plan::{FOUR_GIB, MAX_FILE_SIZE};
+    use crate::plan::FOUR_GIB;
     use std::path::PathBuf;
 
     fn fw() -> FwCfgItems {
@@ -127,7 +139,10 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
 
         let files = BootFiles { kernel: dir.path().to_path_buf(), initrd: None, cmdline: String::new() };
-        assert!(matches!(load(&mut fw(), &files, &RamLayout::xen(256, None), None), Err(LoadError::Read { .. })));
+        assert!(matches!(
+            load(&mut fw(), &files, &RamLayout::xen(256, None), None),
+            Err(LoadError::NotRegular { kind: "is a directory", .. })
+        ));
 
         let junk = dir.path().join("junk");
         std::fs::write(&junk, vec![0x90u8; 10000]).unwrap();
@@ -144,17 +159,6 @@ mod tests {
 
         std::fs::write(&junk, b"").unwrap();
         assert!(matches!(load(&mut fw(), &files, &RamLayout::xen(256, None), None), Err(LoadError::NotAKernel { .. })));
-    }
-
-    #[test]
-    fn oversized_file_is_refused_without_reading_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let big = dir.path().join("big");
-        let f = std::fs::File::create(&big).unwrap();
-        f.set_len(MAX_FILE_SIZE + 1).unwrap(); // sparse
-        let e = LoadedFile::read(&big, "initrd").unwrap_err();
-        assert!(matches!(e, LoadError::FileTooLarge { size, .. } if size == MAX_FILE_SIZE + 1));
-        assert!(e.to_string().contains("big"));
     }
 
     #[test]
@@ -234,7 +238,8 @@ mod tests {
                 (paddr, v)
             })
             .collect();
-        assert_eq!(plan.guest_writes, writes);
+        let got: Vec<_> = plan.guest_writes.iter().map(|(a, b)| (*a, b.to_vec().unwrap())).collect();
+        assert_eq!(got, writes);
         assert_eq!(&f.item_data(keys::SETUP_DATA).unwrap()[..file.len().min(8192)], &file[..file.len().min(8192)]);
         assert_eq!(key32(&f, keys::INITRD_SIZE), 70000);
     }
@@ -258,7 +263,7 @@ mod tests {
         let low = loads.iter().map(|l| l[1]).min().unwrap();
         let high = loads.iter().map(|l| l[1] + l[3]).max().unwrap();
         assert_eq!(u64::from(key32(&f, keys::KERNEL_ADDR)), low);
-        let buf = f.item_data(keys::KERNEL_DATA).unwrap();
+        let buf = f.item_vec(keys::KERNEL_DATA).unwrap();
         for &[off, paddr, filesz, memsz] in &loads {
             let at = (paddr - low) as usize;
             assert_eq!(&buf[at..at + filesz as usize], &file[off as usize..(off + filesz) as usize]);
@@ -271,7 +276,7 @@ mod tests {
         assert_eq!(end - start, 11);
         let s = (start as u64 - low) as usize;
         assert_eq!(&buf[s..s + 11], b"module zero");
-        let mbi = f.item_data(keys::INITRD_DATA).unwrap();
+        let mbi = f.item_vec(keys::INITRD_DATA).unwrap();
         assert_eq!(u32::from_le_bytes(mbi[20..24].try_into().unwrap()), 1);
         let cmd = u32::from_le_bytes(buf[mbinfo + 8..mbinfo + 12].try_into().unwrap()) as u64 - low;
         assert_eq!(&buf[cmd as usize..cmd as usize + spec.len() + 1], format!("{spec}\0").as_bytes());

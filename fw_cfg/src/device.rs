@@ -34,8 +34,18 @@
 //!   memory except a WRITE, which allocates at most the size of the writable
 //!   item (host-chosen). A transfer stops at the first guest-memory error,
 //!   so at most min(length, bytes of contiguous guest RAM) bytes are written.
-//! * No select/write callbacks: items are plain bytes. Writable files can be
-//!   read back with [`FwCfgItems::file_data`] through [`FwCfg::items`].
+//! * No select/write callbacks: items are content ([`crate::blob::Blob`]).
+//!   Writable files can be read back with [`FwCfgItems::file_data`] through
+//!   [`FwCfg::items`].
+//! * File-backed items (the kernel body, initrd, multiboot modules) are read
+//!   from their open file when the guest asks: a DMA READ streams them into
+//!   guest memory in 64 KiB pieces (one guest-memory write, see
+//!   [`GuestMemory::write_from`]), port reads go through a 4 KiB buffer. If
+//!   the file was truncated or changed since start-up the read fails: a DMA
+//!   transfer ends with the ERROR bit (what was copied before stays), a port
+//!   read returns 0 (as past the end of an item) without moving the offset,
+//!   and a rate-limited warning names the file. QEMU reads the files whole
+//!   at start-up and never fails here.
 //! * The file directory is sorted by name (QEMU's non-legacy order, which
 //!   `xenfv` uses); the legacy fixed-order table of pc <= 2.5 is not offered.
 //!
@@ -52,6 +62,7 @@ use xendm_devices::{BusDevice, DeviceState, GuestMemory, StateError};
 use zerocopy::byteorder::big_endian::{U32 as Be32, U64 as Be64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::blob::BlobWriteError;
 use crate::items::{keys, FwCfgItems};
 
 /// Device offset of the selector (16-bit write) and data (byte reads at 0
@@ -72,6 +83,8 @@ const DMA_CTL_WRITE: u32 = 0x10;
 const DMA_SIGNATURE: [u8; 8] = *b"QEMU CFG";
 /// Zero-fill chunk size.
 const ZERO_CHUNK: usize = 4096;
+/// What a port read of a file-backed item reads ahead.
+const PORT_BUFFER: usize = 4096;
 static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 
 /// `FWCfgDmaAccess`, all fields big-endian.
@@ -92,8 +105,11 @@ pub struct FwCfg {
     cur_entry: u16,
     cur_offset: u32,
     dma_addr: u64,
+    /// Port reads of a file-backed item: `(key, offset of bytes[0], bytes)`.
+    port_buffer: Option<(u16, u32, Vec<u8>)>,
     access_log: RateLimit,
     dma_log: RateLimit,
+    source_log: RateLimit,
 }
 
 impl std::fmt::Debug for FwCfg {
@@ -127,8 +143,10 @@ impl FwCfg {
             cur_entry: keys::SIGNATURE,
             cur_offset: 0,
             dma_addr: 0,
+            port_buffer: None,
             access_log: RateLimit::per_second(),
             dma_log: RateLimit::per_second(),
+            source_log: RateLimit::per_second(),
         }
     }
 
@@ -157,16 +175,55 @@ impl FwCfg {
     fn select(&mut self, key: u16) {
         self.cur_offset = 0;
         self.cur_entry = if self.items.valid_key(key) { key } else { keys::INVALID };
+        self.port_buffer = None;
     }
 
     fn read_data_byte(&mut self) -> u8 {
-        let off = self.cur_offset as usize;
-        match self.items.lookup(self.cur_entry).and_then(|i| i.data.get(off).copied()) {
+        match self.item_byte(self.cur_entry, self.cur_offset) {
             Some(b) => {
                 self.cur_offset = self.cur_offset.saturating_add(1);
                 b
             }
             None => 0,
+        }
+    }
+
+    /// Byte `off` of item `key`: in-memory items directly, file-backed ones
+    /// through the port buffer. `None` past the end, for an invalid key, or
+    /// if the backing file cannot be read (logged).
+    fn item_byte(&mut self, key: u16, off: u32) -> Option<u8> {
+        let item = self.items.lookup(key)?;
+        if let Some(bytes) = item.data.as_bytes() {
+            return bytes.get(off as usize).copied();
+        }
+        if u64::from(off) >= item.data.len() {
+            return None;
+        }
+        if let Some((k, start, buf)) = &self.port_buffer {
+            if *k == key && off >= *start {
+                if let Some(b) = buf.get((off - start) as usize) {
+                    return Some(*b);
+                }
+            }
+        }
+        let n = (item.data.len() - u64::from(off)).min(PORT_BUFFER as u64) as usize;
+        let mut buf = vec![0u8; n];
+        match item.data.read_at(u64::from(off), &mut buf) {
+            Ok(()) => {
+                let b = buf.first().copied();
+                self.port_buffer = Some((key, off, buf));
+                b
+            }
+            Err(e) => {
+                self.source_error(key, &e);
+                None
+            }
+        }
+    }
+
+    fn source_error(&mut self, key: u16, e: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.source_log.check() {
+            tracing::warn!(key = format_args!("{key:#06x}"), suppressed, "fw_cfg: cannot serve item: {e}");
         }
     }
 
@@ -234,7 +291,7 @@ impl FwCfg {
 
         let mut error = false;
         while length > 0 && !error {
-            let off = self.cur_offset as usize;
+            let off = u64::from(self.cur_offset);
             let avail = self.items.lookup(self.cur_entry).map_or(0, |i| i.data.len().saturating_sub(off));
             if avail == 0 {
                 // Invalid key, empty item, or at/past the end.
@@ -245,17 +302,10 @@ impl FwCfg {
                 }
                 break;
             }
-            let chunk = length.min(avail as u64);
-            let n = chunk as usize; // chunk <= avail, a usize
+            let chunk = length.min(avail);
             match op {
-                DmaOp::Read => {
-                    let ok = match self.items.lookup(self.cur_entry).and_then(|i| i.data.get(off..off + n)) {
-                        Some(bytes) => self.mem.write(GuestAddress(addr), bytes).is_ok(),
-                        None => false,
-                    };
-                    error = !ok;
-                }
-                DmaOp::Write => error = !self.dma_write_item(addr, off, n, chunk == length),
+                DmaOp::Read => error = !self.dma_read_item(addr, off, chunk),
+                DmaOp::Write => error = !self.dma_write_item(addr, off, chunk, chunk == length),
                 DmaOp::Skip => {}
             }
             self.cur_offset = self.cur_offset.saturating_add(u32::try_from(chunk).unwrap_or(u32::MAX));
@@ -268,20 +318,37 @@ impl FwCfg {
         self.write_control(desc_addr, if error { DMA_CTL_ERROR } else { 0 });
     }
 
+    /// A DMA READ: `n` bytes of the current item from `off` to guest
+    /// memory at `addr` (streamed from the file for file-backed items).
+    fn dma_read_item(&mut self, addr: u64, off: u64, n: u64) -> bool {
+        let key = self.cur_entry;
+        let Some(item) = self.items.lookup(key) else { return false };
+        match item.data.write_to(&*self.mem, GuestAddress(addr), off, n) {
+            Ok(()) => true,
+            Err(BlobWriteError::Memory(_)) => false,
+            Err(e) => {
+                self.source_error(key, &e);
+                false
+            }
+        }
+    }
+
     /// A DMA WRITE of `n` guest bytes at `addr` into the current item at
     /// `off`. Only writable items, and only writes that fit entirely.
-    fn dma_write_item(&mut self, addr: u64, off: usize, n: usize, whole: bool) -> bool {
+    fn dma_write_item(&mut self, addr: u64, off: u64, n: u64, whole: bool) -> bool {
         let writable = self.items.lookup(self.cur_entry).is_some_and(|i| i.writable);
         if !writable || !whole {
             return false;
         }
+        let (Ok(off), Ok(n)) = (usize::try_from(off), usize::try_from(n)) else { return false };
         // n is bounded by the item's (host-chosen) size.
         let mut buf = vec![0u8; n];
         if self.mem.read(GuestAddress(addr), &mut buf).is_err() {
             return false;
         }
         let entry = self.cur_entry;
-        match self.items.lookup_mut(entry).and_then(|i| i.data.get_mut(off..off + n)) {
+        self.port_buffer = None;
+        match self.items.lookup_mut(entry).and_then(|i| i.data.as_bytes_mut()).and_then(|d| d.get_mut(off..off + n)) {
             Some(dst) => {
                 dst.copy_from_slice(&buf);
                 true
@@ -366,7 +433,7 @@ impl DeviceState for FwCfg {
         }
         // The guest can only move the offset to the end of the item.
         let len = self.items.lookup(s.cur_entry).map_or(0, |i| i.data.len());
-        if usize::try_from(s.cur_offset).map_or(true, |o| o > len) {
+        if u64::from(s.cur_offset) > len {
             return Err(StateError::malformed(
                 Self::KIND,
                 format!("offset {} is past the end of item {:#06x} ({len} bytes)", s.cur_offset, s.cur_entry),

@@ -1,8 +1,17 @@
 //! Just enough ELF (System V gABI, little-endian, 32- and 64-bit) to load a
 //! multiboot or PVH kernel: the file header, program headers and notes.
-//! Every offset and size from the file is checked before use.
+//! Every offset and size from the file is checked before use, and only
+//! headers are read (from the open file, by offset): the file header from
+//! the first bytes, each program header, and at most [`MAX_NOTE_BYTES`] of
+//! each note segment. Segment contents are never read here; the loaders
+//! serve them from the file.
 
 use crate::bytes::{le_u16, le_u32, le_u64};
+use crate::source::LoadedFile;
+
+/// How much of each PT_NOTE segment is searched for a note (Linux's
+/// `.notes` is a few hundred bytes; QEMU reads the whole file).
+pub(crate) const MAX_NOTE_BYTES: u64 = 64 << 10;
 
 pub(crate) const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 pub(crate) const EM_386: u16 = 3;
@@ -46,14 +55,25 @@ pub(crate) enum ElfError {
     Truncated(&'static str),
     #[error("bad ELF program header table entry size {0}")]
     BadPhentsize(u16),
+    #[error("reading the ELF {0}: {1}")]
+    Read(&'static str, String),
+}
+
+/// Fills `buf` from `file` at `off`; a read past the end is truncation.
+fn read_at(file: &LoadedFile, off: u64, buf: &mut [u8], what: &'static str) -> Result<(), ElfError> {
+    file.read_exact_at(off, buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ElfError::Truncated(what),
+        _ => ElfError::Read(what, e.to_string()),
+    })
 }
 
 pub(crate) fn is_elf(image: &[u8]) -> bool {
     image.get(..4) == Some(&ELF_MAGIC[..])
 }
 
-/// Parses the file header and program headers of `image`.
-pub(crate) fn parse(image: &[u8]) -> Result<Elf, ElfError> {
+/// Parses the file header and program headers of `file`.
+pub(crate) fn parse(file: &LoadedFile) -> Result<Elf, ElfError> {
+    let image = file.head();
     if !is_elf(image) {
         return Err(ElfError::NotElf);
     }
@@ -91,13 +111,18 @@ pub(crate) fn parse(image: &[u8]) -> Result<Elf, ElfError> {
     if phnum > 0 && phentsize < min_phent {
         return Err(ElfError::BadPhentsize(phentsize));
     }
+    // The whole table must lie in the file before any entry is read (or
+    // any room is reserved for it): at most 65535 entries.
+    let table = u64::from(phnum) * u64::from(phentsize);
+    if phoff.checked_add(table).is_none_or(|end| end > file.len()) {
+        return Err(ElfError::Truncated("program header table"));
+    }
     let mut phdrs = Vec::with_capacity(usize::from(phnum));
+    let mut raw = [0u8; 56];
+    let entry_bytes = raw.get_mut(..usize::from(min_phent)).ok_or(ElfError::BadPhentsize(phentsize))?;
     for i in 0..u64::from(phnum) {
-        let off = phoff
-            .checked_add(i * u64::from(phentsize))
-            .and_then(|o| usize::try_from(o).ok())
-            .ok_or(ElfError::Truncated("program header table"))?;
-        let ph = if class64 { phdr64(image, off) } else { phdr32(image, off) };
+        read_at(file, phoff + i * u64::from(phentsize), entry_bytes, "program header table")?;
+        let ph = if class64 { phdr64(entry_bytes, 0) } else { phdr32(entry_bytes, 0) };
         phdrs.push(ph.ok_or(ElfError::Truncated("program header table"))?);
     }
     Ok(Elf { class64, machine, flags, entry, phdrs })
@@ -113,43 +138,53 @@ fn phdr64(b: &[u8], off: usize) -> Option<Phdr> {
     Some(Phdr { p_type: le_u32(b, off)?, offset: f(8)?, paddr: f(24)?, filesz: f(32)?, memsz: f(40)?, align: f(48)? })
 }
 
-/// The `filesz` bytes a program header refers to.
-pub(crate) fn segment_bytes<'a>(image: &'a [u8], ph: &Phdr) -> Result<&'a [u8], ElfError> {
-    let start = usize::try_from(ph.offset).map_err(|_| ElfError::Truncated("segment"))?;
-    let len = usize::try_from(ph.filesz).map_err(|_| ElfError::Truncated("segment"))?;
-    let end = start.checked_add(len).ok_or(ElfError::Truncated("segment"))?;
-    image.get(start..end).ok_or(ElfError::Truncated("segment"))
+/// Checks that the `filesz` bytes a program header refers to lie in the
+/// file.
+pub(crate) fn check_segment(file: &LoadedFile, ph: &Phdr) -> Result<(), ElfError> {
+    match ph.offset.checked_add(ph.filesz) {
+        Some(end) if end <= file.len() => Ok(()),
+        _ => Err(ElfError::Truncated("segment")),
+    }
 }
 
 /// Finds the descriptor of the first note named `name` (without its NUL)
-/// with type `ntype` in the PT_NOTE segments. Name and descriptor are padded
-/// to the segment's alignment when it is 8, else to 4 bytes.
-pub(crate) fn find_note<'a>(image: &'a [u8], elf: &Elf, name: &[u8], ntype: u32) -> Result<Option<&'a [u8]>, ElfError> {
+/// with type `ntype` in the PT_NOTE segments (the first
+/// [`MAX_NOTE_BYTES`] of each). Name and descriptor are padded to the
+/// segment's alignment when it is 8, else to 4 bytes.
+pub(crate) fn find_note(file: &LoadedFile, elf: &Elf, name: &[u8], ntype: u32) -> Result<Option<Vec<u8>>, ElfError> {
     for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_NOTE) {
-        let notes = segment_bytes(image, ph)?;
-        let align: usize = if ph.align == 8 { 8 } else { 4 };
-        let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
-        let mut off = 0usize;
-        while let (Some(namesz), Some(descsz), Some(t)) =
-            (le_u32(notes, off), le_u32(notes, off.saturating_add(4)), le_u32(notes, off.saturating_add(8)))
-        {
-            let (Ok(namesz), Ok(descsz)) = (usize::try_from(namesz), usize::try_from(descsz)) else { break };
-            let name_off = off.saturating_add(12);
-            let Some(desc_off) = pad(namesz).and_then(|p| name_off.checked_add(p)) else { break };
-            let Some(desc_end) = desc_off.checked_add(descsz) else { break };
-            let nname = name_off.checked_add(namesz).and_then(|e| notes.get(name_off..e));
-            let desc = notes.get(desc_off..desc_end);
-            let (Some(nname), Some(desc)) = (nname, desc) else { break };
-            // The name includes its NUL terminator.
-            let matches = t == ntype && nname.strip_suffix(&[0]).unwrap_or(nname) == name;
-            if matches {
-                return Ok(Some(desc));
-            }
-            let Some(next) = pad(descsz).and_then(|p| desc_off.checked_add(p)) else { break };
-            off = next;
+        check_segment(file, ph)?;
+        let len = usize::try_from(ph.filesz.min(MAX_NOTE_BYTES)).map_err(|_| ElfError::Truncated("segment"))?;
+        let mut notes = vec![0u8; len];
+        read_at(file, ph.offset, &mut notes, "segment")?;
+        if let Some(desc) = note_in(&notes, ph.align, name, ntype) {
+            return Ok(Some(desc.to_vec()));
         }
     }
     Ok(None)
+}
+
+/// The descriptor of note (`name`, `ntype`) in one note segment's bytes.
+fn note_in<'a>(notes: &'a [u8], align: u64, name: &[u8], ntype: u32) -> Option<&'a [u8]> {
+    let align: usize = if align == 8 { 8 } else { 4 };
+    let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
+    let mut off = 0usize;
+    while let (Some(namesz), Some(descsz), Some(t)) =
+        (le_u32(notes, off), le_u32(notes, off.saturating_add(4)), le_u32(notes, off.saturating_add(8)))
+    {
+        let (Ok(namesz), Ok(descsz)) = (usize::try_from(namesz), usize::try_from(descsz)) else { break };
+        let name_off = off.saturating_add(12);
+        let desc_off = pad(namesz).and_then(|p| name_off.checked_add(p))?;
+        let desc_end = desc_off.checked_add(descsz)?;
+        let nname = name_off.checked_add(namesz).and_then(|e| notes.get(name_off..e))?;
+        let desc = notes.get(desc_off..desc_end)?;
+        // The name includes its NUL terminator.
+        if t == ntype && nname.strip_suffix(&[0]).unwrap_or(nname) == name {
+            return Some(desc);
+        }
+        off = pad(descsz).and_then(|p| desc_off.checked_add(p))?;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -245,6 +280,10 @@ mod tests {
     use super::build::*;
     use super::*;
 
+    fn file(img: &[u8]) -> LoadedFile {
+        LoadedFile::from_bytes("t.elf", img.to_vec())
+    }
+
     #[test]
     fn parses_both_classes_and_finds_notes() {
         for class64 in [false, true] {
@@ -261,34 +300,37 @@ mod tests {
                     Seg { p_type: PT_NOTE, paddr: 0, data: notes, memsz: 0, align: 4 },
                 ],
             );
-            let e = parse(&img).unwrap();
+            let f = file(&img);
+            let e = parse(&f).unwrap();
             assert_eq!(e.class64, class64);
             assert_eq!(e.machine, EM_X86_64);
             assert_eq!(e.entry, 0x100_0000);
             assert_eq!(e.phdrs.len(), 2);
             assert_eq!(e.phdrs[0].memsz, 32);
-            assert_eq!(segment_bytes(&img, &e.phdrs[0]).unwrap(), [1; 16]);
-            let d = find_note(&img, &e, b"Xen", 18).unwrap().unwrap();
+            check_segment(&f, &e.phdrs[0]).unwrap();
+            let d = find_note(&f, &e, b"Xen", 18).unwrap().unwrap();
             assert_eq!(d, 0x1234_5678u32.to_le_bytes());
-            assert_eq!(find_note(&img, &e, b"Xen", 99).unwrap(), None);
+            assert_eq!(find_note(&f, &e, b"Xen", 99).unwrap(), None);
         }
     }
 
     #[test]
     fn truncated_and_garbage_files_are_errors() {
-        assert_eq!(parse(b"MZ").unwrap_err(), ElfError::NotElf);
-        assert_eq!(parse(b"\x7fELF\x01\x01").unwrap_err(), ElfError::Truncated("file header"));
-        assert_eq!(parse(b"\x7fELF\x03\x01").unwrap_err(), ElfError::Unsupported);
-        assert_eq!(parse(b"\x7fELF\x01\x02").unwrap_err(), ElfError::Unsupported);
+        assert_eq!(parse(&file(b"MZ")).unwrap_err(), ElfError::NotElf);
+        assert_eq!(parse(&file(b"\x7fELF\x01\x01")).unwrap_err(), ElfError::Truncated("file header"));
+        assert_eq!(parse(&file(b"\x7fELF\x03\x01")).unwrap_err(), ElfError::Unsupported);
+        assert_eq!(parse(&file(b"\x7fELF\x01\x02")).unwrap_err(), ElfError::Unsupported);
         let img = elf(false, EM_386, 0, 0, &[Seg { p_type: PT_LOAD, paddr: 0, data: vec![1; 8], memsz: 8, align: 4 }]);
-        assert_eq!(parse(&img[..60]).unwrap_err(), ElfError::Truncated("program header table"));
-        let e = parse(&img[..img.len() - 1]).unwrap();
-        assert_eq!(segment_bytes(&img[..img.len() - 1], &e.phdrs[0]).unwrap_err(), ElfError::Truncated("segment"));
+        assert_eq!(parse(&file(&img[..60])).unwrap_err(), ElfError::Truncated("program header table"));
+        let cut = file(&img[..img.len() - 1]);
+        let e = parse(&cut).unwrap();
+        assert_eq!(check_segment(&cut, &e.phdrs[0]).unwrap_err(), ElfError::Truncated("segment"));
         // A note segment with absurd sizes is skipped, not trusted.
         let mut bad = note("Xen", 18, &[1, 0, 0, 0]);
         bad[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         let img = elf(true, EM_X86_64, 0, 0, &[Seg { p_type: PT_NOTE, paddr: 0, data: bad, memsz: 0, align: 4 }]);
-        let e = parse(&img).unwrap();
-        assert_eq!(find_note(&img, &e, b"Xen", 18).unwrap(), None);
+        let f = file(&img);
+        let e = parse(&f).unwrap();
+        assert_eq!(find_note(&f, &e, b"Xen", 18).unwrap(), None);
     }
 }

@@ -10,10 +10,13 @@
 //! serves it through the selector and DMA ports.
 //!
 //! Where we differ from QEMU: the file directory is always sorted by name
-//! (QEMU's non-legacy order, which `xenfv` uses), and items are plain bytes
-//! (no select or write callbacks).
+//! (QEMU's non-legacy order, which `xenfv` uses), and items are content
+//! without select or write callbacks: in-memory bytes, or ([`Blob`]) pieces
+//! of the open boot files and zeros, read when the guest asks.
 
 use std::collections::BTreeMap;
+
+use crate::blob::Blob;
 
 use zerocopy::byteorder::big_endian::{U16 as Be16, U32 as Be32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -65,7 +68,7 @@ pub const DEFAULT_FILE_SLOTS: u16 = 0x20;
 pub(crate) const MIN_FILE_SLOTS: u16 = 0x10;
 pub(crate) const MAX_FILE_SLOTS: u16 = 0x1000;
 /// Largest item: lengths and offsets are 32-bit on the wire.
-const MAX_ITEM: usize = u32::MAX as usize;
+const MAX_ITEM: u64 = u32::MAX as u64;
 
 const ID_TRADITIONAL: u32 = 1 << 0;
 const ID_DMA: u32 = 1 << 1;
@@ -96,7 +99,7 @@ pub enum FwCfgError {
     #[error("adding fw_cfg file {name:?}: all {slots} file slots are in use")]
     NoFileSlots { name: String, slots: u16 },
     #[error("adding fw_cfg {what}: {len} bytes exceed the 4 GiB item limit")]
-    TooLarge { what: String, len: usize },
+    TooLarge { what: String, len: u64 },
     #[error("adding boot device {path:?}: boot index {index} is already used by {other:?}")]
     BootIndexInUse { path: String, index: u32, other: String },
     #[error("adding boot ROM {name:?}: the name must be a plain file name")]
@@ -140,10 +143,11 @@ impl Default for FwCfgOptions {
     }
 }
 
-/// One item's bytes, and whether the guest may overwrite them by DMA.
+/// One item's content, and whether the guest may overwrite it by DMA
+/// (writable items are always in memory).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Item {
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Blob,
     pub(crate) writable: bool,
 }
 
@@ -154,7 +158,7 @@ pub(crate) struct File {
     pub(crate) item: Item,
 }
 
-fn check_len(what: impl Fn() -> String, len: usize) -> Result<(), FwCfgError> {
+fn check_len(what: impl Fn() -> String, len: u64) -> Result<(), FwCfgError> {
     if len > MAX_ITEM {
         return Err(FwCfgError::TooLarge { what: what(), len });
     }
@@ -176,7 +180,7 @@ pub struct FwCfgItems {
     boot_devices: BTreeMap<u32, String>,
 }
 
-/// Names and sizes only: items hold whole kernels.
+/// Names and sizes only: items describe whole kernels.
 impl std::fmt::Debug for FwCfgItems {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sizes = |it: &Item| it.data.len();
@@ -269,6 +273,15 @@ impl FwCfgItems {
     /// # Errors
     /// See [`FwCfgError`].
     pub fn add_bytes(&mut self, key: u16, data: Vec<u8>) -> Result<(), FwCfgError> {
+        self.add_blob(key, Blob::from_bytes(data))
+    }
+
+    /// Adds a fixed-key item with content `data` (file-backed pieces
+    /// included), with the checks of [`Self::add_bytes`].
+    ///
+    /// # Errors
+    /// See [`FwCfgError`].
+    pub fn add_blob(&mut self, key: u16, data: Blob) -> Result<(), FwCfgError> {
         let idx = key & ENTRY_MASK;
         let arch = key & keys::ARCH_LOCAL;
         if key & keys::WRITE_CHANNEL != 0 || idx >= keys::FILE_FIRST || (arch == 0 && idx == keys::FILE_DIR) {
@@ -307,12 +320,25 @@ impl FwCfgItems {
         self.add_bytes(key, v.to_le_bytes().to_vec())
     }
 
-    /// The data of a fixed-key item, if set.
+    /// The bytes of a fixed-key item, if set and held in memory (a
+    /// file-backed item, the kernel or initrd, gives `None`: see
+    /// [`Self::item`]).
     pub fn item_data(&self, key: u16) -> Option<&[u8]> {
+        self.item(key).and_then(Blob::as_bytes)
+    }
+
+    /// The whole content of a fixed-key item, read (tests).
+    #[cfg(test)]
+    pub(crate) fn item_vec(&self, key: u16) -> Option<Vec<u8>> {
+        self.item(key).map(|b| b.to_vec().unwrap())
+    }
+
+    /// The content of a fixed-key item, if set.
+    pub fn item(&self, key: u16) -> Option<&Blob> {
         if key & ENTRY_MASK >= keys::FILE_FIRST && key & keys::ARCH_LOCAL == 0 {
             return None;
         }
-        self.lookup(key).map(|i| i.data.as_slice())
+        self.lookup(key).map(|i| &i.data)
     }
 
     /// Adds a read-only file and returns its selector *now*: a file added
@@ -341,8 +367,8 @@ impl FwCfgItems {
     pub fn modify_file(&mut self, name: &str, data: Vec<u8>) -> Result<(), FwCfgError> {
         match self.files.iter_mut().find(|f| f.name == name) {
             Some(f) => {
-                check_len(|| format!("file {name:?}"), data.len())?;
-                f.item.data = data;
+                check_len(|| format!("file {name:?}"), data.len() as u64)?;
+                f.item.data = Blob::from_bytes(data);
                 self.rebuild_dir();
                 Ok(())
             }
@@ -356,9 +382,9 @@ impl FwCfgItems {
         u16::try_from(i).ok().map(|i| keys::FILE_FIRST + i)
     }
 
-    /// The current data of file `name`.
+    /// The current data of file `name` (files are held in memory).
     pub fn file_data(&self, name: &str) -> Option<&[u8]> {
-        self.files.iter().find(|f| f.name == name).map(|f| f.item.data.as_slice())
+        self.files.iter().find(|f| f.name == name).and_then(|f| f.item.data.as_bytes())
     }
 
     /// File names in directory order.
@@ -370,7 +396,7 @@ impl FwCfgItems {
         if name.is_empty() || name.len() >= MAX_FILE_PATH || name.contains('\0') {
             return Err(FwCfgError::BadFileName { name: name.to_string() });
         }
-        check_len(|| format!("file {name:?}"), data.len())?;
+        check_len(|| format!("file {name:?}"), data.len() as u64)?;
         if self.files.iter().any(|f| f.name == name) {
             return Err(FwCfgError::DuplicateFile { name: name.to_string() });
         }
@@ -383,7 +409,7 @@ impl FwCfgItems {
             .ok()
             .and_then(|p| keys::FILE_FIRST.checked_add(p))
             .ok_or_else(|| FwCfgError::NoFileSlots { name: name.to_string(), slots: self.file_slots })?;
-        self.files.insert(pos, File { name: name.to_string(), item: Item { data, writable } });
+        self.files.insert(pos, File { name: name.to_string(), item: Item { data: Blob::from_bytes(data), writable } });
         self.rebuild_dir();
         Ok(select)
     }
@@ -409,7 +435,7 @@ impl FwCfgItems {
             dir.extend_from_slice(e.as_bytes());
         }
         dir.resize(4 + slots * std::mem::size_of::<DirEntry>(), 0);
-        self.items.insert(keys::FILE_DIR, Item { data: dir, writable: false });
+        self.items.insert(keys::FILE_DIR, Item { data: Blob::from_bytes(dir), writable: false });
     }
 
     /// Adds a boot device path with a boot index and rewrites `bootorder`:

@@ -42,6 +42,7 @@
 use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 
+use crate::blob::Blob;
 use crate::bytes::{le_u16, le_u32};
 use crate::items::{keys, FwCfgItems};
 use crate::plan::{layout_text, LoadError, LoadedFile, RamLayout};
@@ -107,13 +108,16 @@ fn vga_mode(cmdline: &str) -> Result<Option<u16>, String> {
 }
 
 /// A bzImage whose header passed the checks: its boot protocol, the first
-/// 8 KiB (which QEMU patches), the setup header, and where setup ends.
-struct Image<'a> {
+/// 8 KiB (which QEMU patches), the setup header, the setup code (at most
+/// 128 KiB, read) and where the protected-mode kernel lies in the file (not
+/// read: fw_cfg serves it from the file).
+struct Image {
     protocol: u16,
     header: [u8; HEADER_SIZE],
     hdr: setup_header,
-    setup_part: &'a [u8],
-    kernel_part: &'a [u8],
+    setup_part: Vec<u8>,
+    kernel_offset: u64,
+    kernel_len: u64,
 }
 
 /// Where things go in the guest (see the module docs' table).
@@ -127,11 +131,11 @@ struct Addresses {
     initrd_max: u64,
 }
 
-/// The initrd placed: its address, size and bytes.
+/// The initrd placed: its address, size and content (the whole file).
 struct PlacedInitrd {
     addr: u32,
     size: u32,
-    data: Vec<u8>,
+    data: Blob,
 }
 
 /// Loads bzImage `kernel` (and `initrd`) into `fw`'s loader keys.
@@ -142,7 +146,7 @@ struct PlacedInitrd {
 pub fn load(
     fw: &mut FwCfgItems,
     kernel: &LoadedFile,
-    initrd: Option<LoadedFile>,
+    initrd: Option<&LoadedFile>,
     cmdline: &str,
     layout: &RamLayout,
 ) -> Result<LinuxInfo, LoadError> {
@@ -159,18 +163,23 @@ pub fn load(
         setup_size: setup.len() as u32,
         cmdline_addr: at.cmdline_addr,
         kernel_addr: at.prot_addr,
-        kernel_size: image.kernel_part.len() as u32,
+        kernel_size: image.kernel_len as u32,
         initrd: initrd.as_ref().map(|rd| (rd.addr, rd.size)),
     };
-    fill(fw, &info, cmdline, initrd, image.kernel_part, setup).map_err(LoadError::fw(path))?;
+    let mut body = Blob::new();
+    body.push_file(kernel, image.kernel_offset, image.kernel_len)
+        .ok_or_else(|| LoadError::Truncated { path: path.clone(), detail: "the protected-mode kernel".into() })?;
+    fill(fw, &info, cmdline, initrd, body, setup).map_err(LoadError::fw(path))?;
     Ok(info)
 }
 
 /// Checks the header: "HdrS", protocol >= 2.00, LOADED_HIGH, and that the
 /// file holds the setup and (>= 2.04) `syssize * 16` protected-mode bytes.
-fn read_image(kernel: &LoadedFile) -> Result<Image<'_>, LoadError> {
+/// Reads the first 8 KiB and the setup code only.
+fn read_image(kernel: &LoadedFile) -> Result<Image, LoadError> {
     let path = &kernel.path;
-    let img = kernel.data.as_slice();
+    let img = kernel.head();
+    let file_len = kernel.len();
     if !has_hdrs(img) {
         return Err(LoadError::WrongFormat {
             path: path.clone(),
@@ -203,14 +212,16 @@ fn read_image(kernel: &LoadedFile) -> Result<Image<'_>, LoadError> {
     }
     let setup_sects = if hdr.setup_sects == 0 { 4 } else { usize::from(hdr.setup_sects) };
     let setup_size = (setup_sects + 1) * 512;
-    if setup_size > img.len() {
+    if setup_size as u64 > file_len {
         return Err(LoadError::Truncated {
             path: path.clone(),
-            detail: format!("the setup code is {setup_size} bytes but the file has {}", img.len()),
+            detail: format!("the setup code is {setup_size} bytes but the file has {file_len}"),
         });
     }
-    let (setup_part, kernel_part) = img.split_at(setup_size);
-    let kernel_len = kernel_part.len() as u64;
+    // At most 256 * 512 bytes.
+    let setup_part = kernel.read_vec(0, setup_size, "kernel")?;
+    let kernel_offset = setup_size as u64;
+    let kernel_len = file_len - kernel_offset;
     let syssize = u64::from(hdr.syssize) * 16;
     if protocol >= 0x204 && syssize > kernel_len {
         return Err(LoadError::Truncated {
@@ -220,7 +231,7 @@ fn read_image(kernel: &LoadedFile) -> Result<Image<'_>, LoadError> {
             ),
         });
     }
-    Ok(Image { protocol, header, hdr, setup_part, kernel_part })
+    Ok(Image { protocol, header, hdr, setup_part, kernel_offset, kernel_len })
 }
 
 fn setup_header_range() -> std::ops::Range<usize> {
@@ -228,7 +239,7 @@ fn setup_header_range() -> std::ops::Range<usize> {
 }
 
 /// No NUL, and at most `cmdline_size` bytes (>= 2.06; 255 before).
-fn check_cmdline(kernel: &LoadedFile, image: &Image<'_>, cmdline: &str) -> Result<(), LoadError> {
+fn check_cmdline(kernel: &LoadedFile, image: &Image, cmdline: &str) -> Result<(), LoadError> {
     let path = &kernel.path;
     if cmdline.contains('\0') {
         return Err(LoadError::CmdlineNul { path: path.clone() });
@@ -244,12 +255,12 @@ fn check_cmdline(kernel: &LoadedFile, image: &Image<'_>, cmdline: &str) -> Resul
 /// QEMU's `initrd_max`.
 fn plan_addresses(
     kernel: &LoadedFile,
-    image: &Image<'_>,
+    image: &Image,
     cmdline: &str,
     layout: &RamLayout,
 ) -> Result<Addresses, LoadError> {
     let protocol = image.protocol;
-    let kernel_len = image.kernel_part.len() as u64;
+    let kernel_len = image.kernel_len;
     // LOADED_HIGH is set (read_image checks).
     let aligned_cmdline = ((cmdline.len() as u32) + 16) & !15;
     let (real_addr, cmdline_addr, prot_addr): (u32, u32, u32) =
@@ -282,7 +293,7 @@ fn plan_addresses(
 
 /// QEMU's header patches: `cmd_line_ptr`, `vid_mode` from `vga=`,
 /// `type_of_loader`, and the heap (see the module docs).
-fn patch_header(kernel: &LoadedFile, image: &mut Image<'_>, at: &Addresses, cmdline: &str) -> Result<(), LoadError> {
+fn patch_header(kernel: &LoadedFile, image: &mut Image, at: &Addresses, cmdline: &str) -> Result<(), LoadError> {
     let protocol = image.protocol;
     let hdr = &mut image.hdr;
     if protocol >= 0x202 {
@@ -303,24 +314,33 @@ fn patch_header(kernel: &LoadedFile, image: &mut Image<'_>, at: &Addresses, cmdl
 
 /// Puts the initrd as high as `initrd_max` allows, page-aligned, above the
 /// kernel, and records it in the header.
-fn place_initrd(rd: LoadedFile, at: &Addresses, hdr: &mut setup_header) -> Result<PlacedInitrd, LoadError> {
+fn place_initrd(rd: &LoadedFile, at: &Addresses, hdr: &mut setup_header) -> Result<PlacedInitrd, LoadError> {
     let initrd_max = at.initrd_max;
-    let size = rd.data.len() as u64;
+    let size = rd.len();
     let addr = initrd_max.checked_sub(size).filter(|_| size < initrd_max).map(|a| a & !0xfff);
     let available = initrd_max.saturating_sub(at.kernel_end);
     let Some(addr) = addr.filter(|&a| a >= at.kernel_end) else {
-        return Err(LoadError::InitrdTooLarge { what: "initrd", path: rd.path, size, available, ceiling: initrd_max });
+        return Err(LoadError::InitrdTooLarge {
+            what: "initrd",
+            path: rd.path.clone(),
+            size,
+            available,
+            ceiling: initrd_max,
+        });
     };
     // addr < initrd_max <= u32::MAX and size < initrd_max.
     let (addr, size) = (addr as u32, size as u32);
     hdr.ramdisk_image = addr;
     hdr.ramdisk_size = size;
-    Ok(PlacedInitrd { addr, size, data: rd.data })
+    let mut data = Blob::new();
+    data.push_file(rd, 0, rd.len())
+        .ok_or_else(|| LoadError::Truncated { path: rd.path.clone(), detail: "initrd".into() })?;
+    Ok(PlacedInitrd { addr, size, data })
 }
 
 /// The setup sectors with QEMU's patched header (and, before 2.02, the old
 /// command-line magic at 0x20).
-fn patched_setup(image: &Image<'_>, at: &Addresses) -> Vec<u8> {
+fn patched_setup(image: &Image, at: &Addresses) -> Vec<u8> {
     let mut header = image.header;
     if let Some(dst) = header.get_mut(setup_header_range()) {
         dst.copy_from_slice(image.hdr.as_slice());
@@ -331,7 +351,7 @@ fn patched_setup(image: &Image<'_>, at: &Addresses) -> Vec<u8> {
             dst.copy_from_slice(&[0x3f, 0xa3, off as u8, (off >> 8) as u8]);
         }
     }
-    let mut setup = image.setup_part.to_vec();
+    let mut setup = image.setup_part.clone();
     let patched = setup.len().min(HEADER_SIZE);
     if let (Some(dst), Some(src)) = (setup.get_mut(..patched), header.get(..patched)) {
         dst.copy_from_slice(src);
@@ -345,7 +365,7 @@ fn fill(
     info: &LinuxInfo,
     cmdline: &str,
     initrd: Option<PlacedInitrd>,
-    kernel_part: &[u8],
+    kernel_body: Blob,
     setup: Vec<u8>,
 ) -> Result<(), crate::items::FwCfgError> {
     let mut cmd = cmdline.as_bytes().to_vec();
@@ -356,11 +376,11 @@ fn fill(
     if let Some(rd) = initrd {
         fw.add_u32(keys::INITRD_ADDR, rd.addr)?;
         fw.add_u32(keys::INITRD_SIZE, rd.size)?;
-        fw.add_bytes(keys::INITRD_DATA, rd.data)?;
+        fw.add_blob(keys::INITRD_DATA, rd.data)?;
     }
     fw.add_u32(keys::KERNEL_ADDR, info.kernel_addr)?;
     fw.add_u32(keys::KERNEL_SIZE, info.kernel_size)?;
-    fw.add_bytes(keys::KERNEL_DATA, kernel_part.to_vec())?;
+    fw.add_blob(keys::KERNEL_DATA, kernel_body)?;
     fw.add_u32(keys::SETUP_ADDR, info.setup_addr)?;
     fw.add_u32(keys::SETUP_SIZE, info.setup_size)?;
     fw.add_bytes(keys::SETUP_DATA, setup)
@@ -392,7 +412,7 @@ pub(crate) mod tests {
     }
 
     fn debian() -> LoadedFile {
-        LoadedFile::read(&kernel_path(), "kernel").unwrap()
+        LoadedFile::open(&kernel_path(), "kernel").unwrap()
     }
 
     fn fw() -> FwCfgItems {
@@ -400,7 +420,7 @@ pub(crate) mod tests {
     }
 
     fn rd(len: usize) -> LoadedFile {
-        LoadedFile { path: "initrd.img".into(), data: vec![0x5a; len] }
+        LoadedFile::from_bytes("initrd.img", vec![0x5a; len])
     }
 
     fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
@@ -410,11 +430,12 @@ pub(crate) mod tests {
     #[test]
     fn debian_bzimage_keys_and_patched_header() {
         let k = debian();
-        let img = &k.data;
+        let data = k.test_bytes();
+        let img = &data;
         let layout = RamLayout::xen(256, None);
         let mut f = fw();
         let cmdline = "console=ttyS0 vga=0x317 quiet";
-        let info = load(&mut f, &k, Some(rd(1_000_000)), cmdline, &layout).unwrap();
+        let info = load(&mut f, &k, Some(&rd(1_000_000)), cmdline, &layout).unwrap();
         let protocol = u16::from_le_bytes([img[0x206], img[0x207]]);
         assert!(protocol >= 0x20c, "a modern kernel");
         assert_eq!(info.protocol, protocol);
@@ -425,7 +446,8 @@ pub(crate) mod tests {
         assert_eq!(u32_key(&f, keys::SETUP_SIZE) as usize, setup_size);
         assert_eq!(u32_key(&f, keys::KERNEL_ADDR), 0x100000);
         assert_eq!(u32_key(&f, keys::KERNEL_SIZE) as usize, img.len() - setup_size);
-        assert_eq!(f.item_data(keys::KERNEL_DATA).unwrap(), &img[setup_size..]);
+        assert_eq!(f.item_vec(keys::KERNEL_DATA).unwrap(), &img[setup_size..]);
+        assert!(f.item_data(keys::KERNEL_DATA).is_none(), "served from the file, not held in memory");
         assert_eq!(u32_key(&f, keys::CMDLINE_ADDR), 0x20000);
         assert_eq!(u32_key(&f, keys::CMDLINE_SIZE) as usize, cmdline.len() + 1);
         assert_eq!(f.item_data(keys::CMDLINE_DATA).unwrap(), format!("{cmdline}\0").as_bytes());
@@ -439,7 +461,7 @@ pub(crate) mod tests {
         assert_eq!(want, 0x0fee_3000, "256 MiB - 0x28000 - 1 - 1e6 bytes, page aligned");
         assert_eq!(u32_key(&f, keys::INITRD_ADDR), want);
         assert_eq!(u32_key(&f, keys::INITRD_SIZE), 1_000_000);
-        assert_eq!(f.item_data(keys::INITRD_DATA).unwrap().len(), 1_000_000);
+        assert_eq!(f.item_vec(keys::INITRD_DATA).unwrap().len(), 1_000_000);
         assert_eq!(info.initrd, Some((want, 1_000_000)));
 
         // The setup blob: the file's setup sectors with exactly QEMU's patches.
@@ -460,20 +482,21 @@ pub(crate) mod tests {
     #[test]
     fn without_initrd_and_vga_the_fields_stay() {
         let k = debian();
+        let data = k.test_bytes();
         let mut f = fw();
         let info = load(&mut f, &k, None, "", &RamLayout::xen(256, None)).unwrap();
         assert_eq!(info.initrd, None);
         assert!(f.item_data(keys::INITRD_ADDR).is_none());
         let setup = f.item_data(keys::SETUP_DATA).unwrap();
-        assert_eq!(setup[0x1fa..0x1fc], k.data[0x1fa..0x1fc], "vid_mode untouched");
-        assert_eq!(setup[0x218..0x220], k.data[0x218..0x220], "ramdisk fields untouched");
+        assert_eq!(setup[0x1fa..0x1fc], data[0x1fa..0x1fc], "vid_mode untouched");
+        assert_eq!(setup[0x218..0x220], data[0x218..0x220], "ramdisk fields untouched");
         assert_eq!(f.item_data(keys::CMDLINE_DATA).unwrap(), b"\0");
     }
 
     #[test]
     fn cmdline_longer_than_cmdline_size_is_refused() {
         let k = debian();
-        let max = u32::from_le_bytes(k.data[0x238..0x23c].try_into().unwrap()) as usize;
+        let max = u32::from_le_bytes(k.head()[0x238..0x23c].try_into().unwrap()) as usize;
         assert!(max >= 255);
         let ok = "x".repeat(max);
         load(&mut fw(), &k, None, &ok, &RamLayout::xen(256, None)).unwrap();
@@ -488,12 +511,13 @@ pub(crate) mod tests {
     #[test]
     fn truncated_kernels_are_refused() {
         let k = debian();
-        let sects = if k.data[0x1f1] == 0 { 4 } else { k.data[0x1f1] as usize };
+        let data = k.test_bytes();
+        let sects = if data[0x1f1] == 0 { 4 } else { data[0x1f1] as usize };
         let setup_size = (sects + 1) * 512;
-        let cut = LoadedFile { path: k.path.clone(), data: k.data[..setup_size - 1].to_vec() };
+        let cut = LoadedFile::from_bytes(k.path.clone(), data[..setup_size - 1].to_vec());
         let e = load(&mut fw(), &cut, None, "", &RamLayout::xen(256, None)).unwrap_err();
         assert!(matches!(e, LoadError::Truncated { .. }), "{e}");
-        let cut = LoadedFile { path: k.path.clone(), data: k.data[..k.data.len() / 2].to_vec() };
+        let cut = LoadedFile::from_bytes(k.path.clone(), data[..data.len() / 2].to_vec());
         let e = load(&mut fw(), &cut, None, "", &RamLayout::xen(256, None)).unwrap_err();
         assert!(matches!(e, LoadError::Truncated { .. }), "{e}");
         assert!(e.to_string().contains("truncated"), "{e}");
@@ -505,14 +529,14 @@ pub(crate) mod tests {
         let layout = RamLayout::xen(64, None);
         // Exactly what fits: up to the ceiling, above the kernel.
         let ceiling = (64u64 << 20) - 0x28000 - 1;
-        let sects = if k.data[0x1f1] == 0 { 4 } else { k.data[0x1f1] as usize };
-        let kernel_end = 0x100000 + (k.data.len() - (sects + 1) * 512) as u64;
-        let e = load(&mut fw(), &k, Some(rd((ceiling - kernel_end + 0x2000) as usize)), "", &layout).unwrap_err();
+        let sects = if k.head()[0x1f1] == 0 { 4 } else { k.head()[0x1f1] as usize };
+        let kernel_end = 0x100000 + (k.len() as usize - (sects + 1) * 512) as u64;
+        let e = load(&mut fw(), &k, Some(&rd((ceiling - kernel_end + 0x2000) as usize)), "", &layout).unwrap_err();
         assert!(matches!(e, LoadError::InitrdTooLarge { .. }), "{e}");
         assert!(e.to_string().contains("initrd.img"), "{e}");
-        let e = load(&mut fw(), &k, Some(rd(70 << 20)), "", &layout).unwrap_err();
+        let e = load(&mut fw(), &k, Some(&rd(70 << 20)), "", &layout).unwrap_err();
         assert!(matches!(e, LoadError::InitrdTooLarge { .. }), "{e}");
-        load(&mut fw(), &k, Some(rd(16 << 20)), "", &layout).unwrap();
+        load(&mut fw(), &k, Some(&rd(16 << 20)), "", &layout).unwrap();
         let e = load(&mut fw(), &k, None, "", &RamLayout::xen(4, None)).unwrap_err();
         assert!(matches!(e, LoadError::KernelTooLarge { .. }), "{e}");
     }
@@ -520,13 +544,15 @@ pub(crate) mod tests {
     #[test]
     fn old_protocols_and_zimages() {
         let k = debian();
-        let mut old = k.clone();
-        old.data[0x206..0x208].copy_from_slice(&0x1ffu16.to_le_bytes());
+        let mut data = k.test_bytes();
+        data[0x206..0x208].copy_from_slice(&0x1ffu16.to_le_bytes());
+        let old = LoadedFile::from_bytes(k.path.clone(), data);
         let e = load(&mut fw(), &old, None, "", &RamLayout::xen(256, None)).unwrap_err();
         assert!(matches!(e, LoadError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("1.ff") || e.to_string().contains("older than 2.00"), "{e}");
-        let mut z = k.clone();
-        z.data[0x211] &= !1;
+        let mut data = k.test_bytes();
+        data[0x211] &= !1;
+        let z = LoadedFile::from_bytes(k.path.clone(), data);
         let e = load(&mut fw(), &z, None, "", &RamLayout::xen(256, None)).unwrap_err();
         assert!(matches!(e, LoadError::Unsupported { .. }), "{e}");
     }
@@ -539,10 +565,10 @@ pub(crate) mod tests {
         img[0x202..0x206].copy_from_slice(&HDRS_MAGIC.to_le_bytes());
         img[0x206..0x208].copy_from_slice(&0x201u16.to_le_bytes());
         img[0x211] = LOADED_HIGH;
-        let k = LoadedFile { path: "old.bz".into(), data: img };
+        let k = LoadedFile::from_bytes("old.bz", img);
         let mut f = fw();
         let cmdline = "root=/dev/sda";
-        let info = load(&mut f, &k, Some(rd(4096)), cmdline, &RamLayout::xen(128, None)).unwrap();
+        let info = load(&mut f, &k, Some(&rd(4096)), cmdline, &RamLayout::xen(128, None)).unwrap();
         let aligned = (cmdline.len() as u32 + 16) & !15;
         assert_eq!(info.setup_addr, 0x90000);
         assert_eq!(info.cmdline_addr, 0x9a000 - aligned);

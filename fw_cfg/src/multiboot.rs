@@ -27,11 +27,17 @@
 //!
 //! Where we differ from QEMU: the buffer must fit in low RAM and must not
 //! overlap the information area at 0x9000..0x9558, the image must be at most
-//! [`crate::plan::MAX_FILE_SIZE`] bytes, and the kernel path in the command
-//! line is shown lossily if it is not UTF-8. QEMU checks none of these.
+//! [`crate::plan::MAX_FILE_SIZE`] bytes, an ELF's PT_LOAD segments must not
+//! overlap, and the kernel path in the command line is shown lossily if it
+//! is not UTF-8. QEMU checks none of these. The buffer is not built in
+//! memory: only the information part (records, command lines, loader name)
+//! is; the image, BSS and modules are ranges of the open files and zeros,
+//! read when the ROM copies them (so a header claiming a huge BSS allocates
+//! nothing).
 
 use std::path::Path;
 
+use crate::blob::Blob;
 use crate::bytes::{le_u32, page_align, put_bytes, put_le_u32};
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
 use crate::items::{keys, FwCfgItems};
@@ -130,8 +136,8 @@ fn too_big(path: &Path, size: u64) -> LoadError {
     }
 }
 
-/// The kernel image: (load address, entry, bytes including zeroed BSS).
-fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Vec<u8>), LoadError> {
+/// The kernel image: (load address, entry, content including zeroed BSS).
+fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Blob), LoadError> {
     if hdr.flags & FLAG_AOUT_KLUDGE == 0 {
         elf_image(kernel)
     } else {
@@ -139,11 +145,11 @@ fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, 
     }
 }
 
-/// A 32-bit ELF kernel: its PT_LOAD segments laid out from the lowest.
-fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Vec<u8>), LoadError> {
+/// A 32-bit ELF kernel: its PT_LOAD segments laid out from the lowest
+/// (file ranges, zeros for each BSS and between segments).
+fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Blob), LoadError> {
     let path = kernel.path.as_path();
-    let img = kernel.data.as_slice();
-    let e = elf::parse(img).map_err(|e| bad(path, format!("multiboot header without load addresses, and {e}")))?;
+    let e = elf::parse(kernel).map_err(|e| bad(path, format!("multiboot header without load addresses, and {e}")))?;
     if e.machine == EM_X86_64 || e.class64 {
         return Err(LoadError::Unsupported {
             path: path.to_path_buf(),
@@ -156,7 +162,7 @@ fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Vec<u8>), LoadError> {
             reason: format!("ELF machine {} is not i386", e.machine),
         });
     }
-    let loads: Vec<_> = e.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
+    let mut loads: Vec<_> = e.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
     let low = loads.iter().map(|p| p.paddr).min().ok_or_else(|| bad(path, "the ELF file has no PT_LOAD segment"))?;
     let mut high = low;
     for p in &loads {
@@ -171,20 +177,30 @@ fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Vec<u8>), LoadError> {
     if size > MAX_FILE_SIZE {
         return Err(too_big(path, size));
     }
-    let mut buf = vec![0u8; size as usize];
-    for p in &loads {
-        let data = elf::segment_bytes(img, p).map_err(|e| truncated(path, e.to_string()))?;
-        put_bytes(&mut buf, (p.paddr - low) as usize, data).ok_or_else(|| bad(path, "segment outside the image"))?;
+    loads.sort_by_key(|p| p.paddr);
+    let mut image = Blob::new();
+    for p in loads.iter().filter(|p| p.memsz > 0) {
+        elf::check_segment(kernel, p).map_err(|e| truncated(path, e.to_string()))?;
+        let at = p.paddr - low;
+        if at < image.len() {
+            return Err(bad(path, format!("the PT_LOAD segment at {:#x} overlaps the one before it", p.paddr)));
+        }
+        image.pad_to(at);
+        image.push_file(kernel, p.offset, p.filesz).ok_or_else(|| truncated(path, "segment"))?;
+        image.push_zeros(p.memsz - p.filesz);
     }
+    image.pad_to(size);
     let entry = u32::try_from(e.entry).map_err(|_| bad(path, "entry point beyond 4 GiB"))?;
-    Ok((low as u32, entry, buf))
+    Ok((low as u32, entry, image))
 }
 
 /// The a.out kludge: the header's header_addr, load_addr, load_end_addr,
-/// bss_end_addr and entry_addr place the file's bytes.
-fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Vec<u8>), LoadError> {
+/// bss_end_addr and entry_addr place the file's bytes. Only the header is
+/// read; the text is a range of the file and the BSS zeros, so a header
+/// asking for a huge BSS costs nothing before the RAM check refuses it.
+fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Blob), LoadError> {
     let path = kernel.path.as_path();
-    let img = kernel.data.as_slice();
+    let img = kernel.head();
     let field = |n: usize| {
         le_u32(img, hdr.offset + 12 + 4 * n).ok_or_else(|| truncated(path, "multiboot header address fields"))
     };
@@ -195,7 +211,7 @@ fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Ve
     let text_offset = (hdr.offset as u64)
         .checked_sub(u64::from(header_addr - load_addr))
         .ok_or_else(|| bad(path, "multiboot header_addr - load_addr is larger than the header's file offset"))?;
-    let file_len = img.len() as u64;
+    let file_len = kernel.len();
     let load_size = if load_end != 0 {
         if load_end < load_addr {
             return Err(bad(path, format!("multiboot load_end_addr {load_end:#x} is below load_addr {load_addr:#x}")));
@@ -225,22 +241,24 @@ fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Ve
     if mem_size > MAX_FILE_SIZE {
         return Err(too_big(path, mem_size));
     }
-    let mut buf = vec![0u8; mem_size as usize];
-    let src = img
-        .get(text_offset as usize..(text_offset + load_size) as usize)
-        .ok_or_else(|| truncated(path, "kernel text"))?;
-    put_bytes(&mut buf, 0, src).ok_or_else(|| bad(path, "image larger than its memory size"))?;
-    Ok((load_addr, entry, buf))
+    let mut image = Blob::new();
+    image.push_file(kernel, text_offset, load_size).ok_or_else(|| truncated(path, "kernel text"))?;
+    image.pad_to(mem_size);
+    Ok((load_addr, entry, image))
 }
 
 /// The buffer QEMU hands the ROM as `KERNEL_DATA`: the image, then the
-/// module records, command lines and boot loader name, then each module,
-/// every part page-aligned. Addresses are `phys` + offset.
+/// module records, command lines and boot loader name (`info`, in memory,
+/// starting at offset `info_base`), then each module, every part
+/// page-aligned. Addresses are `phys` + offset.
 struct MbBuffer<'a> {
     path: &'a Path,
     layout: &'a RamLayout,
     phys: u64,
-    buf: Vec<u8>,
+    image: Blob,
+    info_base: u64,
+    info: Vec<u8>,
+    modules: Blob,
     size: u64,
 }
 
@@ -264,52 +282,68 @@ impl MbBuffer<'_> {
         bad(self.path, "internal layout error building the multiboot buffer")
     }
 
+    /// Where buffer offset `off` lies in `info`.
+    fn info_index(&self, off: u64) -> Result<usize, LoadError> {
+        off.checked_sub(self.info_base).and_then(|i| usize::try_from(i).ok()).ok_or_else(|| self.layout_err())
+    }
+
     /// Puts `s` and a NUL at `*off`, moves `*off` past them, returns the
     /// string's guest address.
     fn add_string(&mut self, off: &mut u64, s: &[u8]) -> Result<u32, LoadError> {
         let at = *off;
-        put_bytes(&mut self.buf, at as usize, s).ok_or_else(|| self.layout_err())?;
-        put_bytes(&mut self.buf, at as usize + s.len(), &[0]).ok_or_else(|| self.layout_err())?;
+        let i = self.info_index(at)?;
+        put_bytes(&mut self.info, i, s).ok_or_else(|| self.layout_err())?;
+        put_bytes(&mut self.info, i + s.len(), &[0]).ok_or_else(|| self.layout_err())?;
         *off += s.len() as u64 + 1;
         u32::try_from(self.phys + at).map_err(|_| self.layout_err())
     }
 
     /// Appends each module (page-aligned) with its record at `off_mbinfo`
     /// and its command line at `*off_cmdlines`: `(start, end)` of each.
+    /// Each module is checked to fit before the next is opened.
     fn add_modules(
         &mut self,
         specs: &[String],
         off_mbinfo: u64,
         off_cmdlines: &mut u64,
-        read: &mut dyn FnMut(&Path) -> Result<LoadedFile, LoadError>,
+        open: &mut dyn FnMut(&Path) -> Result<LoadedFile, LoadError>,
     ) -> Result<Vec<(u32, u32)>, LoadError> {
         let mut modules = Vec::new();
+        let modules_base = self.size;
         for (i, spec) in specs.iter().enumerate() {
             let file_name = spec.split(' ').next().unwrap_or("");
-            let module = read(Path::new(file_name))?;
+            let module = open(Path::new(file_name))?;
             let cmd_phys = self.add_string(off_cmdlines, spec.as_bytes())?;
             let offs = self.size;
-            let len = module.data.len() as u64;
+            let len = module.len();
             self.size = page_align(offs + len).ok_or_else(|| too_big(self.path, u64::MAX))?;
             if !self.fits(self.size) {
                 return Err(LoadError::InitrdTooLarge {
                     what: "multiboot module",
-                    path: module.path,
+                    path: module.path.clone(),
                     size: len,
                     available: self.layout.below_4g.saturating_sub(self.phys + offs),
                     ceiling: self.layout.below_4g,
                 });
             }
-            self.buf.resize(self.size as usize, 0);
-            put_bytes(&mut self.buf, offs as usize, &module.data).ok_or_else(|| self.layout_err())?;
+            self.modules.push_file(&module, 0, len).ok_or_else(|| self.layout_err())?;
+            self.modules.pad_to(self.size - modules_base);
             let (start, end) = ((self.phys + offs) as u32, (self.phys + offs + len) as u32);
-            let rec = off_mbinfo as usize + i * MB_MOD_SIZE as usize;
+            let rec = self.info_index(off_mbinfo)? + i * MB_MOD_SIZE as usize;
             for (at, v) in [(rec, start), (rec + 4, end), (rec + 8, cmd_phys)] {
-                put_le_u32(&mut self.buf, at, v).ok_or_else(|| self.layout_err())?;
+                put_le_u32(&mut self.info, at, v).ok_or_else(|| self.layout_err())?;
             }
             modules.push((start, end));
         }
         Ok(modules)
+    }
+
+    /// The whole buffer: image, information, modules.
+    fn into_blob(self) -> Blob {
+        let mut b = self.image;
+        b.push_bytes(self.info);
+        b.append(self.modules);
+        b
     }
 }
 
@@ -325,10 +359,10 @@ pub fn load(
     initrd_spec: Option<&str>,
     cmdline: &str,
     layout: &RamLayout,
-    read: &mut dyn FnMut(&Path) -> Result<LoadedFile, LoadError>,
+    open: &mut dyn FnMut(&Path) -> Result<LoadedFile, LoadError>,
 ) -> Result<MultibootInfo, LoadError> {
     let path = kernel.path.as_path();
-    let Some(hdr) = find_header(&kernel.data) else {
+    let Some(hdr) = find_header(kernel.head()) else {
         return Err(LoadError::WrongFormat {
             path: path.to_path_buf(),
             expected: BootProtocol::Multiboot,
@@ -341,13 +375,14 @@ pub fn load(
     if cmdline.contains('\0') {
         return Err(LoadError::CmdlineNul { path: path.to_path_buf() });
     }
-    let (load_addr, entry, buf) = kernel_image(kernel, hdr)?;
+    let (load_addr, entry, mut image) = kernel_image(kernel, hdr)?;
     let phys = u64::from(load_addr);
     let kernel_path = path.to_string_lossy();
     let specs = initrd_spec.map(split_modules).unwrap_or_default();
 
     // Sizes as QEMU computes them; addresses are u32 in the structures.
-    let mut size = page_align(buf.len() as u64).ok_or_else(|| too_big(path, u64::MAX))?;
+    let mut size = page_align(image.len()).ok_or_else(|| too_big(path, u64::MAX))?;
+    image.pad_to(size);
     let off_mbinfo = size;
     let cmdline_len =
         kernel_path.len() as u64 + 1 + cmdline.len() as u64 + 1 + initrd_spec.map_or(0, |s| s.len() as u64 + 1);
@@ -357,12 +392,14 @@ pub fn load(
     let mut off_cmdlines = off_mbinfo + mods * MB_MOD_SIZE;
     let mut off_bootloader = off_cmdlines + cmdline_len;
 
-    let mut b = MbBuffer { path, layout, phys, buf, size };
+    let info = Vec::new();
+    let mut b = MbBuffer { path, layout, phys, image, info_base: off_mbinfo, info, modules: Blob::new(), size };
     if !b.fits(size) {
         return Err(b.too_large(size));
     }
-    b.buf.resize(size as usize, 0);
-    let modules = b.add_modules(&specs, off_mbinfo, &mut off_cmdlines, read)?;
+    // Bounded by the command lines: what is left of the page-aligned size.
+    b.info.resize(usize::try_from(size - off_mbinfo).map_err(|_| b.layout_err())?, 0);
+    let modules = b.add_modules(&specs, off_mbinfo, &mut off_cmdlines, open)?;
     let kcmd = format!("{kernel_path} {cmdline}");
     let kcmd_phys = b.add_string(&mut off_cmdlines, kcmd.as_bytes())?;
     let bl_phys = b.add_string(&mut off_bootloader, BOOTLOADER_NAME.as_bytes())?;
@@ -388,16 +425,16 @@ pub fn load(
         put_le_u32(&mut mbi, off, v).ok_or_else(|| b.layout_err())?;
     }
     let info = MultibootInfo { entry, load_addr, buffer_size: size as u32, modules };
-    fill(fw, &info, b.buf, &mbi).map_err(LoadError::fw(path))?;
+    fill(fw, &info, b.into_blob(), &mbi).map_err(LoadError::fw(path))?;
     Ok(info)
 }
 
 /// Writes the keys QEMU's `multiboot_dma.bin` reads, in QEMU's order.
-fn fill(fw: &mut FwCfgItems, info: &MultibootInfo, buf: Vec<u8>, mbi: &[u8]) -> Result<(), crate::items::FwCfgError> {
+fn fill(fw: &mut FwCfgItems, info: &MultibootInfo, buf: Blob, mbi: &[u8]) -> Result<(), crate::items::FwCfgError> {
     fw.add_u32(keys::KERNEL_ENTRY, info.entry)?;
     fw.add_u32(keys::KERNEL_ADDR, info.load_addr)?;
     fw.add_u32(keys::KERNEL_SIZE, info.buffer_size)?;
-    fw.add_bytes(keys::KERNEL_DATA, buf)?;
+    fw.add_blob(keys::KERNEL_DATA, buf)?;
     fw.add_u32(keys::INITRD_ADDR, ADDR_MBI)?;
     fw.add_u32(keys::INITRD_SIZE, MBI_SIZE as u32)?;
     fw.add_bytes(keys::INITRD_DATA, mbi.to_vec())
@@ -430,7 +467,14 @@ mod tests {
         let mut img = vec![0xccu8; 0x1000];
         let h = header(FLAG_AOUT_KLUDGE, &[load + 0x40, load, load + 0x1000, load + 0x1000 + bss, load + 0x80]);
         img[0x40..0x40 + h.len()].copy_from_slice(&h);
-        LoadedFile { path: "/boot/mb.aout".into(), data: img }
+        LoadedFile::from_bytes("/boot/mb.aout", img)
+    }
+
+    /// `k` with `bytes` written at `at`.
+    fn patched(k: LoadedFile, at: usize, bytes: &[u8]) -> LoadedFile {
+        let mut d = k.test_bytes();
+        d[at..at + bytes.len()].copy_from_slice(bytes);
+        LoadedFile::from_bytes(k.path.clone(), d)
     }
 
     fn u32_key(fw: &FwCfgItems, key: u16) -> u32 {
@@ -485,7 +529,7 @@ mod tests {
         files.insert("/m/one".into(), vec![1; 100]);
         files.insert("/m/t,wo".into(), vec![2; 0x1001]);
         let mut read = |p: &Path| {
-            files.get(p).map(|d| LoadedFile { path: p.into(), data: d.clone() }).ok_or_else(|| LoadError::Read {
+            files.get(p).map(|d| LoadedFile::from_bytes(p, d.clone())).ok_or_else(|| LoadError::Read {
                 what: "multiboot module",
                 path: p.into(),
                 source: std::io::ErrorKind::NotFound.into(),
@@ -502,9 +546,9 @@ mod tests {
 
         // kernel 0x1000 text + 0x2000 bss -> 0x3000; mbinfo at 0x3000;
         // cmdlines after 2 records; buffer page-aligned; modules after.
-        let buf = f.item_data(keys::KERNEL_DATA).unwrap();
+        let buf = f.item_vec(keys::KERNEL_DATA).unwrap();
         assert_eq!(buf.len() as u32, u32_key(&f, keys::KERNEL_SIZE));
-        assert_eq!(&buf[..0x1000], &k.data[..]);
+        assert_eq!(&buf[..0x1000], &k.test_bytes()[..]);
         assert!(buf[0x1000..0x3000].iter().all(|&b| b == 0), "BSS zeroed");
         let kpath = "/boot/mb.aout";
         let cmdline_len = kpath.len() + 1 + "console=ttyS0".len() + 1 + spec.len() + 1;
@@ -518,34 +562,34 @@ mod tests {
         assert_eq!(&buf[0x4000..0x4064], &[1; 100][..]);
         assert_eq!(&buf[0x5000..0x6001], &[2; 0x1001][..]);
         // Module records.
-        assert_eq!(rd32(buf, 0x3000), m1);
-        assert_eq!(rd32(buf, 0x3004), m1 + 100);
-        assert_eq!(rd32(buf, 0x3008), load_addr + 0x3020);
-        assert_eq!(rd32(buf, 0x300c), 0);
-        assert_eq!(rd32(buf, 0x3010), m2);
-        assert_eq!(rd32(buf, 0x3018), load_addr + 0x3020 + "/m/one a=1 b".len() as u32 + 1);
-        assert_eq!(cstr(buf, 0x3020), "/m/one a=1 b");
-        assert_eq!(cstr(buf, 0x3020 + 13), "/m/t,wo");
+        assert_eq!(rd32(&buf, 0x3000), m1);
+        assert_eq!(rd32(&buf, 0x3004), m1 + 100);
+        assert_eq!(rd32(&buf, 0x3008), load_addr + 0x3020);
+        assert_eq!(rd32(&buf, 0x300c), 0);
+        assert_eq!(rd32(&buf, 0x3010), m2);
+        assert_eq!(rd32(&buf, 0x3018), load_addr + 0x3020 + "/m/one a=1 b".len() as u32 + 1);
+        assert_eq!(cstr(&buf, 0x3020), "/m/one a=1 b");
+        assert_eq!(cstr(&buf, 0x3020 + 13), "/m/t,wo");
         let kcmd_off = 0x3020 + 13 + 8;
-        assert_eq!(cstr(buf, kcmd_off), "/boot/mb.aout console=ttyS0");
+        assert_eq!(cstr(&buf, kcmd_off), "/boot/mb.aout console=ttyS0");
         let bl_off = 0x3020 + cmdline_len;
-        assert_eq!(cstr(buf, bl_off), "qemu");
+        assert_eq!(cstr(&buf, bl_off), "qemu");
 
         // MBI.
         assert_eq!(u32_key(&f, keys::INITRD_ADDR), 0x9500);
         assert_eq!(u32_key(&f, keys::INITRD_SIZE), 88);
-        let mbi = f.item_data(keys::INITRD_DATA).unwrap();
+        let mbi = f.item_vec(keys::INITRD_DATA).unwrap();
         assert_eq!(mbi.len(), 88);
-        assert_eq!(rd32(mbi, 0), 0x24f);
-        assert_eq!(rd32(mbi, 4), 0);
-        assert_eq!(rd32(mbi, 8), 0);
-        assert_eq!(rd32(mbi, 12), 0x8000_ffff);
-        assert_eq!(rd32(mbi, 16), load_addr + kcmd_off as u32);
-        assert_eq!(rd32(mbi, 20), 2);
-        assert_eq!(rd32(mbi, 24), load_addr + 0x3000);
-        assert_eq!(rd32(mbi, 44), 0, "mmap_length is the ROM's");
-        assert_eq!(rd32(mbi, 48), 0x9000);
-        assert_eq!(rd32(mbi, 64), load_addr + bl_off as u32);
+        assert_eq!(rd32(&mbi, 0), 0x24f);
+        assert_eq!(rd32(&mbi, 4), 0);
+        assert_eq!(rd32(&mbi, 8), 0);
+        assert_eq!(rd32(&mbi, 12), 0x8000_ffff);
+        assert_eq!(rd32(&mbi, 16), load_addr + kcmd_off as u32);
+        assert_eq!(rd32(&mbi, 20), 2);
+        assert_eq!(rd32(&mbi, 24), load_addr + 0x3000);
+        assert_eq!(rd32(&mbi, 44), 0, "mmap_length is the ROM's");
+        assert_eq!(rd32(&mbi, 48), 0x9000);
+        assert_eq!(rd32(&mbi, 64), load_addr + bl_off as u32);
         assert!(mbi[68..].iter().all(|&b| b == 0));
     }
 
@@ -566,19 +610,20 @@ mod tests {
         let at = img.len() - 0x30;
         assert_eq!(at % 4, 0);
         img[at..at + 12].copy_from_slice(&header(0, &[]));
-        let k = LoadedFile { path: "k.elf".into(), data: img };
+        let k = LoadedFile::from_bytes("k.elf", img);
         let mut f = fw();
         let info = load(&mut f, &k, None, "", &RamLayout::xen(64, None), &mut no_files).unwrap();
         assert_eq!(info.entry, 0x20_0010);
         assert_eq!(info.load_addr, 0x20_0000);
-        let buf = f.item_data(keys::KERNEL_DATA).unwrap();
-        assert_eq!(&buf[..0x10], &k.data[k.data.len() - 0x30..k.data.len() - 0x20]);
+        let buf = f.item_vec(keys::KERNEL_DATA).unwrap();
+        let kd = k.test_bytes();
+        assert_eq!(&buf[..0x10], &kd[kd.len() - 0x30..kd.len() - 0x20]);
         assert!(buf[0x20..0x40].iter().all(|&b| b == 0));
         assert_eq!(&buf[0x1000..0x1010], &[0xbb; 0x10]);
         assert_eq!(buf.len(), 0x3000);
-        let mbi = f.item_data(keys::INITRD_DATA).unwrap();
-        assert_eq!(rd32(mbi, 20), 0);
-        assert_eq!(cstr(buf, 0x2000), "k.elf ", "QEMU's \"%s %s\" keeps the space");
+        let mbi = f.item_vec(keys::INITRD_DATA).unwrap();
+        assert_eq!(rd32(&mbi, 20), 0);
+        assert_eq!(cstr(&buf, 0x2000), "k.elf ", "QEMU's \"%s %s\" keeps the space");
     }
 
     #[test]
@@ -594,31 +639,24 @@ mod tests {
         );
         let at = img.len() - 64;
         img[at..at + 12].copy_from_slice(&header(0, &[]));
-        let e = load(&mut fw(), &LoadedFile { path: "k64".into(), data: img }, None, "", &layout, &mut no_files)
-            .unwrap_err();
+        let e = load(&mut fw(), &LoadedFile::from_bytes("k64", img), None, "", &layout, &mut no_files).unwrap_err();
         assert!(matches!(e, LoadError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("k64"));
         // Not ELF and no address fields.
         let mut img = vec![0u8; 64];
         img[..12].copy_from_slice(&header(0, &[]));
-        let e = load(&mut fw(), &LoadedFile { path: "raw".into(), data: img }, None, "", &layout, &mut no_files)
-            .unwrap_err();
+        let e = load(&mut fw(), &LoadedFile::from_bytes("raw", img), None, "", &layout, &mut no_files).unwrap_err();
         assert!(matches!(e, LoadError::BadImage { .. }), "{e}");
         // a.out: header_addr below load_addr.
-        let mut k = aout(0);
-        let h = header(FLAG_AOUT_KLUDGE, &[0x1000, 0x2000, 0, 0, 0x2000]);
-        k.data[0x40..0x40 + h.len()].copy_from_slice(&h);
+        let k = patched(aout(0), 0x40, &header(FLAG_AOUT_KLUDGE, &[0x1000, 0x2000, 0, 0, 0x2000]));
         assert!(matches!(load(&mut fw(), &k, None, "", &layout, &mut no_files), Err(LoadError::BadImage { .. })));
         // a.out: load_end beyond the file -> truncated.
-        let mut k = aout(0);
-        let h = header(FLAG_AOUT_KLUDGE, &[0x10_0040, 0x10_0000, 0x10_2000, 0, 0x10_0000]);
-        k.data[0x40..0x40 + h.len()].copy_from_slice(&h);
+        let k = patched(aout(0), 0x40, &header(FLAG_AOUT_KLUDGE, &[0x10_0040, 0x10_0000, 0x10_2000, 0, 0x10_0000]));
         let e = load(&mut fw(), &k, None, "", &layout, &mut no_files).unwrap_err();
         assert!(matches!(e, LoadError::Truncated { .. }), "{e}");
         // a.out: bss_end below load end.
-        let mut k = aout(0);
-        let h = header(FLAG_AOUT_KLUDGE, &[0x10_0040, 0x10_0000, 0x10_1000, 0x10_0800, 0x10_0000]);
-        k.data[0x40..0x40 + h.len()].copy_from_slice(&h);
+        let k =
+            patched(aout(0), 0x40, &header(FLAG_AOUT_KLUDGE, &[0x10_0040, 0x10_0000, 0x10_1000, 0x10_0800, 0x10_0000]));
         assert!(matches!(load(&mut fw(), &k, None, "", &layout, &mut no_files), Err(LoadError::BadImage { .. })));
         // a.out: huge BSS.
         let k = aout(0xf000_0000);
@@ -629,25 +667,23 @@ mod tests {
             load(&mut fw(), &k, None, "", &RamLayout { below_4g: 2 << 20, above_4g: 0 }, &mut no_files).unwrap_err();
         assert!(matches!(e, LoadError::KernelTooLarge { .. }), "{e}");
         // Overlapping the MBI area.
-        let mut k = aout(0);
-        let h = header(FLAG_AOUT_KLUDGE, &[0x8040, 0x8000, 0x9000, 0, 0x8000]);
-        k.data[0x40..0x40 + h.len()].copy_from_slice(&h);
+        let k = patched(aout(0), 0x40, &header(FLAG_AOUT_KLUDGE, &[0x8040, 0x8000, 0x9000, 0, 0x8000]));
         let e = load(&mut fw(), &k, None, "", &layout, &mut no_files).unwrap_err();
         assert!(e.to_string().contains("information area"), "{e}");
         // Missing module names the module.
-        let mut read = |p: &Path| LoadedFile::read(p, "multiboot module");
+        let mut read = |p: &Path| LoadedFile::open(p, "multiboot module").map_err(LoadError::from);
         let e = load(&mut fw(), &aout(0), Some("/nonexistent/mod arg"), "", &layout, &mut read).unwrap_err();
         assert!(matches!(e, LoadError::Read { .. }), "{e}");
         assert!(e.to_string().contains("/nonexistent/mod"), "{e}");
         // Forced multiboot on a file without the header.
-        let e = load(&mut fw(), &LoadedFile { path: "x".into(), data: vec![0; 100] }, None, "", &layout, &mut no_files)
-            .unwrap_err();
+        let e =
+            load(&mut fw(), &LoadedFile::from_bytes("x", vec![0; 100]), None, "", &layout, &mut no_files).unwrap_err();
         assert!(matches!(e, LoadError::WrongFormat { .. }));
     }
 
     #[test]
     fn module_too_large_for_ram() {
-        let mut read = |p: &Path| Ok(LoadedFile { path: p.into(), data: vec![0; 0x10_0000] });
+        let mut read = |p: &Path| Ok(LoadedFile::from_bytes(p, vec![0; 0x10_0000]));
         let e = load(&mut fw(), &aout(0), Some("big"), "", &RamLayout { below_4g: 0x18_0000, above_4g: 0 }, &mut read)
             .unwrap_err();
         assert!(matches!(e, LoadError::InitrdTooLarge { what: "multiboot module", .. }), "{e}");

@@ -1,17 +1,18 @@
 //! The boot types every loader shares: the kernel format, the guest RAM
-//! layout, the files read, what a load decided and why it failed.
+//! layout, the files opened ([`LoadedFile`], in [`crate::source`]), what a
+//! load decided and why it failed.
 //!
 //! The loaders ([`crate::linux`], [`crate::multiboot`], [`crate::pvh`]) import
 //! this module and never [`crate::boot`], which dispatches to them: the
 //! dependency runs one way.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::blob::Blob;
 use crate::items::FwCfgError;
+use crate::source::OpenError;
+pub use crate::source::{LoadedFile, MAX_FILE_SIZE};
 
-/// The largest kernel, initrd or module file we read.
-pub const MAX_FILE_SIZE: u64 = 512 << 20;
 /// Xen's end of low RAM (`HVM_BELOW_4G_RAM_END`): the MMIO hole starts here.
 pub const HVM_BELOW_4G_RAM_END: u64 = 0xF000_0000;
 /// What QEMU's PC machines keep free at the top of low RAM for firmware
@@ -101,50 +102,21 @@ pub struct BootFiles {
     pub cmdline: String,
 }
 
-/// A file read from disk, with its name for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadedFile {
-    pub path: PathBuf,
-    pub data: Vec<u8>,
-}
-
-impl LoadedFile {
-    /// Reads `path` (at most [`MAX_FILE_SIZE`] bytes); `what` names the role
-    /// ("kernel", "initrd", "multiboot module") in errors.
-    ///
-    /// # Errors
-    /// If the file cannot be read or is too large.
-    pub fn read(path: &Path, what: &'static str) -> Result<Self, LoadError> {
-        let io = |source| LoadError::Read { what, path: path.to_path_buf(), source };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if meta.is_dir() {
-            return Err(io(std::io::Error::other("is a directory")));
-        }
-        if meta.len() > MAX_FILE_SIZE {
-            return Err(LoadError::FileTooLarge { what, path: path.to_path_buf(), size: meta.len() });
-        }
-        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        // The size may change under us: never read more than the limit + 1.
-        file.take(MAX_FILE_SIZE + 1).read_to_end(&mut data).map_err(io)?;
-        let len = data.len() as u64;
-        if len > MAX_FILE_SIZE {
-            return Err(LoadError::FileTooLarge { what, path: path.to_path_buf(), size: len });
-        }
-        Ok(Self { path: path.to_path_buf(), data })
-    }
-}
-
 /// What [`crate::boot::load`] did; the caller finishes the job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BootPlan {
     pub protocol: BootProtocol,
     /// The option ROM to add as `genroms/<rom_name>` with boot index 0.
     pub rom_name: &'static str,
-    /// `(guest physical address, bytes)` to write into guest RAM before the
-    /// guest runs. Only PVH has any: its ELF segments (file bytes followed
-    /// by the zeroed rest of `p_memsz`).
-    pub guest_writes: Vec<(u64, Vec<u8>)>,
+    /// `(guest physical address, content)` to write into guest RAM before
+    /// the guest runs ([`Blob::write_to`] streams it from the file). Only
+    /// PVH has any: its ELF segments (file bytes followed by the zeroed rest
+    /// of `p_memsz`).
+    pub guest_writes: Vec<(u64, Blob)>,
+    /// Every boot file opened (kernel first, then the initrd or each
+    /// multiboot module in order), kept open: the items read from them.
+    /// Recording hashes these same descriptors for the trace header.
+    pub files: Vec<LoadedFile>,
 }
 
 /// Why direct kernel boot cannot start. Every variant names the file.
@@ -157,6 +129,8 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("opening {what} {path}: it {kind}, not a regular file")]
+    NotRegular { what: &'static str, path: PathBuf, kind: &'static str },
     #[error("reading {what} {path}: the file is {size} bytes, more than the {MAX_FILE_SIZE}-byte limit")]
     FileTooLarge { what: &'static str, path: PathBuf, size: u64 },
     #[error("loading kernel {path}: not a kernel (no Linux \"HdrS\" header, no multiboot header, not an ELF file)")]
@@ -185,6 +159,16 @@ pub enum LoadError {
         #[source]
         source: FwCfgError,
     },
+}
+
+impl From<OpenError> for LoadError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Read { what, path, source } => Self::Read { what, path, source },
+            OpenError::NotRegular { what, path, kind } => Self::NotRegular { what, path, kind },
+            OpenError::FileTooLarge { what, path, size } => Self::FileTooLarge { what, path, size },
+        }
+    }
 }
 
 impl LoadError {

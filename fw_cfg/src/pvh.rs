@@ -22,6 +22,10 @@
 //! | SETUP_SIZE, SETUP_DATA | 8192, the first 8 KiB of the file (zero padded) |
 //! | INITRD_ADDR/SIZE/DATA | at (below_4g - 0x28000 - 1 - size) & ~0xFFF |
 //!
+//! The segments and the initrd are ranges of the open files, streamed into
+//! guest memory (or served through fw_cfg) in bounded pieces; only the ELF
+//! headers, notes and the first 8 KiB are read at start-up.
+//!
 //! Where we differ from QEMU: the note must be owned by "Xen" (QEMU matches
 //! the type alone); an entry above 4 GiB is an error (QEMU truncates);
 //! segments must lie in guest RAM and total at most
@@ -31,6 +35,7 @@
 
 use std::path::Path;
 
+use crate::blob::Blob;
 use crate::bytes::le_u32;
 use crate::elf::{self, EM_386, EM_X86_64, PT_LOAD};
 use crate::items::{keys, FwCfgItems};
@@ -47,13 +52,13 @@ const SETUP_SIZE: usize = 8192;
 pub const MAX_CMDLINE: usize = 4095;
 
 /// What was loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PvhInfo {
     pub entry: u32,
     pub low: u32,
     pub high: u64,
-    /// `(guest physical address, bytes)` to write before the guest runs.
-    pub segments: Vec<(u64, Vec<u8>)>,
+    /// `(guest physical address, content)` to write before the guest runs.
+    pub segments: Vec<(u64, Blob)>,
     pub initrd: Option<(u32, u32)>,
 }
 
@@ -66,7 +71,7 @@ struct Segments {
     low32: u32,
     size32: u32,
     high: u64,
-    writes: Vec<(u64, Vec<u8>)>,
+    writes: Vec<(u64, Blob)>,
 }
 
 /// Loads PVH ELF `kernel` (and `initrd`).
@@ -78,12 +83,12 @@ struct Segments {
 pub fn load(
     fw: &mut FwCfgItems,
     kernel: &LoadedFile,
-    initrd: Option<LoadedFile>,
+    initrd: Option<&LoadedFile>,
     cmdline: &str,
     layout: &RamLayout,
 ) -> Result<PvhInfo, LoadError> {
     let path = kernel.path.as_path();
-    let img = kernel.data.as_slice();
+    let img = kernel.head();
     let (e, entry) = parse_entry(kernel)?;
     if cmdline.contains('\0') {
         return Err(LoadError::CmdlineNul { path: path.to_path_buf() });
@@ -112,8 +117,7 @@ pub fn load(
 /// 32-bit entry point.
 fn parse_entry(kernel: &LoadedFile) -> Result<(elf::Elf, u32), LoadError> {
     let path = kernel.path.as_path();
-    let img = kernel.data.as_slice();
-    let e = elf::parse(img).map_err(|err| match err {
+    let e = elf::parse(kernel).map_err(|err| match err {
         elf::ElfError::NotElf => {
             LoadError::WrongFormat { path: path.to_path_buf(), expected: BootProtocol::Pvh, reason: err.to_string() }
         }
@@ -132,10 +136,10 @@ fn parse_entry(kernel: &LoadedFile) -> Result<(elf::Elf, u32), LoadError> {
             reason: format!("ELF machine {} is not x86", e.machine),
         });
     }
-    let desc = elf::find_note(img, &e, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)
+    let desc = elf::find_note(kernel, &e, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)
         .map_err(|err| LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() })?
         .ok_or_else(|| bad(path, "an uncompressed (ELF) kernel needs a XEN_ELFNOTE_PHYS32_ENTRY note for PVH boot"))?;
-    let entry = match (le_u32(desc, 0), desc.get(4..8)) {
+    let entry = match (le_u32(&desc, 0), desc.get(4..8)) {
         (Some(lo), Some(hi)) if e.class64 && hi != [0, 0, 0, 0] => {
             return Err(bad(
                 path,
@@ -186,23 +190,24 @@ fn plan_segments(kernel: &LoadedFile, e: &elf::Elf, layout: &RamLayout) -> Resul
     let size32 = u32::try_from(high - low).map_err(|_| bad(path, "the segments span more than 4 GiB"))?;
     let mut writes = Vec::new();
     for p in &loads {
-        let data = elf::segment_bytes(&kernel.data, p)
-            .map_err(|err| LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() })?;
+        let truncated = |err: elf::ElfError| LoadError::Truncated { path: path.to_path_buf(), detail: err.to_string() };
+        elf::check_segment(kernel, p).map_err(truncated)?;
         if p.memsz == 0 {
             continue;
         }
-        let mut bytes = Vec::with_capacity(p.memsz as usize);
-        bytes.extend_from_slice(data);
-        bytes.resize(p.memsz as usize, 0);
-        writes.push((p.paddr, bytes));
+        // Served from the file when written (no copy of the segment).
+        let mut content = Blob::new();
+        content.push_file(kernel, p.offset, p.filesz).ok_or_else(|| truncated(elf::ElfError::Truncated("segment")))?;
+        content.pad_to(p.memsz);
+        writes.push((p.paddr, content));
     }
     Ok(Segments { low32, size32, high, writes })
 }
 
 /// The initrd at the top of low RAM (QEMU's ceiling), page-aligned, not
 /// overlapping the segments: `(addr, size, bytes)`.
-fn place_initrd(rd: LoadedFile, segs: &Segments, layout: &RamLayout) -> Result<(u32, u32, Vec<u8>), LoadError> {
-    let size = rd.data.len() as u64;
+fn place_initrd(rd: &LoadedFile, segs: &Segments, layout: &RamLayout) -> Result<(u32, u32, Blob), LoadError> {
+    let size = rd.len();
     let ceiling = layout.initrd_ceiling().unwrap_or(0);
     let addr = ceiling.checked_sub(size).filter(|_| size < ceiling).map(|a| a & !0xfff);
     let (low, high) = (u64::from(segs.low32), segs.high);
@@ -211,13 +216,16 @@ fn place_initrd(rd: LoadedFile, segs: &Segments, layout: &RamLayout) -> Result<(
     let Some(addr) = addr else {
         return Err(LoadError::InitrdTooLarge {
             what: "initrd",
-            path: rd.path,
+            path: rd.path.clone(),
             size,
             available: ceiling.saturating_sub(high),
             ceiling,
         });
     };
-    Ok((addr as u32, size as u32, rd.data))
+    let mut data = Blob::new();
+    data.push_file(rd, 0, size)
+        .ok_or_else(|| LoadError::Truncated { path: rd.path.clone(), detail: "initrd".into() })?;
+    Ok((addr as u32, size as u32, data))
 }
 
 /// Writes the keys QEMU's `pvh.bin` reads, in QEMU's order.
@@ -227,7 +235,7 @@ fn fill(
     segs: &Segments,
     cmdline: &str,
     setup: Vec<u8>,
-    initrd: Option<(u32, u32, Vec<u8>)>,
+    initrd: Option<(u32, u32, Blob)>,
 ) -> Result<(), crate::items::FwCfgError> {
     let mut cmd = cmdline.as_bytes().to_vec();
     cmd.push(0);
@@ -241,7 +249,7 @@ fn fill(
     if let Some((addr, size, data)) = initrd {
         fw.add_u32(keys::INITRD_ADDR, addr)?;
         fw.add_u32(keys::INITRD_SIZE, size)?;
-        fw.add_bytes(keys::INITRD_DATA, data)?;
+        fw.add_blob(keys::INITRD_DATA, data)?;
     }
     Ok(())
 }
@@ -276,7 +284,7 @@ mod tests {
                 Seg { p_type: PT_LOAD, paddr: 0x100_2000, data: vec![0x22; 0x10], memsz: 0x10, align: 0x1000 },
             ],
         );
-        LoadedFile { path: "/boot/vmlinux".into(), data: img }
+        LoadedFile::from_bytes("/boot/vmlinux", img)
     }
 
     #[test]
@@ -284,8 +292,8 @@ mod tests {
         for class64 in [true, false] {
             let k = kernel(class64, &0x100_0040u32.to_le_bytes(), "Xen");
             let mut f = fw();
-            let rd = LoadedFile { path: "rd".into(), data: vec![7; 5000] };
-            let info = load(&mut f, &k, Some(rd), "console=hvc0", &RamLayout::xen(128, None)).unwrap();
+            let rd = LoadedFile::from_bytes("rd", vec![7; 5000]);
+            let info = load(&mut f, &k, Some(&rd), "console=hvc0", &RamLayout::xen(128, None)).unwrap();
             assert_eq!(info.entry, 0x100_0040);
             assert_eq!(u32_key(&f, keys::KERNEL_ENTRY), 0x100_0040);
             assert_eq!(u32_key(&f, keys::KERNEL_ADDR), 0x100_0000);
@@ -297,20 +305,24 @@ mod tests {
             assert_eq!(u32_key(&f, keys::SETUP_SIZE), 8192);
             let setup = f.item_data(keys::SETUP_DATA).unwrap();
             assert_eq!(setup.len(), 8192);
-            assert_eq!(&setup[..k.data.len()], &k.data[..]);
-            assert!(setup[k.data.len()..].iter().all(|&b| b == 0));
+            let kd = k.test_bytes();
+            assert_eq!(&setup[..kd.len()], &kd[..]);
+            assert!(setup[kd.len()..].iter().all(|&b| b == 0));
             let ceiling = (128u64 << 20) - 0x28000 - 1;
             let addr = ((ceiling - 5000) & !0xfff) as u32;
             assert_eq!(u32_key(&f, keys::INITRD_ADDR), addr);
             assert_eq!(u32_key(&f, keys::INITRD_SIZE), 5000);
-            assert_eq!(f.item_data(keys::INITRD_DATA).unwrap(), &[7; 5000][..]);
+            assert_eq!(f.item_vec(keys::INITRD_DATA).unwrap(), &[7; 5000][..]);
             // Segments: file bytes then zeroed BSS, by p_paddr.
             assert_eq!(info.segments.len(), 2);
             assert_eq!(info.segments[0].0, 0x100_0000);
-            assert_eq!(info.segments[0].1.len(), 0x1000);
-            assert_eq!(&info.segments[0].1[..0x300], &[0x11; 0x300][..]);
-            assert!(info.segments[0].1[0x300..].iter().all(|&b| b == 0));
-            assert_eq!(info.segments[1], (0x100_2000, vec![0x22; 0x10]));
+            let seg0 = info.segments[0].1.to_vec().unwrap();
+            assert_eq!(seg0.len(), 0x1000);
+            assert_eq!(&seg0[..0x300], &[0x11; 0x300][..]);
+            assert!(seg0[0x300..].iter().all(|&b| b == 0));
+            assert!(info.segments[0].1.as_bytes().is_none(), "served from the file");
+            assert_eq!(info.segments[1].0, 0x100_2000);
+            assert_eq!(info.segments[1].1.to_vec().unwrap(), vec![0x22; 0x10]);
         }
     }
 
@@ -333,8 +345,10 @@ mod tests {
         let e = load(&mut fw(), &kernel(true, &[1, 2], "Xen"), None, "", &layout).unwrap_err();
         assert!(matches!(e, LoadError::BadImage { .. }), "{e}");
         // Truncated: cut inside the first segment's data.
-        let mut k = kernel(true, &0x100_0040u32.to_le_bytes(), "Xen");
-        k.data.truncate(k.data.len() - 0x20);
+        let k = kernel(true, &0x100_0040u32.to_le_bytes(), "Xen");
+        let mut kd = k.test_bytes();
+        kd.truncate(kd.len() - 0x20);
+        let k = LoadedFile::from_bytes(k.path.clone(), kd);
         let e = load(&mut fw(), &k, None, "", &layout).unwrap_err();
         assert!(matches!(e, LoadError::Truncated { .. }), "{e}");
         // Segments outside RAM.
@@ -343,18 +357,18 @@ mod tests {
         assert!(matches!(e, LoadError::KernelTooLarge { .. }), "{e}");
         // Bad flags.
         let img = elf(false, EM_386, 0, 0x10000, &[]);
-        let e = load(&mut fw(), &LoadedFile { path: "f".into(), data: img }, None, "", &layout).unwrap_err();
+        let e = load(&mut fw(), &LoadedFile::from_bytes("f", img), None, "", &layout).unwrap_err();
         assert!(matches!(e, LoadError::Unsupported { .. }), "{e}");
         // Initrd too large for the space above the segments.
-        let rd = LoadedFile { path: "big.rd".into(), data: vec![0; (128 << 20) - 0x28000 - 0x100_1000] };
-        let e = load(&mut fw(), &k, Some(rd), "", &layout).unwrap_err();
+        let rd = LoadedFile::from_bytes("big.rd", vec![0; (128 << 20) - 0x28000 - 0x100_1000]);
+        let e = load(&mut fw(), &k, Some(&rd), "", &layout).unwrap_err();
         assert!(matches!(e, LoadError::InitrdTooLarge { .. }), "{e}");
         assert!(e.to_string().contains("big.rd"));
         // Command line over pvh.bin's buffer.
         let e = load(&mut fw(), &k, None, &"c".repeat(4096), &layout).unwrap_err();
         assert!(matches!(e, LoadError::CmdlineTooLong { max: 4095, .. }), "{e}");
         // Not ELF at all.
-        let e = load(&mut fw(), &LoadedFile { path: "x".into(), data: vec![0; 64] }, None, "", &layout).unwrap_err();
+        let e = load(&mut fw(), &LoadedFile::from_bytes("x", vec![0; 64]), None, "", &layout).unwrap_err();
         assert!(matches!(e, LoadError::WrongFormat { .. }), "{e}");
     }
 
@@ -362,13 +376,15 @@ mod tests {
     fn boot_load_returns_guest_writes_for_pvh() {
         let dir = tempfile::tempdir().unwrap();
         let kpath = dir.path().join("vmlinux");
-        std::fs::write(&kpath, kernel(true, &0x100_0040u32.to_le_bytes(), "Xen").data).unwrap();
+        std::fs::write(&kpath, kernel(true, &0x100_0040u32.to_le_bytes(), "Xen").test_bytes()).unwrap();
         let files = crate::plan::BootFiles { kernel: kpath, initrd: None, cmdline: "x".into() };
         let mut f = fw();
         let plan = crate::load(&mut f, &files, &RamLayout::xen(128, None), None).unwrap();
         assert_eq!(plan.protocol, BootProtocol::Pvh);
         assert_eq!(plan.rom_name, "pvh.bin");
         assert_eq!(plan.guest_writes.len(), 2);
-        assert_eq!(plan.guest_writes[1], (0x100_2000, vec![0x22; 0x10]));
+        assert_eq!(plan.guest_writes[1].0, 0x100_2000);
+        assert_eq!(plan.guest_writes[1].1.to_vec().unwrap(), vec![0x22; 0x10]);
+        assert_eq!(plan.files.len(), 1);
     }
 }

@@ -4,10 +4,13 @@
 //! Start-up order (each step's failure ends the process with a message that
 //! libxl leaves in `/var/log/xen/qemu-dm-<name>.log`):
 //!
-//! 1. plan the machine ([`crate::machine::spec`]): every option checked, the
-//!    kernel and initrd read, the fw_cfg items and PVH writes computed; open
-//!    the serial backends and the trace file. Nothing has touched Xen or the
-//!    guest yet;
+//! 0. take over the descriptors libxl passed (`-chardev ...,fd=N`,
+//!    `inherited.rs`), before the process opens any of its own;
+//! 1. check `-runas` and `-chroot` (`preflight.rs`); plan the machine
+//!    ([`crate::machine::spec`]): every option checked, the kernel, initrd
+//!    and modules opened and validated (kept open: fw_cfg serves them from
+//!    the file), the fw_cfg items and PVH writes computed; open the serial
+//!    backends and the trace file. Nothing has touched Xen or the guest yet;
 //! 2. open the Xen handles, the mapcache and the hypervisor, build the
 //!    machine on them ([`crate::machine::build`]), write PVH segments if any
 //!    (`setup.rs`);
@@ -24,9 +27,11 @@
 //! `-machine none` (the libxl 4.20 probe) only serves QMP (`probe.rs`).
 
 mod control;
+pub mod inherited;
 pub mod logging;
 mod monitors;
 pub mod panics;
+mod preflight;
 pub mod privileges;
 mod probe;
 mod record;
@@ -53,15 +58,18 @@ use setup::XenHandles;
 /// The first step that fails, with its context.
 pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     log_start(&cfg, argv);
+    // 0. Descriptors inherited from libxl, before the process opens any.
+    let inherited = inherited::adopt(&cfg)?;
     if cfg.machine.kind == MachineKind::None {
-        return probe::run(&cfg);
+        return probe::run(&cfg, inherited);
     }
     let domid = guest_domid(&cfg)?;
 
     // 1. The plan, serial backends and the trace: no Xen, no guest.
+    preflight::check_privilege_options(&cfg)?;
     let spec = plan_machine(&cfg)?;
     let serial = open_serial_backends(&spec)?;
-    let trace = TraceFile::create(&cfg, argv)?;
+    let trace = TraceFile::create(&cfg, argv, &spec)?;
 
     // 2. Xen handles, memory and hypervisor; the machine on them.
     let xen = XenHandles::open(domid)?;
@@ -72,7 +80,7 @@ pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     let server = setup::create_ioreq_server(&xen, &mut machine)?;
 
     // 4-5. QMP, enable, ioreq thread, announce, serve, stop.
-    serve::serve(&cfg, domid, machine, server, &serial)
+    serve::serve(&cfg, domid, machine, server, &serial, inherited)
 }
 
 /// The start-up log line (argv as given) and the ignored options.
@@ -147,6 +155,24 @@ mod tests {
         let c = config(&["-xen-domid", "7", "-serial", "pty", "-serial", "/dev/ttyS0"]);
         let e = run(c, &[]).unwrap_err();
         assert_eq!(e.to_string(), "-serial /dev/ttyS0: host character devices are not supported");
+    }
+
+    /// Audit 2026-12 section 3: `-runas`/`-chroot` were checked only after
+    /// the Xen handles were open and the ioreq server enabled. They fail now
+    /// before any Xen handle (this machine has none: reaching Xen would fail
+    /// with "opening the Xen device-model interface").
+    #[test]
+    fn runas_and_chroot_are_refused_before_any_xen_handle() {
+        for (args, want) in [
+            (&["-runas", "no-such-user-xendm"][..], "-runas no-such-user-xendm: no such user"),
+            (&["-runas", "0:0"][..], "-runas 0:0: refusing to run as uid 0"),
+            (&["-chroot", "/nonexistent/xendm-chroot"][..], "-chroot /nonexistent/xendm-chroot"),
+        ] {
+            let mut all = vec!["-xen-domid", "7", "-serial", "null"];
+            all.extend_from_slice(args);
+            let e = format!("{:#}", run(config(&all), &[]).unwrap_err());
+            assert!(e.starts_with(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

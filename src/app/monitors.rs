@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::inherited::InheritedFds;
 use crate::cli::Config;
-use crate::control::qmp::{self, ChardevInfo, QmpSocketSpec, VmControl};
+use crate::control::qmp::{self, ChardevInfo, QmpListen, QmpSocketSpec, VmControl};
 
 /// The `query-chardev` entries of the QMP monitors themselves.
 pub fn qmp_chardevs(cfg: &Config) -> Vec<ChardevInfo> {
@@ -24,12 +25,23 @@ pub fn qmp_chardevs(cfg: &Config) -> Vec<ChardevInfo> {
         .collect()
 }
 
-/// Binds (or adopts) every monitor's listening socket, in `-mon` order.
+/// Binds every monitor's listening socket, in `-mon` order; the inherited
+/// ones (`fd=N`) were taken over at start ([`super::inherited`]).
 ///
 /// # Errors
 /// The first socket that cannot be bound, named by its chardev id.
-pub fn bind(cfg: &Config) -> Result<Vec<StdUnixListener>> {
-    cfg.qmp.iter().map(|q| qmp::bind(&q.socket).with_context(|| format!("QMP socket {}", q.id))).collect()
+pub fn bind(cfg: &Config, inherited: &mut InheritedFds) -> Result<Vec<StdUnixListener>> {
+    cfg.qmp
+        .iter()
+        .map(|q| match &q.socket {
+            QmpSocketSpec::Path(p) => {
+                qmp::bind(QmpListen::Path(p.clone())).with_context(|| format!("QMP socket {}", q.id))
+            }
+            QmpSocketSpec::Fd(fd) => inherited
+                .take_qmp(&q.id)
+                .with_context(|| format!("QMP socket {}: fd={fd} was not taken over at start-up", q.id)),
+        })
+        .collect()
 }
 
 /// Serves QMP on each listener from now on (tasks on the current runtime).
@@ -95,7 +107,7 @@ mod tests {
         let path = dir.path().join("qmp.sock");
         let spec = format!("socket,id=m,path={},server=on,wait=off", path.display());
         let c = config(&["-machine", "none,accel=xen", "-chardev", &spec, "-mon", "chardev=m,mode=control"]);
-        let listeners = bind(&c).unwrap();
+        let listeners = bind(&c, &mut InheritedFds::default()).unwrap();
         assert_eq!(listeners.len(), 1);
         assert!(path.exists());
         remove_sockets(&c);

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use super::control::{wait_for_end, Control};
+use super::inherited::InheritedFds;
 use super::sandbox::Sandbox;
 use super::{monitors, runtime};
 use crate::cli::Config;
@@ -18,11 +19,11 @@ use crate::cli::Config;
 ///
 /// # Errors
 /// If the runtime cannot start or a monitor socket cannot be bound.
-pub fn run(cfg: &Config) -> Result<()> {
+pub fn run(cfg: &Config, mut inherited: InheritedFds) -> Result<()> {
     let rt = runtime()?;
     let quit = Arc::new(Notify::new());
     let ctl = Arc::new(Control::new(true, None, monitors::qmp_chardevs(cfg), 0, quit.clone()));
-    let listeners = monitors::bind(cfg)?;
+    let listeners = monitors::bind(cfg, &mut inherited)?;
     Sandbox::new(cfg)?.lock_down()?;
     rt.block_on(async {
         monitors::serve(listeners, &ctl)?;

@@ -1,20 +1,24 @@
 //! Recording the ioreq stream (`-xendm-record PATH` or `XENDM_RECORD`): the
-//! trace file is created while the machine is planned, and its recorder
+//! trace file is created once the machine is planned, and its recorder
 //! wraps the real guest memory and hypervisor when the machine is built.
-//! The format is `docs/traces.md` ([`crate::trace`]).
+//! The format is `docs/traces.md` ([`crate::trace`]). The header's file
+//! hashes are computed from the boot files the plan holds open (the bytes
+//! fw_cfg serves), streamed, and only when recording.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tracing::info;
 use xendm_devices::{GuestMemory, Hypervisor};
 
+use xendm_fw_cfg::LoadedFile;
+
 use crate::cli::Config;
 use crate::ioreq::engine::Engine;
-use crate::machine::spec::boot_file_paths;
+use crate::machine::spec::MachineSpec;
 use crate::trace::{FileSink, Header, Recorder, RecordingHypervisor, RecordingMemory, Tap, TRACE_VERSION};
 
 /// Where to record: `-xendm-record`, else a non-empty `XENDM_RECORD`.
@@ -22,14 +26,17 @@ pub fn record_path(cfg: &Config) -> Option<PathBuf> {
     cfg.record.clone().or_else(|| std::env::var_os("XENDM_RECORD").filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
-/// The SHA-256 of a file, hex, for the trace header.
+/// The SHA-256 of an open boot file, hex, for the trace header; read in
+/// pieces by offset.
 ///
 /// # Errors
-/// If the file cannot be read.
-pub fn sha256_file(p: &Path) -> Result<String> {
+/// If the file cannot be read (or changed since it was opened).
+pub fn sha256_file(f: &LoadedFile) -> Result<String> {
     use sha2::Digest;
-    let data = std::fs::read(p).with_context(|| format!("reading {} for the trace header", p.display()))?;
-    Ok(hex::encode(sha2::Sha256::digest(&data)))
+    let mut hash = sha2::Sha256::new();
+    std::io::copy(&mut f.reader(), &mut hash)
+        .with_context(|| format!("reading {} for the trace header", f.path.display()))?;
+    Ok(hex::encode(hash.finalize()))
 }
 
 /// A trace being written: its file (header written) and the tap the
@@ -42,15 +49,15 @@ pub struct TraceFile {
 
 impl TraceFile {
     /// Creates the trace file if recording is asked for: the header holds
-    /// the argv and the SHA-256 of every boot file.
+    /// the argv and the SHA-256 of every boot file `spec` opened.
     ///
     /// # Errors
     /// If a boot file cannot be hashed or the file cannot be created.
-    pub fn create(cfg: &Config, argv: &[OsString]) -> Result<Option<Self>> {
+    pub fn create(cfg: &Config, argv: &[OsString], spec: &MachineSpec) -> Result<Option<Self>> {
         let Some(path) = record_path(cfg) else { return Ok(None) };
         let mut files = BTreeMap::new();
-        for p in boot_file_paths(cfg) {
-            files.insert(p.display().to_string(), sha256_file(&p)?);
+        for f in spec.boot.iter().flat_map(|b| &b.plan.files) {
+            files.insert(f.path.display().to_string(), sha256_file(f)?);
         }
         let header = Header {
             xendm_trace: TRACE_VERSION,
@@ -95,16 +102,27 @@ mod tests {
         }
     }
 
+    fn spec(c: &Config) -> MachineSpec {
+        MachineSpec::from_config(c).unwrap()
+    }
+
+    fn mini_kernel_copy(dir: &std::path::Path) -> PathBuf {
+        let k = dir.join("k");
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/boot/mini-bzImage"), &k).unwrap();
+        k
+    }
+
     #[test]
     fn the_header_names_every_boot_file_by_hash() {
+        use sha2::Digest;
         let dir = tempfile::tempdir().unwrap();
-        let (k, rd, out) = (dir.path().join("k"), dir.path().join("rd"), dir.path().join("t.jsonl"));
-        std::fs::write(&k, b"hello").unwrap();
-        std::fs::write(&rd, b"").unwrap();
+        let (k, rd, out) = (mini_kernel_copy(dir.path()), dir.path().join("rd"), dir.path().join("t.jsonl"));
+        std::fs::write(&rd, b"hello").unwrap();
         let (ks, rds, outs) = (k.display().to_string(), rd.display().to_string(), out.display().to_string());
         let args = ["-xen-domid", "1", "-kernel", &ks, "-initrd", &rds, "-xendm-record", &outs];
         let argv: Vec<OsString> = args.iter().map(Into::into).collect();
-        let trace = TraceFile::create(&config(&args), &argv).unwrap().unwrap();
+        let c = config(&args);
+        let trace = TraceFile::create(&c, &argv, &spec(&c)).unwrap().unwrap();
         let (mem, hv) = trace.wrap(Arc::new(TestMemory::pc(1 << 20).unwrap()), Arc::new(FakeHypervisor::new()));
         let mut engine = Engine::new(xendm_devices::Bus::new(), mem, Box::new(crate::ioreq::engine::NoHooks));
         drop(hv);
@@ -112,18 +130,32 @@ mod tests {
         drop(engine); // flushes the trace
         let header: Header = crate::trace::TraceReader::open(&out).unwrap().header;
         assert_eq!(header.argv, args);
-        assert_eq!(header.files[&ks], "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(header.files[&rds], "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(header.files[&ks], hex::encode(sha2::Sha256::digest(std::fs::read(&k).unwrap())));
         assert_eq!(header.files.len(), 2);
     }
 
     #[test]
-    fn no_trace_without_a_path_and_a_missing_file_is_an_error() {
+    fn no_trace_without_a_path_and_a_file_changed_since_planning_is_an_error() {
         if std::env::var_os("XENDM_RECORD").is_some_and(|v| !v.is_empty()) {
             return; // the environment asks for a trace
         }
-        assert!(TraceFile::create(&config(&["-xen-domid", "1"]), &[]).unwrap().is_none());
-        let c = config(&["-xen-domid", "1", "-kernel", "/nonexistent/k", "-xendm-record", "/tmp/x"]);
-        let e = TraceFile::create(&c, &[]).err().unwrap();
-        assert!(format!("{e:#}").contains("/nonexistent/k"), "{e:#}");
+        let c = config(&["-xen-domid", "1"]);
+        assert!(TraceFile::create(&c, &[], &spec(&c)).unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let k = mini_kernel_copy(dir.path());
+        let out = dir.path().join("t.jsonl");
+        let c = config(&[
+            "-xen-domid",
+            "1",
+            "-kernel",
+            &k.display().to_string(),
+            "-xendm-record",
+            &out.display().to_string(),
+        ]);
+        let s = spec(&c);
+        std::fs::OpenOptions::new().write(true).open(&k).unwrap().set_len(100).unwrap();
+        let e = TraceFile::create(&c, &[], &s).err().unwrap();
+        assert!(format!("{e:#}").contains(&k.display().to_string()), "{e:#}");
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::control::{wait_for_end, Control};
+use super::inherited::InheritedFds;
 use super::sandbox::{Sandbox, ThreadGate};
 use super::{monitors, privileges, runtime, xenstore_work};
 use crate::cli::Config;
@@ -33,7 +34,14 @@ const SERIAL_FLUSH: Duration = Duration::from_millis(500);
 /// # Errors
 /// If QMP cannot be bound, the server enabled, the ioreq thread started,
 /// privileges dropped, or the start announced.
-pub fn serve(cfg: &Config, domid: u16, m: Machine, server: IoreqServer, serial: &[Chardev]) -> Result<()> {
+pub fn serve(
+    cfg: &Config,
+    domid: u16,
+    m: Machine,
+    server: IoreqServer,
+    serial: &[Chardev],
+    mut inherited: InheritedFds,
+) -> Result<()> {
     let quit = Arc::new(Notify::new());
     let ctl = Arc::new(Control::new(
         cfg.start_paused,
@@ -46,7 +54,7 @@ pub fn serve(cfg: &Config, domid: u16, m: Machine, server: IoreqServer, serial: 
         c.start_input(u.clone()).context("starting serial input")?;
     }
     let rt = runtime()?;
-    let listeners = monitors::bind(cfg)?;
+    let listeners = monitors::bind(cfg, &mut inherited)?;
     let mut sandbox = Sandbox::new(cfg)?;
     if !cfg.start_paused {
         server.set_enabled(true).context("enabling the ioreq server")?;

@@ -75,16 +75,17 @@ pub fn instantiate(
 }
 
 /// Writes the PVH kernel's segments into guest RAM (other kernels have
-/// none: the option ROM copies them from fw_cfg).
+/// none: the option ROM copies them from fw_cfg), streamed from the open
+/// kernel file in bounded pieces.
 ///
 /// # Errors
-/// If guest memory cannot be written.
+/// If guest memory cannot be written or the kernel file read.
 pub fn write_boot_segments(xen: &XenHandles, m: &Machine) -> Result<()> {
     let Some(plan) = &m.boot else { return Ok(()) };
-    for (gpa, bytes) in &plan.guest_writes {
-        xen.cache
-            .write(GuestAddress(*gpa), bytes)
-            .with_context(|| format!("writing {} kernel bytes at guest {gpa:#x}", bytes.len()))?;
+    for (gpa, content) in &plan.guest_writes {
+        content
+            .write_to(&*xen.cache, GuestAddress(*gpa), 0, content.len())
+            .with_context(|| format!("writing {} kernel bytes at guest {gpa:#x}", content.len()))?;
     }
     Ok(())
 }

@@ -60,7 +60,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use crate::app::control::Control;
-    use crate::control::qmp::{self, QmpSocketSpec};
+    use crate::control::qmp;
     use crate::xen::xenstore::fake::FakeXenstored;
 
     const STATE: &str = "/local/domain/0/device-model/5/state";
@@ -86,7 +86,7 @@ mod tests {
         crate::xen::pvbackends::spawn_vkbd_closer(xs, 5).unwrap();
 
         let path = dir.path().join("qmp");
-        let listener = qmp::bind(&QmpSocketSpec::Path(path.clone())).unwrap();
+        let listener = qmp::bind(qmp::QmpListen::Path(path.clone())).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let listener = tokio::net::UnixListener::from_std(listener).unwrap();

@@ -257,6 +257,23 @@ pub(super) fn parse_serial(value: &str) -> Result<ChardevSpec, CliError> {
     Err(unsupported("xendm supports pty, file:PATH, stdio, null, none, unix:PATH[,server=on,wait=off] and /dev/..."))
 }
 
+/// Refuses two `-chardev` options naming one inherited descriptor: each
+/// `fd=N` is taken over (and closed) by exactly one owner.
+fn refuse_shared_fds(chardevs: &[Chardev]) -> Result<(), CliError> {
+    let mut seen: Vec<(i32, &str)> = Vec::new();
+    for c in chardevs {
+        let Backend::Socket { fd: Some(fd), .. } = &c.backend else { continue };
+        if let Some((_, first)) = seen.iter().find(|(f, _)| f == fd) {
+            return Err(CliError::Inconsistent(format!(
+                "-chardev id={}: fd={fd} is also used by -chardev id={first}",
+                c.id
+            )));
+        }
+        seen.push((*fd, c.id.as_str()));
+    }
+    Ok(())
+}
+
 /// Joins the monitors with their chardevs. Chardevs no monitor uses are
 /// reported in `ignored`.
 pub(super) fn resolve(
@@ -265,6 +282,7 @@ pub(super) fn resolve(
     ignored: &mut Vec<String>,
 ) -> Result<Vec<QmpEndpoint>, CliError> {
     const OPT: &str = "-mon";
+    refuse_shared_fds(chardevs)?;
     let mut used: Vec<&str> = Vec::new();
     let mut endpoints = Vec::new();
     for monitor in monitors {

@@ -592,6 +592,46 @@ fn qmp_chardev_errors() {
     }
 }
 
+/// Audit 2026-12 section 3: the same `fd=N` in two `-chardev` options gave
+/// a bare "File exists" (and an I/O-safety abort in debug builds).
+#[test]
+fn one_fd_in_two_chardevs_is_refused_by_name() {
+    let e = parse(with_domid(&[
+        "-chardev",
+        "socket,id=a,fd=5,server=on,wait=off",
+        "-mon",
+        "chardev=a,mode=control",
+        "-chardev",
+        "socket,id=b,fd=5,server=on,wait=off",
+        "-mon",
+        "chardev=b,mode=control",
+    ]))
+    .unwrap_err();
+    assert_eq!(e.to_string(), "-chardev id=b: fd=5 is also used by -chardev id=a");
+    // Also when the second chardev has no monitor (it would be ignored).
+    let e = parse(with_domid(&[
+        "-chardev",
+        "socket,id=a,fd=5,server=on,wait=off",
+        "-mon",
+        "chardev=a,mode=control",
+        "-chardev",
+        "socket,id=c,fd=5,server=on,wait=off",
+    ]))
+    .unwrap_err();
+    assert_eq!(e.to_string(), "-chardev id=c: fd=5 is also used by -chardev id=a");
+    let ok = run(with_domid(&[
+        "-chardev",
+        "socket,id=a,fd=5,server=on,wait=off",
+        "-mon",
+        "chardev=a,mode=control",
+        "-chardev",
+        "socket,id=b,fd=6,server=on,wait=off",
+        "-mon",
+        "chardev=b,mode=control",
+    ]));
+    assert_eq!(ok.qmp.len(), 2);
+}
+
 #[test]
 fn monitor_order_and_qmp_shorthand() {
     // -mon may come before its -chardev; endpoints follow -mon order.

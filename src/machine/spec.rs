@@ -5,9 +5,11 @@
 //! everything the machine needs except the live objects: the RAM layout
 //! (QEMU's `xen_ram_init`), the vCPU counts, which devices exist (`xenfv` or
 //! `pc,accel=xen`, ACPI or not, which serial ports and their backends), the
-//! CMOS parameters, and for `-kernel` the boot plan: the kernel and initrd
-//! read and validated, every fw_cfg item the loader produces, the boot ROM,
-//! and the PVH segments to write into guest RAM. Every error that can be
+//! CMOS parameters, and for `-kernel` the boot plan: the kernel, initrd and
+//! modules opened and validated (regular files, sizes against the RAM
+//! layout, headers; kept open, never read whole), every fw_cfg item the
+//! loader produces (the large ones as ranges of the open files), the boot
+//! ROM, and the PVH segments to write into guest RAM. Every error that can be
 //! found without touching the guest is found here, so a bad option or
 //! kernel ends the process before any Xen handle is opened.
 //!
@@ -17,8 +19,6 @@
 //! The split follows propolis' spec builder (validate everything, then
 //! instantiate) and linux-loader's separation of loading from configuring;
 //! facts, not code.
-
-use std::path::PathBuf;
 
 use xendm_devices::pc::cmos::{Cmos, CmosConfig};
 use xendm_fw_cfg::{BootFiles, BootPlan, FwCfgItems, FwCfgOptions, RamLayout};
@@ -68,8 +68,8 @@ pub struct BootSpec {
 }
 
 impl MachineSpec {
-    /// Plans the machine `config` describes. Reads the kernel and initrd;
-    /// touches neither Xen nor the guest.
+    /// Plans the machine `config` describes. Opens the kernel and initrd
+    /// (their headers are read); touches neither Xen nor the guest.
     ///
     /// # Errors
     /// `-machine none`, too many or unsupported serial ports, a bad boot
@@ -149,23 +149,6 @@ fn plan_boot(config: &Config, layout: &RamLayout, vcpus: u32) -> Result<Option<B
     Ok(Some(BootSpec { plan, fw_cfg }))
 }
 
-/// Paths of the files the loader reads, for trace headers.
-pub fn boot_file_paths(config: &Config) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(k) = &config.kernel {
-        v.push(k.clone());
-    }
-    if let Some(spec) = &config.initrd_spec {
-        // A multiboot module list names several files; each is "path args".
-        for part in xendm_fw_cfg::multiboot::split_modules(spec) {
-            if let Some(p) = part.split(' ').next().filter(|p| !p.is_empty()) {
-                v.push(PathBuf::from(p));
-            }
-        }
-    }
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +217,32 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/vmlinuz"), "{e}");
     }
 
+    /// Audit 2026-12 section 3: a FIFO as `-kernel` or `-initrd` hung
+    /// planning forever, `/dev/zero` was read to 512 MiB. Both are refused
+    /// now, at once (a guard thread turns a hang into a failure).
+    #[test]
+    fn fifos_and_devices_are_refused_while_planning_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let f = fifo.display().to_string();
+        let k = mini_kernel();
+        for (args, want) in [
+            (vec!["-kernel", f.as_str()], "opening kernel"),
+            (vec!["-kernel", k.as_str(), "-initrd", f.as_str()], "opening initrd"),
+            (vec!["-kernel", "/dev/zero"], "opening kernel /dev/zero: it is a character device"),
+        ] {
+            let mut all = vec!["-xen-domid", "1"];
+            all.extend(args);
+            let c = config(&all);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(MachineSpec::from_config(&c).map(|_| ()).map_err(|e| e.to_string())));
+            let r = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("planning blocked");
+            let e = r.unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
     #[test]
     fn a_kernel_is_planned_into_fw_cfg_items_with_its_rom() {
         let k = mini_kernel();
@@ -242,15 +251,11 @@ mod tests {
         assert_eq!(boot.plan.protocol, BootProtocol::Linux);
         assert!(boot.plan.guest_writes.is_empty());
         assert_eq!(boot.fw_cfg.item_data(keys::NB_CPUS), Some(&3u16.to_le_bytes()[..]));
-        assert!(boot.fw_cfg.item_data(keys::KERNEL_DATA).is_some());
+        assert!(boot.fw_cfg.item(keys::KERNEL_DATA).is_some());
+        assert!(boot.fw_cfg.item_data(keys::KERNEL_DATA).is_none(), "served from the open file");
+        assert_eq!(boot.plan.files.len(), 1);
         assert_eq!(boot.fw_cfg.file_data("bootorder").unwrap(), b"/rom@genroms/linuxboot_dma.bin\0");
         let rom = xendm_roms::by_name("linuxboot_dma.bin").unwrap();
         assert_eq!(boot.fw_cfg.file_data("genroms/linuxboot_dma.bin").unwrap(), rom);
-    }
-
-    #[test]
-    fn boot_file_paths_follow_the_module_list() {
-        let c = config(&["-xen-domid", "1", "-kernel", "/k", "-initrd", "/m1 x y,/m2"]);
-        assert_eq!(boot_file_paths(&c), vec![PathBuf::from("/k"), PathBuf::from("/m1"), PathBuf::from("/m2")]);
     }
 }

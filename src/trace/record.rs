@@ -78,6 +78,37 @@ impl GuestMemory for RecordingMemory {
         lock(&self.tap.state).writes.push(chunk(addr.0, buf, false, r.is_err()));
         r
     }
+    /// One recorded write, as [`Self::write`] would record the whole buffer:
+    /// the bytes are hashed (or kept, when short) as they pass.
+    fn write_from(
+        &self,
+        addr: GuestAddress,
+        len: u64,
+        fill: &mut dyn FnMut(u64, &mut [u8]) -> bool,
+    ) -> Result<u64, MemError> {
+        let mut hash = Sha256::new();
+        let mut short = Vec::new();
+        let mut tee = |off: u64, buf: &mut [u8]| {
+            if !fill(off, buf) {
+                return false;
+            }
+            hash.update(&*buf);
+            if short.len() + buf.len() <= INLINE_WRITE_MAX {
+                short.extend_from_slice(buf);
+            }
+            true
+        };
+        let r = self.inner.write_from(addr, len, &mut tee);
+        let c = match r {
+            Err(_) => MemChunk { gpa: addr.0, len, hex: None, sha256: None, fault: true },
+            Ok(n) if n as usize <= INLINE_WRITE_MAX => chunk(addr.0, &short, false, false),
+            Ok(n) => {
+                MemChunk { gpa: addr.0, len: n, hex: None, sha256: Some(hex::encode(hash.finalize())), fault: false }
+            }
+        };
+        lock(&self.tap.state).writes.push(c);
+        r
+    }
 }
 
 /// A hypervisor that reports every call to a [`Tap`] before passing it on.
@@ -250,5 +281,32 @@ mod tests {
         assert!(c.hex.is_none());
         assert_eq!(c.sha256.as_deref(), Some("cd00e292c5970d3c5e2f0ffa5171e555bc46bfc4faddfb4a418b6840b86e79a3"));
         assert_eq!(chunk(0, &[1, 2], false, false).hex.as_deref(), Some("0102"));
+    }
+
+    /// A streamed write is recorded exactly as one `write` of its bytes
+    /// (the committed traces hold fw_cfg's kernel copy as one write).
+    #[test]
+    fn a_streamed_write_is_recorded_as_one_write() {
+        use xendm_devices::mem::TestMemory;
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for len in [2usize, 64, 65, data.len()] {
+            let (tap_a, tap_b) = (Tap::new(), Tap::new());
+            let a = RecordingMemory::new(Arc::new(TestMemory::pc(1 << 20).unwrap()), tap_a.clone());
+            let b = RecordingMemory::new(Arc::new(TestMemory::pc(1 << 20).unwrap()), tap_b.clone());
+            a.write(GuestAddress(0x1000), &data[..len]).unwrap();
+            let mut fill = |off: u64, buf: &mut [u8]| {
+                buf.copy_from_slice(&data[off as usize..off as usize + buf.len()]);
+                true
+            };
+            assert_eq!(b.write_from(GuestAddress(0x1000), len as u64, &mut fill).unwrap(), len as u64);
+            assert_eq!(lock(&tap_a.state).writes, lock(&tap_b.state).writes, "len {len}");
+        }
+        // A failing write is one fault of the whole length, as `write` records it.
+        let (tap_a, tap_b) = (Tap::new(), Tap::new());
+        let a = RecordingMemory::new(Arc::new(TestMemory::pc(1 << 20).unwrap()), tap_a.clone());
+        let b = RecordingMemory::new(Arc::new(TestMemory::pc(1 << 20).unwrap()), tap_b.clone());
+        assert!(a.write(GuestAddress(0x9_0000), &data).is_err());
+        assert!(b.write_from(GuestAddress(0x9_0000), data.len() as u64, &mut |_, _| true).is_err());
+        assert_eq!(lock(&tap_a.state).writes, lock(&tap_b.state).writes);
     }
 }

@@ -139,6 +139,14 @@ const IOREQ: &[Allow] = &[
     ArgIn { nr: libc::SYS_ioctl, arg: 1, values: XEN_IOCTLS },
 ];
 
+/// fw_cfg items served from the boot files opened at start-up
+/// (`fw_cfg/src/source.rs`): the guest's reads are `pread64`s at an offset
+/// on the ioreq thread, and after each the file is checked unchanged
+/// (`statx`, with `fstat`/`newfstatat` as glibc's fallbacks). No file is
+/// opened: the descriptors were opened before the filter.
+const BOOT_FILES: &[Allow] =
+    &[Call(libc::SYS_pread64), Call(libc::SYS_statx), Call(libc::SYS_fstat), Call(libc::SYS_newfstatat)];
+
 /// The main thread: tokio's event loop (`epoll_*`), the QMP sockets
 /// (`accept4`, reads and writes, `shutdown`), tokio's signal handlers for
 /// SIGHUP/SIGTERM/SIGINT (`rt_sigaction`, installed when the wait starts),
@@ -212,9 +220,9 @@ const INSTALL: &[Allow] =
 /// The groups making up the filter of `role`.
 pub(super) fn groups(role: Role) -> &'static [&'static [Allow]] {
     match role {
-        Role::Process => &[COMMON, IOREQ, MAIN, CHARDEV, XENSTORE, INSTALL],
+        Role::Process => &[COMMON, IOREQ, BOOT_FILES, MAIN, CHARDEV, XENSTORE, INSTALL],
         Role::Main => &[COMMON, MAIN],
-        Role::Ioreq => &[COMMON, IOREQ],
+        Role::Ioreq => &[COMMON, IOREQ, BOOT_FILES],
     }
 }
 

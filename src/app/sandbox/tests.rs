@@ -252,6 +252,12 @@ fn the_lists_allow_serving_and_refuse_what_only_start_up_or_an_attacker_needs() 
     assert!(!allowlist::allows(Role::Main, libc::SYS_seccomp, &poll), "main installs its filter last");
     assert!(allowlist::allows(Role::Ioreq, libc::SYS_ioctl, &ioctl(allowlist::IOCTL_PRIVCMD_MMAPBATCH_V2)));
     assert!(allowlist::allows(Role::Ioreq, libc::SYS_ioctl, &ioctl(allowlist::IOCTL_EVTCHN_NOTIFY)));
+    // fw_cfg items are read from the boot files on the ioreq thread, and
+    // the file checked unchanged (fw_cfg/src/source.rs), under both filters.
+    for nr in [libc::SYS_pread64, libc::SYS_statx, libc::SYS_fstat] {
+        assert!(allowlist::allows(Role::Ioreq, nr, &poll), "{}", sigsys::syscall_name(nr));
+        assert!(allowlist::allows(Role::Process, nr, &poll), "{}", sigsys::syscall_name(nr));
+    }
     // The kernel reads the request as 32 bits: so does the filter.
     assert!(allowlist::allows(Role::Ioreq, libc::SYS_ioctl, &ioctl(IOCTL_PRIVCMD_DM_OP | 1 << 40)));
 }

@@ -34,7 +34,7 @@
 //! * `commands.rs` - the commands, their reply payloads, the greeting;
 //! * `encode.rs` - replies in QEMU's exact bytes.
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
@@ -83,19 +83,29 @@ pub enum QmpSocketSpec {
     Fd(i32),
 }
 
-/// Creates (path form) or adopts (fd form) the listening QMP socket.
+/// A QMP listening socket to create, or one already taken over from the
+/// command line (`crate::app` adopts `fd=N` before anything else runs).
+#[derive(Debug)]
+pub enum QmpListen {
+    /// Create the socket at this path.
+    Path(PathBuf),
+    /// A descriptor inherited from libxl, now owned by us.
+    Inherited(OwnedFd),
+}
+
+/// Creates (path form) or adopts (inherited form) the listening QMP socket.
 ///
 /// Path form: a stale socket file at the path is unlinked first (a file that
 /// is not a socket is left alone and reported as `AlreadyExists`), then the
-/// socket is bound and put into listening mode. Fd form: the descriptor must
-/// be an open, listening `AF_UNIX` socket; it is marked close-on-exec and its
-/// ownership passes to the returned listener, so it must not be used or
-/// closed elsewhere. Either way the listener is non-blocking, ready for
+/// socket is bound and put into listening mode. Inherited form: the
+/// descriptor must be a listening `AF_UNIX` socket; it is marked
+/// close-on-exec and becomes the listener (on error it is closed). Either
+/// way the listener is non-blocking, ready for
 /// [`tokio::net::UnixListener::from_std`].
-pub fn bind(endpoint: &QmpSocketSpec) -> io::Result<StdUnixListener> {
+pub fn bind(endpoint: QmpListen) -> io::Result<StdUnixListener> {
     let listener = match endpoint {
-        QmpSocketSpec::Path(path) => bind_path(path)?,
-        QmpSocketSpec::Fd(fd) => adopt_fd(*fd)?,
+        QmpListen::Path(path) => bind_path(&path)?,
+        QmpListen::Inherited(fd) => adopt_fd(fd)?,
     };
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -123,40 +133,24 @@ fn with_path(e: io::Error, op: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
 }
 
-fn adopt_fd(fd: i32) -> io::Result<StdUnixListener> {
-    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("QMP fd {fd}: {why}"));
-    if fd < 0 {
-        return Err(invalid("negative descriptor".into()));
+fn adopt_fd(fd: OwnedFd) -> io::Result<StdUnixListener> {
+    let raw = fd.as_raw_fd();
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("QMP fd {raw}: {why}"));
+    let stat = rustix::fs::fstat(&fd).map_err(|e| invalid(format!("fstat: {e}")))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(invalid("not a socket".into()));
     }
-    // Validate through a borrowed descriptor first, so a bad fd is never owned
-    // (and closed) by us.
-    {
-        // SAFETY: `fd` is non-negative and only borrowed for this block; the
-        // calls below fail with EBADF if it is not open, and nothing closes it
-        // while it is borrowed.
-        let borrowed: BorrowedFd<'_> = unsafe { BorrowedFd::borrow_raw(fd) };
-        let stat = rustix::fs::fstat(borrowed).map_err(|e| invalid(format!("fstat: {e}")))?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
-            return Err(invalid("not a socket".into()));
-        }
-        let domain = rustix::net::sockopt::socket_domain(borrowed).map_err(|e| invalid(format!("SO_DOMAIN: {e}")))?;
-        if domain != rustix::net::AddressFamily::UNIX {
-            return Err(invalid("not an AF_UNIX socket".into()));
-        }
-        let listening =
-            rustix::net::sockopt::socket_acceptconn(borrowed).map_err(|e| invalid(format!("SO_ACCEPTCONN: {e}")))?;
-        if !listening {
-            return Err(invalid("socket is not listening".into()));
-        }
-        let flags = rustix::io::fcntl_getfd(borrowed).map_err(|e| invalid(format!("F_GETFD: {e}")))?;
-        rustix::io::fcntl_setfd(borrowed, flags | rustix::io::FdFlags::CLOEXEC)
-            .map_err(|e| invalid(format!("F_SETFD: {e}")))?;
+    let domain = rustix::net::sockopt::socket_domain(&fd).map_err(|e| invalid(format!("SO_DOMAIN: {e}")))?;
+    if domain != rustix::net::AddressFamily::UNIX {
+        return Err(invalid("not an AF_UNIX socket".into()));
     }
-    // SAFETY: the descriptor is open and is a listening unix socket (checked
-    // above); the caller hands its ownership over to us (documented on
-    // `bind`), so wrapping it in an owner that closes it on drop is sound.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(StdUnixListener::from(owned))
+    let listening = rustix::net::sockopt::socket_acceptconn(&fd).map_err(|e| invalid(format!("SO_ACCEPTCONN: {e}")))?;
+    if !listening {
+        return Err(invalid("socket is not listening".into()));
+    }
+    let flags = rustix::io::fcntl_getfd(&fd).map_err(|e| invalid(format!("F_GETFD: {e}")))?;
+    rustix::io::fcntl_setfd(&fd, flags | rustix::io::FdFlags::CLOEXEC).map_err(|e| invalid(format!("F_SETFD: {e}")))?;
+    Ok(StdUnixListener::from(fd))
 }
 
 /// The VM's run state as QMP `query-status` reports it.
@@ -406,7 +400,6 @@ pub fn listener_path(listener: &StdUnixListener) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use serde_json::Value;
-    use std::os::fd::{AsRawFd, IntoRawFd};
     use std::sync::Mutex;
     use tokio::net::UnixStream;
 
@@ -491,7 +484,7 @@ mod tests {
     fn start_with(vm: Arc<FakeVm>, limits: QmpLimits) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp-libxl-2");
-        let listener = bind(&QmpSocketSpec::Path(path.clone())).unwrap();
+        let listener = bind(QmpListen::Path(path.clone())).unwrap();
         let listener = UnixListener::from_std(listener).unwrap();
         let task = tokio::spawn(serve_with(listener, vm, limits));
         Server { _dir: dir, path, task }
@@ -906,7 +899,7 @@ mod tests {
         let path = dir.path().join("qmp");
         drop(StdUnixListener::bind(&path).unwrap());
         assert!(path.exists(), "a dropped listener leaves its socket file behind");
-        let listener = bind(&QmpSocketSpec::Path(path.clone())).unwrap();
+        let listener = bind(QmpListen::Path(path.clone())).unwrap();
         assert_eq!(listener_path(&listener).as_deref(), Some(path.as_path()));
         let listener = UnixListener::from_std(listener).unwrap();
         let task = tokio::spawn(serve(listener, Arc::new(FakeVm::new(1))));
@@ -919,7 +912,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp");
         std::fs::write(&path, b"precious").unwrap();
-        let err = bind(&QmpSocketSpec::Path(path.clone())).unwrap_err();
+        let err = bind(QmpListen::Path(path.clone())).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     }
@@ -928,13 +921,12 @@ mod tests {
     async fn inherited_listening_fd_is_adopted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp-fd");
-        let fd = StdUnixListener::bind(&path).unwrap().into_raw_fd();
+        let fd = OwnedFd::from(StdUnixListener::bind(&path).unwrap());
         // Inherited fds usually lack CLOEXEC; make sure we set it.
-        // SAFETY: `fd` is open (we just created it) and only borrowed here.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty()).unwrap();
-        let listener = bind(&QmpSocketSpec::Fd(fd)).unwrap();
-        assert_eq!(listener.as_raw_fd(), fd);
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
+        let raw = fd.as_raw_fd();
+        let listener = bind(QmpListen::Inherited(fd)).unwrap();
+        assert_eq!(listener.as_raw_fd(), raw);
         assert!(rustix::io::fcntl_getfd(&listener).unwrap().contains(rustix::io::FdFlags::CLOEXEC));
         let listener = UnixListener::from_std(listener).unwrap();
         let task = tokio::spawn(serve(listener, Arc::new(FakeVm::new(1))));
@@ -943,22 +935,14 @@ mod tests {
     }
 
     #[test]
-    fn bad_fds_are_rejected_without_being_closed() {
-        assert_eq!(bind(&QmpSocketSpec::Fd(-1)).unwrap_err().kind(), io::ErrorKind::InvalidInput);
-        let file = tempfile::tempfile().unwrap();
-        let err = bind(&QmpSocketSpec::Fd(file.as_raw_fd())).unwrap_err();
+    fn descriptors_that_are_not_listening_unix_sockets_are_refused() {
+        let file = OwnedFd::from(tempfile::tempfile().unwrap());
+        let err = bind(QmpListen::Inherited(file)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("not a socket"), "{err}");
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let err = bind(&QmpSocketSpec::Fd(a.as_raw_fd())).unwrap_err();
+        let err = bind(QmpListen::Inherited(a.into())).unwrap_err();
         assert!(err.to_string().contains("not listening"), "{err}");
-        // Both descriptors are still ours and open.
-        assert!(rustix::io::fcntl_getfd(&file).is_ok());
-        assert!(rustix::io::fcntl_getfd(&a).is_ok());
-        // A closed descriptor number.
-        let closed = tempfile::tempfile().unwrap().into_raw_fd();
-        // SAFETY: we own `closed` and close it exactly once here.
-        drop(unsafe { OwnedFd::from_raw_fd(closed) });
-        assert!(bind(&QmpSocketSpec::Fd(closed)).is_err());
     }
 
     #[tokio::test]
