@@ -22,6 +22,7 @@
 //!
 //! `-machine none` (the libxl 4.20 probe) only serves QMP (`probe.rs`).
 
+pub mod check_config;
 mod control;
 mod monitors;
 pub mod privileges;
