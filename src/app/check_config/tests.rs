@@ -53,6 +53,10 @@ fn the_lab_configs_are_usable() {
 #[test]
 fn the_config_dom0_init_writes_is_usable() {
     let init = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/lab/dom0-init")).unwrap();
+    assert!(
+        init.contains("device_model_override = \"/usr/bin/xendm\""),
+        "the lab must start xendm from the Debian package's path"
+    );
     let func = &init[init.find("write_cfg() {").expect("write_cfg in dom0-init")..];
     let start = func.find("<<EOF\n").unwrap() + "<<EOF\n".len();
     let template = &func[start..start + func[start..].find("\nEOF\n").unwrap()];
@@ -69,6 +73,16 @@ fn the_config_dom0_init_writes_is_usable() {
         let r = check_text(&text);
         assert!(!r.refused(), "{}", r.render("dom0-init write_cfg"));
     }
+}
+
+#[test]
+fn the_packaged_example_is_usable() {
+    let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/examples/xendm-hvm.cfg"));
+    let r = check_text(&text.unwrap());
+    assert!(!r.refused(), "{}", r.render("xendm-hvm.cfg"));
+    assert!(!r.findings.iter().any(|f| f.verdict == Verdict::Warning), "{}", r.render("xendm-hvm.cfg"));
+    assert_eq!(r.verdict_of("disk"), Some(Verdict::PvOnly));
+    assert_eq!(r.verdict_of("vif"), Some(Verdict::PvOnly));
 }
 
 #[test]
