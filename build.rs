@@ -18,6 +18,7 @@ const XEN_COMPAT_H: &str = "/usr/include/xen/xen-compat.h";
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={XEN_COMPAT_H}");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
     let mut parts = Vec::new();
     if let Some(v) = run("dpkg-query", &["-W", "-f", "${Version}", "libxen-dev"]) {
         parts.push(format!("libxen-dev {v}"));
