@@ -1,7 +1,7 @@
 //! The `xendm` process: what libxl starts as the guest's device model.
 //!
-//! This file sets up logging, parses argv, answers `--help`, `--version` and
-//! `--dump-roms`, and hands a run to [`xendm::app::run`], whose module docs
+//! This file sets up logging, parses argv, answers `--help`, `--version`,
+//! `--print-man`, `--dump-roms` and `check-config`, and hands a run to [`xendm::app::run`], whose module docs
 //! give the start-up order.
 
 use std::ffi::OsString;
@@ -47,7 +47,21 @@ fn main() -> ExitCode {
             println!("{t}");
             Ok(())
         }
+        Command::Man(page) => {
+            print!("{page}");
+            Ok(())
+        }
         Command::DumpRoms(dir) => dump_roms(&dir),
+        Command::CheckConfig(file) => {
+            return match xendm::app::check_config::run(&file) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("xendm: {}", report(&e));
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Run(cfg) => xendm::app::run(cfg, &args),
     };
     match res {

@@ -26,6 +26,7 @@
 //!
 //! `-machine none` (the libxl 4.20 probe) only serves QMP (`probe.rs`).
 
+pub mod check_config;
 mod control;
 pub mod inherited;
 pub mod logging;

@@ -27,10 +27,12 @@
 //! * `-xen-domid` is required unless `-machine none` (the libxl 4.20 probe).
 mod chardev;
 mod help;
+mod man;
 pub mod opts;
 mod table;
 #[cfg(test)]
 mod tests;
+pub mod xlcfg;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -57,6 +59,11 @@ pub enum Command {
     /// Write the option ROMs xendm builds into this directory and exit
     /// (`--dump-roms DIR`, xendm's own).
     DumpRoms(PathBuf),
+    /// Print this manual page (roff) and exit (`--print-man`, xendm's own).
+    Man(String),
+    /// Read this xl guest configuration and report what xendm would do with
+    /// each setting (`xendm check-config GUEST.cfg`, xendm's own).
+    CheckConfig(PathBuf),
 }
 
 /// The device-model configuration given on the command line.
@@ -284,7 +291,45 @@ fn suggestion_text(suggestion: &Option<String>) -> String {
 }
 
 /// Parses the arguments after argv\[0\].
+///
+/// `check-config GUEST.cfg` as the first two arguments is xendm's own
+/// subcommand (libxl never passes a positional argument); everything else is
+/// the QEMU-style option walk of `table.rs`.
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliError> {
     let args: Vec<OsString> = args.into_iter().collect();
+    if args.first().is_some_and(|a| a == CHECK_CONFIG) {
+        return match args.as_slice() {
+            [_, file] if !file.is_empty() => Ok(Command::CheckConfig(PathBuf::from(file))),
+            _ => Err(CliError::Inconsistent(format!("usage: xendm {CHECK_CONFIG} GUEST.cfg"))),
+        };
+    }
     table::parse_args(&args)
+}
+
+/// The subcommand that checks an xl config.
+const CHECK_CONFIG: &str = "check-config";
+
+#[cfg(test)]
+mod subcommand_tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn check_config_takes_one_file() {
+        assert_eq!(parse(argv(&["check-config", "g.cfg"])), Ok(Command::CheckConfig("g.cfg".into())));
+        for bad in [&["check-config"][..], &["check-config", "a", "b"], &["check-config", ""]] {
+            assert!(matches!(parse(argv(bad)), Err(CliError::Inconsistent(_))), "{bad:?}");
+        }
+        // Not first: still an unexpected positional argument to the option walk.
+        assert!(matches!(parse(argv(&["-xen-domid", "1", "check-config"])), Err(CliError::UnexpectedArgument(_))));
+    }
+
+    #[test]
+    fn print_man_prints_the_page() {
+        let Ok(Command::Man(page)) = parse(argv(&["--print-man"])) else { panic!("--print-man") };
+        assert!(page.starts_with(".TH XENDM 1"));
+    }
 }

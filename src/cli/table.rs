@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use super::chardev::{self, Chardev, Monitor, MAX_SERIAL_PORTS};
 use super::help;
+use super::man;
 use super::opts::{parse_decimal, parse_size, Opts};
 use super::{CliError, Command, Config, Machine, MachineKind, RunWith, SandboxSetting, Smp};
 use crate::control::chardev::ChardevSpec;
@@ -62,6 +63,7 @@ pub(super) const TABLE: &[OptSpec] = &[
     flag("h", true, |s, _| s.exit(Command::Help(help::help_text()))),
     flag("help", true, |s, _| s.exit(Command::Help(help::help_text()))),
     flag("version", true, |s, _| s.exit(Command::Version(help::version_text()))),
+    flag("print-man", true, |s, _| s.exit(Command::Man(man::man_page(&names()).map_err(CliError::Inconsistent)?))),
     value("dump-roms", false, |s, v| {
         s.dump_roms = Some(path("-dump-roms", v)?);
         Ok(())
@@ -537,6 +539,11 @@ fn finish(mut s: State) -> Result<Command, CliError> {
         ));
     }
     Ok(Command::Run(cfg))
+}
+
+/// The option names of [`TABLE`], for the manual page's check against its documentation.
+fn names() -> Vec<&'static str> {
+    TABLE.iter().map(|o| o.name).collect()
 }
 
 fn lookup(name: &str) -> Option<&'static OptSpec> {
