@@ -79,7 +79,7 @@ pub fn load(
         BootProtocol::Linux => {
             let initrd = open_initrd()?;
             let info = crate::linux::load(fw, &kernel, initrd.as_ref(), &files.cmdline, layout)?;
-            tracing::info!(?info, kernel = %kernel.path.display(), "loaded Linux bzImage");
+            tracing::debug!(?info, kernel = %kernel.path.display(), "loaded Linux bzImage");
             opened.extend(initrd);
         }
         BootProtocol::Multiboot => {
@@ -89,12 +89,12 @@ pub fn load(
                 Ok(m)
             };
             let info = crate::multiboot::load(fw, &kernel, files.initrd.as_deref(), &files.cmdline, layout, &mut open)?;
-            tracing::info!(?info, kernel = %kernel.path.display(), "loaded multiboot kernel");
+            tracing::debug!(?info, kernel = %kernel.path.display(), "loaded multiboot kernel");
         }
         BootProtocol::Pvh => {
             let initrd = open_initrd()?;
             let info = crate::pvh::load(fw, &kernel, initrd.as_ref(), &files.cmdline, layout)?;
-            tracing::info!(entry = info.entry, segments = info.segments.len(), kernel = %kernel.path.display(), "loaded PVH kernel");
+            tracing::debug!(entry = info.entry, segments = info.segments.len(), kernel = %kernel.path.display(), "loaded PVH kernel");
             guest_writes = info.segments;
             opened.extend(initrd);
         }

@@ -91,8 +91,11 @@ fn log_start(cfg: &Config, argv: &[OsString]) {
         "xendm starting: {}",
         argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
     );
-    if !cfg.ignored.is_empty() {
-        info!("options accepted and ignored: {}", cfg.ignored.join(" "));
+    for item in &cfg.ignored {
+        match crate::cli::ignored_reason(item) {
+            Some(why) => info!("option {item} accepted and ignored: {why}"),
+            None => info!("option {item} accepted and ignored"),
+        }
     }
 }
 
@@ -110,10 +113,46 @@ fn guest_domid(cfg: &Config) -> Result<u16> {
 /// Phase 1 ([`MachineSpec::from_config`]), with its log line.
 fn plan_machine(cfg: &Config) -> Result<MachineSpec> {
     let spec = MachineSpec::from_config(cfg)?;
-    if let Some(boot) = &spec.boot {
-        info!(protocol = ?boot.plan.protocol, rom = boot.plan.rom_name, "kernel loaded into fw_cfg");
-    }
+    info!("{}", boot_summary(cfg, &spec));
     Ok(spec)
+}
+
+/// What was loaded where, in plain words, for the first lines of
+/// `qemu-dm-<name>.log`.
+fn boot_summary(cfg: &Config, spec: &MachineSpec) -> String {
+    let l = &spec.layout;
+    let ram = format!(
+        "guest RAM {} MiB ({:#x} bytes below 4 GiB, {:#x} above)",
+        (l.below_4g + l.above_4g) >> 20,
+        l.below_4g,
+        l.above_4g
+    );
+    let Some(boot) = &spec.boot else {
+        return format!("no -kernel (xl: kernel=): the firmware boots from its own boot order; {ram}");
+    };
+    let kind = match boot.plan.protocol {
+        xendm_fw_cfg::BootProtocol::Linux => "Linux bzImage",
+        xendm_fw_cfg::BootProtocol::Multiboot => "multiboot kernel",
+        xendm_fw_cfg::BootProtocol::Pvh => "PVH ELF kernel",
+    };
+    let mut files = boot.plan.files.iter();
+    let mut s = match files.next() {
+        Some(k) => format!("direct kernel boot: {kind} {} ({} bytes)", k.path.display(), k.len()),
+        None => format!("direct kernel boot: {kind}"),
+    };
+    let extra = if boot.plan.protocol == xendm_fw_cfg::BootProtocol::Multiboot { "module" } else { "initrd" };
+    for f in files {
+        s.push_str(&format!(", {extra} {} ({} bytes)", f.path.display(), f.len()));
+    }
+    let cmdline = cfg.append.as_deref().map_or(0, str::len);
+    s.push_str(&format!(
+        "; command line {cmdline} bytes; option ROM {} at boot index 0; {ram}; {} vCPU(s), at most {}",
+        boot.plan.rom_name, spec.vcpus, spec.max_vcpus
+    ));
+    if !boot.plan.guest_writes.is_empty() {
+        s.push_str(&format!("; {} segment(s) written into guest RAM before it runs", boot.plan.guest_writes.len()));
+    }
+    s
 }
 
 /// Opens the backend of every planned serial port, COM1 first.
@@ -135,6 +174,37 @@ mod tests {
             crate::cli::Command::Run(c) => c,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_boot_summary_says_what_was_loaded_where_in_plain_words() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/boot");
+        let (k, i) = (dir.join("mini-bzImage"), dir.join("mini-initrd"));
+        let (ks, is) = (std::fs::metadata(&k).unwrap().len(), std::fs::metadata(&i).unwrap().len());
+        let (k, i) = (k.display().to_string(), i.display().to_string());
+        let c = config(&["-xen-domid", "7", "-m", "64", "-kernel", &k, "-initrd", &i, "-append", "console=ttyS0"]);
+        let s = boot_summary(&c, &MachineSpec::from_config(&c).unwrap());
+        assert_eq!(
+            s,
+            format!(
+                "direct kernel boot: Linux bzImage {k} ({ks} bytes), initrd {i} ({is} bytes); command line 13 \
+                 bytes; option ROM linuxboot_dma.bin at boot index 0; guest RAM 64 MiB (0x4000000 bytes below \
+                 4 GiB, 0x0 above); 1 vCPU(s), at most 1"
+            )
+        );
+        let c = config(&["-xen-domid", "7"]);
+        let s = boot_summary(&c, &MachineSpec::from_config(&c).unwrap());
+        assert!(s.starts_with("no -kernel (xl: kernel=)"), "{s}");
+    }
+
+    #[test]
+    fn ignored_options_are_logged_with_the_reason_the_help_gives() {
+        assert_eq!(
+            crate::cli::ignored_reason("-vnc none"),
+            Some("No VNC server is started; QMP query-vnc reports VNC disabled.")
+        );
+        assert!(crate::cli::ignored_reason("-nodefaults").is_some());
+        assert_eq!(crate::cli::ignored_reason("-kernel /k"), None, "not an ignored option");
     }
 
     #[test]

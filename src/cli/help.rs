@@ -209,6 +209,12 @@ pub(super) const ENVIRONMENT: &[(&str, &str)] = &[
     ),
 ];
 
+/// Why the option `-name` is accepted and ignored, as the help says (for
+/// the start-up log); None for an option that is not of that kind.
+pub(super) fn ignored_reason(name: &str) -> Option<&'static str> {
+    DOCS.iter().find(|d| matches!(d.section, Section::Ignored) && d.names.contains(&name)).map(|d| d.help)
+}
+
 /// Options of the parse table (`parsed`: its names) that have no entry in [`DOCS`].
 pub(super) fn undocumented<'a>(parsed: &[&'a str]) -> Vec<&'a str> {
     parsed.iter().copied().filter(|n| !DOCS.iter().any(|d| d.names.contains(n))).collect()

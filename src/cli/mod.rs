@@ -45,6 +45,13 @@ use crate::control::qmp::QmpSocketSpec;
 
 pub use opts::OptsError;
 
+/// Why an ignored item of [`Config::ignored`] (`-vnc none`, `-chardev ...`)
+/// is harmless, in the words of `--help`; None if the help has no reason.
+pub fn ignored_reason(item: &str) -> Option<&'static str> {
+    let name = item.split_whitespace().next()?.trim_start_matches('-');
+    help::ignored_reason(name)
+}
+
 /// What the process was asked to do.
 // One value per process: boxing `Config` would only add noise for callers.
 #[allow(clippy::large_enum_variant)]
