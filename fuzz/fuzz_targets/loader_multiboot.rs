@@ -1,5 +1,6 @@
-//! The multiboot loader on fuzzer bytes as the whole kernel file: a Multiboot 0.6.96 kernel (a.out kludge or ELF) with two modules,
-//! in memory, planned for a 32 MiB guest.
+//! The multiboot loader on fuzzer bytes as the whole kernel file: a Multiboot 0.6.96
+//! kernel (a.out kludge or ELF) with two modules,
+//! in memory (no file opened), planned for a 32 MiB guest.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

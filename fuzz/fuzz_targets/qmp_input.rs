@@ -20,7 +20,11 @@ struct FuzzVm {
 
 impl VmControl for FuzzVm {
     fn status(&self) -> RunState {
-        if self.state.load(Ordering::Relaxed) == 0 { RunState::Running } else { RunState::Paused }
+        if self.state.load(Ordering::Relaxed) == 0 {
+            RunState::Running
+        } else {
+            RunState::Paused
+        }
     }
     fn cont(&self) -> Result<(), String> {
         self.state.store(0, Ordering::Relaxed);

@@ -46,9 +46,22 @@ pub fn machine(mem: Arc<TestMemory>, hv: Arc<FakeHypervisor>) -> Engine {
     let (kernel, initrd) = (boot.join("mini-bzImage"), boot.join("mini-initrd"));
     let ram = RAM_MIB.to_string();
     let argv = [
-        "-xen-domid", "1", "-machine", "xenfv", "-m", &ram, "-serial", "null", "-boot", "order=cda",
-        "-kernel", &kernel.display().to_string(), "-initrd", &initrd.display().to_string(),
-        "-append", "console=ttyS0",
+        "-xen-domid",
+        "1",
+        "-machine",
+        "xenfv",
+        "-m",
+        &ram,
+        "-serial",
+        "null",
+        "-boot",
+        "order=cda",
+        "-kernel",
+        &kernel.display().to_string(),
+        "-initrd",
+        &initrd.display().to_string(),
+        "-append",
+        "console=ttyS0",
     ]
     .map(std::ffi::OsString::from);
     let xendm::cli::Command::Run(config) = xendm::cli::parse(argv).unwrap() else { panic!("not a run") };

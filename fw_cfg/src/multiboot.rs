@@ -131,16 +131,37 @@ fn too_big(path: &Path, size: u64) -> LoadError {
 }
 
 /// The kernel image: (load address, entry, bytes including zeroed BSS).
-fn kernel_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Vec<u8>), LoadError> {
+/// The image is checked to fit in `layout`'s low RAM before it is
+/// allocated (its size comes from the file).
+fn kernel_image(
+    kernel: &LoadedFile,
+    hdr: MultibootHeader,
+    layout: &RamLayout,
+) -> Result<(u32, u32, Vec<u8>), LoadError> {
     if hdr.flags & FLAG_AOUT_KLUDGE == 0 {
-        elf_image(kernel)
+        elf_image(kernel, layout)
     } else {
-        aout_image(kernel, hdr)
+        aout_image(kernel, hdr, layout)
     }
 }
 
+/// Refuses an image of `size` bytes at `addr` that does not fit in low RAM
+/// (the error [`MbBuffer::too_large`] gives once the image is built).
+fn check_image_fits(path: &Path, layout: &RamLayout, addr: u64, size: u64) -> Result<(), LoadError> {
+    if addr.checked_add(size).is_some_and(|end| end <= layout.below_4g) {
+        return Ok(());
+    }
+    Err(LoadError::KernelTooLarge {
+        path: path.to_path_buf(),
+        what: "the multiboot kernel, modules and information",
+        addr,
+        size,
+        layout: layout_text(layout),
+    })
+}
+
 /// A 32-bit ELF kernel: its PT_LOAD segments laid out from the lowest.
-fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Vec<u8>), LoadError> {
+fn elf_image(kernel: &LoadedFile, layout: &RamLayout) -> Result<(u32, u32, Vec<u8>), LoadError> {
     let path = kernel.path.as_path();
     let img = kernel.data.as_slice();
     let e = elf::parse(img).map_err(|e| bad(path, format!("multiboot header without load addresses, and {e}")))?;
@@ -171,6 +192,7 @@ fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Vec<u8>), LoadError> {
     if size > MAX_FILE_SIZE {
         return Err(too_big(path, size));
     }
+    check_image_fits(path, layout, low, size)?;
     let mut buf = vec![0u8; size as usize];
     for p in &loads {
         let data = elf::segment_bytes(img, p).map_err(|e| truncated(path, e.to_string()))?;
@@ -182,7 +204,7 @@ fn elf_image(kernel: &LoadedFile) -> Result<(u32, u32, Vec<u8>), LoadError> {
 
 /// The a.out kludge: the header's header_addr, load_addr, load_end_addr,
 /// bss_end_addr and entry_addr place the file's bytes.
-fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Vec<u8>), LoadError> {
+fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader, layout: &RamLayout) -> Result<(u32, u32, Vec<u8>), LoadError> {
     let path = kernel.path.as_path();
     let img = kernel.data.as_slice();
     let field = |n: usize| {
@@ -225,6 +247,7 @@ fn aout_image(kernel: &LoadedFile, hdr: MultibootHeader) -> Result<(u32, u32, Ve
     if mem_size > MAX_FILE_SIZE {
         return Err(too_big(path, mem_size));
     }
+    check_image_fits(path, layout, u64::from(load_addr), mem_size)?;
     let mut buf = vec![0u8; mem_size as usize];
     let src = img
         .get(text_offset as usize..(text_offset + load_size) as usize)
@@ -341,7 +364,7 @@ pub fn load(
     if cmdline.contains('\0') {
         return Err(LoadError::CmdlineNul { path: path.to_path_buf() });
     }
-    let (load_addr, entry, buf) = kernel_image(kernel, hdr)?;
+    let (load_addr, entry, buf) = kernel_image(kernel, hdr, layout)?;
     let phys = u64::from(load_addr);
     let kernel_path = path.to_string_lossy();
     let specs = initrd_spec.map(split_modules).unwrap_or_default();
