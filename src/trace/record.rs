@@ -12,6 +12,7 @@
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -30,15 +31,58 @@ struct TapState {
 }
 
 /// Where the recording wrappers put what they see.
-#[derive(Default)]
 pub struct Tap {
     state: Mutex<TapState>,
+    /// Most memory accesses (reads plus writes) kept per request.
+    max_chunks: usize,
+    /// Most hypervisor calls kept per request.
+    max_hv_calls: usize,
+    /// Accesses and calls not kept because a cap was reached.
+    dropped: AtomicU64,
+}
+
+impl Default for Tap {
+    fn default() -> Self {
+        Self { state: Mutex::default(), max_chunks: usize::MAX, max_hv_calls: usize::MAX, dropped: AtomicU64::new(0) }
+    }
 }
 
 impl Tap {
-    /// A fresh tap.
+    /// A fresh tap that keeps everything (recording).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A fresh tap that keeps at most `max_chunks` memory accesses and
+    /// `max_hv_calls` hypervisor calls per request and counts the rest
+    /// (replay: a replayed request cannot make the recording grow without
+    /// bound, see [`super::TraceLimits`]).
+    pub fn bounded(max_chunks: usize, max_hv_calls: usize) -> Arc<Self> {
+        Arc::new(Self { max_chunks, max_hv_calls, ..Self::default() })
+    }
+
+    /// How many accesses and calls were not kept since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn note_access(&self, write: bool, make: impl FnOnce() -> MemChunk) {
+        let mut st = lock(&self.state);
+        if st.reads.len().saturating_add(st.writes.len()) >= self.max_chunks {
+            drop(st);
+            self.drop_one();
+            return;
+        }
+        let c = make();
+        if write {
+            st.writes.push(c);
+        } else {
+            st.reads.push(c);
+        }
     }
 }
 
@@ -70,12 +114,12 @@ impl RecordingMemory {
 impl GuestMemory for RecordingMemory {
     fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), MemError> {
         let r = self.inner.read(addr, buf);
-        lock(&self.tap.state).reads.push(chunk(addr.0, buf, true, r.is_err()));
+        self.tap.note_access(false, || chunk(addr.0, buf, true, r.is_err()));
         r
     }
     fn write(&self, addr: GuestAddress, buf: &[u8]) -> Result<(), MemError> {
         let r = self.inner.write(addr, buf);
-        lock(&self.tap.state).writes.push(chunk(addr.0, buf, false, r.is_err()));
+        self.tap.note_access(true, || chunk(addr.0, buf, false, r.is_err()));
         r
     }
     /// One recorded write, as [`Self::write`] would record the whole buffer:
@@ -99,14 +143,13 @@ impl GuestMemory for RecordingMemory {
             true
         };
         let r = self.inner.write_from(addr, len, &mut tee);
-        let c = match r {
+        self.tap.note_access(true, || match r {
             Err(_) => MemChunk { gpa: addr.0, len, hex: None, sha256: None, fault: true },
             Ok(n) if n as usize <= INLINE_WRITE_MAX => chunk(addr.0, &short, false, false),
             Ok(n) => {
                 MemChunk { gpa: addr.0, len: n, hex: None, sha256: Some(hex::encode(hash.finalize())), fault: false }
             }
-        };
-        lock(&self.tap.state).writes.push(c);
+        });
         r
     }
 }
@@ -123,7 +166,13 @@ impl RecordingHypervisor {
         Self { inner, tap }
     }
     fn note(&self, c: HvCall) {
-        lock(&self.tap.state).hv.push(c);
+        let mut st = lock(&self.tap.state);
+        if st.hv.len() >= self.tap.max_hv_calls {
+            drop(st);
+            self.tap.drop_one();
+        } else {
+            st.hv.push(c);
+        }
     }
 }
 
@@ -308,5 +357,20 @@ mod tests {
         assert!(a.write(GuestAddress(0x9_0000), &data).is_err());
         assert!(b.write_from(GuestAddress(0x9_0000), data.len() as u64, &mut |_, _| true).is_err());
         assert_eq!(lock(&tap_a.state).writes, lock(&tap_b.state).writes);
+    }
+
+    #[test]
+    fn a_bounded_tap_counts_what_it_does_not_keep() {
+        let tap = Tap::bounded(2, 1);
+        let mem = RecordingMemory::new(Arc::new(xendm_devices::mem::TestMemory::pc(1 << 20).unwrap()), tap.clone());
+        let hv = RecordingHypervisor::new(Arc::new(xendm_devices::hv::FakeHypervisor::new()), tap.clone());
+        for _ in 0..3 {
+            mem.write(GuestAddress(0x1000), &[0u8; 4096]).unwrap();
+            hv.set_isa_irq_level(4, true);
+        }
+        let st = std::mem::take(&mut *lock(&tap.state));
+        assert_eq!((st.writes.len(), st.hv.len()), (2, 1));
+        assert_eq!(tap.take_dropped(), 3);
+        assert_eq!(tap.take_dropped(), 0);
     }
 }

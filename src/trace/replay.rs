@@ -4,6 +4,11 @@
 //! Guest memory is [`ReplayMemory`], which serves the recorded reads; the
 //! hypervisor only records. The first divergence stops the replay with the
 //! record index, the field, and both values.
+//!
+//! Everything a replay holds is bounded by its [`TraceLimits`]: the reader
+//! refuses lines out of limits, the replay memory holds only the pages of
+//! the record being replayed, and the replay's own recording keeps at most
+//! as many accesses and calls per request as a record may have.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,17 +19,33 @@ use xendm_devices::sync::lock;
 use xendm_devices::{GuestMemory, Hypervisor, MemError, ShutdownReason};
 
 use super::format::{Header, Record, TraceError};
+use super::limits::{TraceLimits, REPLAY_MAX_PAGES};
 use super::reader::TraceReader;
 use super::record::{Recorder, RecordingHypervisor, RecordingMemory, Tap, VecSink};
 
-/// Replay refuses traces that would need more sparse memory than this.
-pub const REPLAY_MAX_PAGES: usize = 1 << 18; // 1 GiB
-
-/// Sparse guest memory for replay: pages appear when a recorded read or
-/// write touches them; ranges recorded as faulting keep faulting.
-#[derive(Default)]
+/// Sparse guest memory for replay, holding one record at a time: before
+/// each record, exactly the pages its recorded reads touched, filled with
+/// the bytes read; ranges recorded as faulting fault. Writes land only in
+/// those pages (a write elsewhere is accepted and forgotten: any later read
+/// of it is recorded with its bytes and preloaded then), so what a replay
+/// holds is bounded by one record's hex, never by a length the trace or the
+/// replayed device chose.
 pub struct ReplayMemory {
     inner: Mutex<ReplayState>,
+    max_pages: usize,
+}
+
+impl Default for ReplayMemory {
+    fn default() -> Self {
+        Self::with_max_pages(REPLAY_MAX_PAGES)
+    }
+}
+
+impl ReplayMemory {
+    /// Replay memory that refuses records reading more than `max_pages` pages.
+    pub fn with_max_pages(max_pages: usize) -> Self {
+        Self { inner: Mutex::default(), max_pages }
+    }
 }
 
 #[derive(Default)]
@@ -39,20 +60,39 @@ impl ReplayState {
         let end = gpa.saturating_add(len);
         self.faults.iter().any(|&(s, l)| gpa < s.saturating_add(l) && s < end)
     }
-    fn page(&mut self, pfn: u64) -> Option<&mut [u8; 4096]> {
-        if !self.pages.contains_key(&pfn) && self.pages.len() >= REPLAY_MAX_PAGES {
+    fn page(&mut self, pfn: u64, max_pages: usize) -> Option<&mut [u8; 4096]> {
+        if !self.pages.contains_key(&pfn) && self.pages.len() >= max_pages {
             self.overflow = true;
             return None;
         }
         Some(self.pages.entry(pfn).or_insert_with(|| Box::new([0u8; 4096])))
     }
-    fn store(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+    /// Stores recorded bytes, making their pages (at most `max_pages`).
+    fn preload(&mut self, gpa: u64, data: &[u8], max_pages: usize) -> Result<(), MemError> {
         for (i, b) in data.iter().enumerate() {
             let a = gpa.checked_add(i as u64).ok_or(MemError::Overflow { addr: gpa, len: data.len() })?;
-            let p = self.page(a >> 12).ok_or(MemError::Unmapped { addr: a, len: 1 })?;
+            let p = self.page(a >> 12, max_pages).ok_or(MemError::Unmapped { addr: a, len: 1 })?;
             if let Some(slot) = p.get_mut((a & 0xfff) as usize) {
                 *slot = *b;
             }
+        }
+        Ok(())
+    }
+    /// A device's write: kept where a page exists, forgotten elsewhere (a
+    /// page at a time, so a 4 GiB zero fill costs 2^20 map lookups).
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        gpa.checked_add(data.len() as u64).ok_or(MemError::Overflow { addr: gpa, len: data.len() })?;
+        let mut addr = gpa;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let in_page = (addr & 0xfff) as usize;
+            let n = rest.len().min(4096 - in_page);
+            let (now, later) = rest.split_at(n);
+            if let Some(dst) = self.pages.get_mut(&(addr >> 12)).and_then(|p| p.get_mut(in_page..in_page + n)) {
+                dst.copy_from_slice(now);
+            }
+            addr = addr.wrapping_add(n as u64);
+            rest = later;
         }
         Ok(())
     }
@@ -63,6 +103,8 @@ impl ReplayMemory {
     fn preload(&self, r: &Record) -> Result<(), TraceError> {
         let mut st = lock(&self.inner);
         st.faults.clear();
+        st.pages.clear();
+        st.overflow = false;
         for c in r.mem_reads.iter().chain(&r.mem_writes) {
             if c.fault {
                 st.faults.push((c.gpa, c.len));
@@ -71,11 +113,12 @@ impl ReplayMemory {
         for c in &r.mem_reads {
             if let (false, Some(h)) = (c.fault, &c.hex) {
                 let bytes = hex::decode(h).map_err(|e| TraceError::Replay(format!("record {}: bad hex: {e}", r.i)))?;
-                st.store(c.gpa, &bytes).map_err(|e| TraceError::Replay(format!("record {}: {e}", r.i)))?;
+                st.preload(c.gpa, &bytes, self.max_pages)
+                    .map_err(|e| TraceError::Replay(format!("record {}: {e}", r.i)))?;
             }
         }
         if st.overflow {
-            return Err(TraceError::Replay(format!("record {}: trace needs more than {REPLAY_MAX_PAGES} pages", r.i)));
+            return Err(TraceError::Replay(format!("record {}: trace needs more than {} pages", r.i, self.max_pages)));
         }
         Ok(())
     }
@@ -101,7 +144,7 @@ impl GuestMemory for ReplayMemory {
         if st.faulting(addr.0, buf.len() as u64) {
             return Err(MemError::Unmapped { addr: addr.0, len: buf.len() });
         }
-        st.store(addr.0, buf)
+        st.write(addr.0, buf)
     }
 }
 
@@ -151,22 +194,36 @@ impl Hypervisor for DiscardingHypervisor {
     fn shutdown(&self, _reason: ShutdownReason) {}
 }
 
+/// Replays the trace at `path` against a fresh machine built by `machine`,
+/// with the default [`TraceLimits`]; stops at the first divergence.
+///
+/// # Errors
+/// See [`replay_with_limits`].
+pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary, TraceError> {
+    replay_with_limits(path, machine, &TraceLimits::default())
+}
+
 /// Replays the trace at `path` against a fresh machine built by `machine`;
-/// stops at the first divergence.
+/// stops at the first divergence or the first line out of `limits`.
 ///
 /// # Errors
 /// [`TraceError::Divergence`] naming the record, the field and both values;
-/// other variants if the trace cannot be read or the machine built.
-pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary, TraceError> {
-    let reader = TraceReader::open(path)?;
+/// other variants if the trace cannot be read, breaks a limit, or the
+/// machine cannot be built.
+pub fn replay_with_limits(
+    path: &Path,
+    machine: &dyn ReplayMachine,
+    limits: &TraceLimits,
+) -> Result<ReplaySummary, TraceError> {
+    let reader = TraceReader::open_with_limits(path, *limits)?;
     let header = reader.header.clone();
-    let mem = Arc::new(ReplayMemory::default());
-    let tap = Tap::new();
+    let mem = Arc::new(ReplayMemory::with_max_pages(limits.max_pages_per_record));
+    let tap = Tap::bounded(limits.max_chunks_per_record, limits.max_hv_calls_per_record);
     let hv: Arc<dyn Hypervisor> = Arc::new(RecordingHypervisor::new(Arc::new(DiscardingHypervisor), tap.clone()));
     let rec_mem: Arc<dyn GuestMemory> = Arc::new(RecordingMemory::new(mem.clone(), tap.clone()));
     let mut engine = machine.build(&header, rec_mem, hv).map_err(TraceError::Machine)?;
     let sink = VecSink::default();
-    engine.set_observer(Box::new(Recorder::new(tap, Box::new(sink.clone()))));
+    engine.set_observer(Box::new(Recorder::new(tap.clone(), Box::new(sink.clone()))));
     let mut n = 0u64;
     for rec in reader {
         let expected = rec?;
@@ -174,6 +231,7 @@ pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary,
             return Err(TraceError::Replay(format!("record numbering jumps from {} to {}", n, expected.i)));
         }
         mem.preload(&expected)?;
+        tap.take_dropped();
         if expected.buffered {
             engine.handle_buffered_request(&expected.req);
         } else {
@@ -181,15 +239,30 @@ pub fn replay(path: &Path, machine: &dyn ReplayMachine) -> Result<ReplaySummary,
         }
         engine.bus_mut().take_changes();
         let actual = lock(&sink.0).pop().ok_or_else(|| TraceError::Replay(format!("record {n}: nothing recorded")))?;
-        let i = expected.i;
-        first_diff(i, "response data", &expected.resp, &actual.resp)?;
-        first_diff(i, "guest memory reads", &expected.mem_reads, &actual.mem_reads)?;
-        first_diff(i, "guest memory writes", &expected.mem_writes, &actual.mem_writes)?;
-        first_diff(i, "hypervisor calls", &expected.hv, &actual.hv)?;
-        first_diff(i, "range changes", &expected.ranges, &actual.ranges)?;
+        if tap.take_dropped() > 0 {
+            return Err(TraceError::Replay(format!(
+                "record {n}: the replayed machine made more than {} memory accesses or {} hypervisor calls \
+                 (the recording has {} and {})",
+                limits.max_chunks_per_record,
+                limits.max_hv_calls_per_record,
+                expected.mem_reads.len() + expected.mem_writes.len(),
+                expected.hv.len()
+            )));
+        }
+        compare(&expected, &actual)?;
         n += 1;
     }
     Ok(ReplaySummary { records: n })
+}
+
+/// The first field where the replayed record differs from the recorded one.
+fn compare(expected: &Record, actual: &Record) -> Result<(), TraceError> {
+    let i = expected.i;
+    first_diff(i, "response data", &expected.resp, &actual.resp)?;
+    first_diff(i, "guest memory reads", &expected.mem_reads, &actual.mem_reads)?;
+    first_diff(i, "guest memory writes", &expected.mem_writes, &actual.mem_writes)?;
+    first_diff(i, "hypervisor calls", &expected.hv, &actual.hv)?;
+    first_diff(i, "range changes", &expected.ranges, &actual.ranges)
 }
 
 #[cfg(test)]

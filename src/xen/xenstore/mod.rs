@@ -37,7 +37,10 @@ use xendm_devices::ratelimit::RateLimit;
 pub mod fake;
 pub mod wire;
 
-use wire::{nul_terminated, path_and_token, single_string, split_strings};
+use wire::{
+    check_reply, expect_ok, nul_terminated, parse_perms, parse_transaction_id, parse_watch_event, path_and_token,
+    single_string, split_strings, take_message,
+};
 pub use wire::{
     Access, Header, Op, Perm, WatchEvent, XsError, HEADER_LEN, XENSTORE_ABS_PATH_MAX, XENSTORE_PAYLOAD_MAX,
 };
@@ -195,11 +198,7 @@ impl XenStore {
     pub fn get_perms(&self, path: &str) -> Result<Vec<Perm>, XsError> {
         let payload = nul_terminated(Op::GetPerms, path)?;
         let reply = self.request(Op::GetPerms, 0, &payload, path)?;
-        let words = split_strings(Op::GetPerms, path, &reply)?;
-        words
-            .iter()
-            .map(|w| w.parse().map_err(|detail| XsError::Protocol { op: Op::GetPerms, path: path.into(), detail }))
-            .collect()
+        parse_perms(path, &reply)
     }
 
     /// `XS_SET_PERMS`: replaces `path`'s permission list; `perms[0]` is the
@@ -264,19 +263,7 @@ impl XenStore {
     /// `XS_TRANSACTION_START`: begins a transaction.
     pub fn transaction(&self) -> Result<Transaction<'_>, XsError> {
         let reply = self.request(Op::TransactionStart, 0, b"\0", "")?;
-        let id = single_string(Op::TransactionStart, "", &reply)?;
-        let id: u32 = id.parse().map_err(|_| XsError::Protocol {
-            op: Op::TransactionStart,
-            path: String::new(),
-            detail: format!("bad transaction id {id:?}"),
-        })?;
-        if id == 0 {
-            return Err(XsError::Protocol {
-                op: Op::TransactionStart,
-                path: String::new(),
-                detail: "transaction id 0".into(),
-            });
-        }
+        let id = parse_transaction_id(&reply)?;
         Ok(Transaction { xs: self, id, done: false })
     }
 
@@ -305,15 +292,7 @@ impl XenStore {
     /// Sends a request whose reply must be `OK`.
     fn request_ok(&self, op: Op, tx: u32, payload: &[u8], path: &str) -> Result<(), XsError> {
         let reply = self.request(op, tx, payload, path)?;
-        if reply == b"OK\0" || reply == b"OK" {
-            Ok(())
-        } else {
-            Err(XsError::Protocol {
-                op,
-                path: path.into(),
-                detail: format!("expected OK, got {:?}", String::from_utf8_lossy(&reply)),
-            })
-        }
+        expect_ok(op, path, &reply)
     }
 
     /// Sends one request and waits for its reply's payload.
@@ -363,19 +342,7 @@ impl XenStore {
                 return Err(closed(&reason));
             }
         };
-        if reply.ty == Op::Error.code() {
-            let errno =
-                String::from_utf8_lossy(reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload)).into_owned();
-            return Err(XsError::Server { op, path: path.into(), errno });
-        }
-        if reply.ty != op.code() {
-            return Err(XsError::Protocol {
-                op,
-                path: path.into(),
-                detail: format!("reply has type {} for request type {}", reply.ty, op.code()),
-            });
-        }
-        Ok(reply.payload)
+        check_reply(op, path, reply.ty, reply.payload)
     }
 }
 
@@ -509,16 +476,12 @@ fn read_messages(source: &mut dyn Source, wake: &OwnedFd, inner: &Inner) -> Stri
             Err(e) => return format!("read: {e}"),
         };
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        while let Some(header) = Header::parse(&buf) {
-            let len = header.len as usize;
-            if len > XENSTORE_PAYLOAD_MAX {
-                return format!("message of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}");
-            }
-            let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
-                break;
+        loop {
+            let (header, payload) = match take_message(&mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return e,
             };
-            let payload = payload.to_vec();
-            buf.drain(..HEADER_LEN + len);
             if header.ty == Op::WatchEvent.code() {
                 deliver_event(inner, &payload, &mut stray);
                 continue;
@@ -545,16 +508,11 @@ fn read_messages(source: &mut dyn Source, wake: &OwnedFd, inner: &Inner) -> Stri
 }
 
 fn deliver_event(inner: &Inner, payload: &[u8], warn: &mut RateLimit) {
-    let mut parts = payload.split(|&b| b == 0);
-    let (Some(path), Some(token)) = (parts.next(), parts.next()) else {
+    let Some(event) = parse_watch_event(payload) else {
         if let Some(n) = warn.check() {
             tracing::warn!(suppressed = n, "xenstore: malformed watch event");
         }
         return;
-    };
-    let event = WatchEvent {
-        path: String::from_utf8_lossy(path).into_owned(),
-        token: String::from_utf8_lossy(token).into_owned(),
     };
     let sender = lock(&inner.state).watches.get(&event.token).cloned();
     let Some(sender) = sender else {

@@ -295,7 +295,10 @@ pub(super) fn path_and_token(op: Op, path: &str, token: &str) -> Result<Vec<u8>,
 }
 
 /// Splits a list of NUL-terminated strings (DIRECTORY, GET_PERMS replies).
-pub(super) fn split_strings(op: Op, path: &str, payload: &[u8]) -> Result<Vec<String>, XsError> {
+///
+/// # Errors
+/// A string that is not UTF-8.
+pub fn split_strings(op: Op, path: &str, payload: &[u8]) -> Result<Vec<String>, XsError> {
     let body = payload.strip_suffix(b"\0").unwrap_or(payload);
     if body.is_empty() {
         return Ok(Vec::new());
@@ -311,13 +314,110 @@ pub(super) fn split_strings(op: Op, path: &str, payload: &[u8]) -> Result<Vec<St
         .collect()
 }
 
-pub(super) fn single_string(op: Op, path: &str, payload: &[u8]) -> Result<String, XsError> {
+/// A reply holding one string (READ as text, GET_DOMAIN_PATH,
+/// TRANSACTION_START), NUL-terminated or not.
+///
+/// # Errors
+/// A reply that is not UTF-8.
+pub fn single_string(op: Op, path: &str, payload: &[u8]) -> Result<String, XsError> {
     let body = payload.strip_suffix(b"\0").unwrap_or(payload);
     String::from_utf8(body.to_vec()).map_err(|_| XsError::Protocol {
         op,
         path: path.into(),
         detail: "reply is not UTF-8".into(),
     })
+}
+
+/// The first whole message of a byte stream from xenstored, removed from
+/// `buf`; `Ok(None)` while more bytes are needed (`buf` then holds at most
+/// one header and [`XENSTORE_PAYLOAD_MAX`] bytes).
+///
+/// # Errors
+/// A header announcing more than [`XENSTORE_PAYLOAD_MAX`] bytes: the stream
+/// cannot be resynchronised and the connection must be dropped.
+pub fn take_message(buf: &mut Vec<u8>) -> Result<Option<(Header, Vec<u8>)>, String> {
+    let Some(header) = Header::parse(buf) else { return Ok(None) };
+    let len = header.len as usize;
+    if len > XENSTORE_PAYLOAD_MAX {
+        return Err(format!("message of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}"));
+    }
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+    let payload = payload.to_vec();
+    buf.drain(..HEADER_LEN + len);
+    Ok(Some((header, payload)))
+}
+
+/// A `WATCH_EVENT` payload, `path\0token\0` (invalid UTF-8 replaced);
+/// `None` without both strings.
+pub fn parse_watch_event(payload: &[u8]) -> Option<WatchEvent> {
+    let mut parts = payload.split(|&b| b == 0);
+    let (path, token) = (parts.next()?, parts.next()?);
+    Some(WatchEvent {
+        path: String::from_utf8_lossy(path).into_owned(),
+        token: String::from_utf8_lossy(token).into_owned(),
+    })
+}
+
+/// The payload of a reply of type `ty` to a request `op`.
+///
+/// # Errors
+/// [`XsError::Server`] with the errno of an `ERROR` reply;
+/// [`XsError::Protocol`] for a reply of another type.
+pub fn check_reply(op: Op, path: &str, ty: u32, payload: Vec<u8>) -> Result<Vec<u8>, XsError> {
+    if ty == Op::Error.code() {
+        let errno = String::from_utf8_lossy(payload.strip_suffix(b"\0").unwrap_or(&payload)).into_owned();
+        return Err(XsError::Server { op, path: path.into(), errno });
+    }
+    if ty != op.code() {
+        return Err(XsError::Protocol {
+            op,
+            path: path.into(),
+            detail: format!("reply has type {ty} for request type {}", op.code()),
+        });
+    }
+    Ok(payload)
+}
+
+/// A reply that must be `OK` (WRITE, MKDIR, RM, SET_PERMS, WATCH, ...).
+///
+/// # Errors
+/// [`XsError::Protocol`] for anything else.
+pub fn expect_ok(op: Op, path: &str, reply: &[u8]) -> Result<(), XsError> {
+    if reply == b"OK\0" || reply == b"OK" {
+        Ok(())
+    } else {
+        Err(XsError::Protocol {
+            op,
+            path: path.into(),
+            detail: format!("expected OK, got {:?}", String::from_utf8_lossy(reply)),
+        })
+    }
+}
+
+/// A GET_PERMS reply: the permission list, owner first.
+///
+/// # Errors
+/// A string that is not UTF-8 or not a permission.
+pub fn parse_perms(path: &str, reply: &[u8]) -> Result<Vec<Perm>, XsError> {
+    let words = split_strings(Op::GetPerms, path, reply)?;
+    words
+        .iter()
+        .map(|w| w.parse().map_err(|detail| XsError::Protocol { op: Op::GetPerms, path: path.into(), detail }))
+        .collect()
+}
+
+/// A TRANSACTION_START reply: the new transaction's id (never 0).
+///
+/// # Errors
+/// Not a decimal `u32`, or 0.
+pub fn parse_transaction_id(reply: &[u8]) -> Result<u32, XsError> {
+    let protocol = |detail| XsError::Protocol { op: Op::TransactionStart, path: String::new(), detail };
+    let id = single_string(Op::TransactionStart, "", reply)?;
+    match id.parse::<u32>() {
+        Ok(0) => Err(protocol("transaction id 0".into())),
+        Ok(n) => Ok(n),
+        Err(_) => Err(protocol(format!("bad transaction id {id:?}"))),
+    }
 }
 
 #[cfg(test)]
@@ -346,5 +446,32 @@ mod tests {
         }
         assert_eq!(Op::from_code(8), None);
         assert_eq!((Op::Read.code(), Op::Write.code(), Op::Error.code(), Op::WatchEvent.code()), (2, 11, 16, 15));
+    }
+
+    #[test]
+    fn replies_from_a_hostile_daemon_are_errors_not_panics() {
+        let mut buf = Header { ty: 2, req_id: 1, tx_id: 0, len: 3 }.to_bytes().to_vec();
+        buf.extend_from_slice(b"ab");
+        assert_eq!(take_message(&mut buf), Ok(None), "payload incomplete");
+        buf.push(b'c');
+        let (h, p) = take_message(&mut buf).unwrap().unwrap();
+        assert_eq!((h.req_id, p.as_slice(), buf.len()), (1, &b"abc"[..], 0));
+        let mut huge = Header { ty: 2, req_id: 1, tx_id: 0, len: u32::MAX }.to_bytes().to_vec();
+        assert!(take_message(&mut huge).unwrap_err().contains("exceeds"));
+        assert_eq!(parse_watch_event(b"p\0t\0"), Some(WatchEvent { path: "p".into(), token: "t".into() }));
+        assert_eq!(parse_watch_event(b"p"), None);
+        assert!(matches!(
+            check_reply(Op::Read, "/x", Op::Error.code(), b"ENOENT\0".to_vec()),
+            Err(XsError::Server { .. })
+        ));
+        assert!(matches!(check_reply(Op::Read, "/x", 99, vec![]), Err(XsError::Protocol { .. })));
+        assert!(expect_ok(Op::Write, "/x", b"OK\0").is_ok() && expect_ok(Op::Write, "/x", b"NO").is_err());
+        assert_eq!(
+            parse_perms("/x", b"b0\0r5\0").unwrap(),
+            vec![Perm::new(Access::Both, 0), Perm::new(Access::Read, 5)]
+        );
+        assert!(parse_perms("/x", b"x0\0").is_err());
+        assert_eq!(parse_transaction_id(b"7\0").unwrap(), 7);
+        assert!(parse_transaction_id(b"0\0").is_err() && parse_transaction_id(b"\xff").is_err());
     }
 }
