@@ -1,7 +1,8 @@
 //! The command line (`xendm::cli::parse`, QEMU's option syntax as libxl
 //! writes it): fuzzer bytes split at NUL into arguments (invalid UTF-8
 //! kept), parsed, and on success every derived value looked at (serial
-//! ports, the RAM layout, the boot-file list). Parsing touches no file.
+//! ports, the RAM layout, the reason given for each ignored option).
+//! Parsing touches no file.
 #![no_main]
 
 use std::ffi::OsString;
@@ -15,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Command::Run(cfg)) = cli::parse(argv) {
         let _ = cfg.serial_ports().count();
         let _ = xendm::machine::spec::ram_layout(&cfg);
-        let _ = xendm::machine::spec::boot_file_paths(&cfg);
+        for item in &cfg.ignored {
+            let _ = cli::ignored_reason(item);
+        }
         let _ = format!("{cfg:?}");
     }
 });

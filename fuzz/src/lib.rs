@@ -237,13 +237,13 @@ pub fn load_kernel(protocol: xendm_fw_cfg::BootProtocol, kernel: &[u8]) {
     let _ = xendm_fw_cfg::detect(kernel);
     let mut fw = FwCfgItems::new(&FwCfgOptions::default()).unwrap();
     let layout = RamLayout::xen(LOADER_RAM_MIB, None);
-    let file = |path: &str, data: Vec<u8>| LoadedFile { path: PathBuf::from(path), data };
+    let file = |path: &str, data: Vec<u8>| LoadedFile::from_bytes(PathBuf::from(path), data);
     let kernel = file("/fuzz/kernel", kernel.to_vec());
-    let initrd = || Some(file("/fuzz/initrd", vec![0x5a; 3000]));
+    let initrd = file("/fuzz/initrd", vec![0x5a; 3000]);
     let cmdline = "console=ttyS0 quiet";
     match protocol {
-        BootProtocol::Linux => drop(xendm_fw_cfg::linux::load(&mut fw, &kernel, initrd(), cmdline, &layout)),
-        BootProtocol::Pvh => drop(xendm_fw_cfg::pvh::load(&mut fw, &kernel, initrd(), cmdline, &layout)),
+        BootProtocol::Linux => drop(xendm_fw_cfg::linux::load(&mut fw, &kernel, Some(&initrd), cmdline, &layout)),
+        BootProtocol::Pvh => drop(xendm_fw_cfg::pvh::load(&mut fw, &kernel, Some(&initrd), cmdline, &layout)),
         BootProtocol::Multiboot => {
             let mut read = |p: &Path| -> std::result::Result<LoadedFile, LoadError> {
                 Ok(file(&p.display().to_string(), vec![0xa5; 1000]))
