@@ -114,6 +114,15 @@ fn guest_domid(cfg: &Config) -> Result<u16> {
 fn plan_machine(cfg: &Config) -> Result<MachineSpec> {
     let spec = MachineSpec::from_config(cfg)?;
     info!("{}", boot_summary(cfg, &spec));
+    for d in &cfg.ide_disks {
+        info!(
+            "disk {} ({}, IDE index {}): not emulated; the guest reaches it through its PV block driver \
+             (blkfront), as after QEMU's unplug of emulated disks",
+            d.vdev(),
+            d.file,
+            d.index
+        );
+    }
     Ok(spec)
 }
 

@@ -124,6 +124,14 @@ pub(super) const DOCS: &[OptDoc] = &[
     doc(&["smp"], "CPUS[,maxcpus=MAX]", Machine, "vCPUs online at boot and the maximum (at most 128)."),
     doc(&["no-acpi"], "", Machine, "No ACPI (PIIX4 power management) function (xl: acpi=0)."),
     doc(&["boot"], "order=DRIVES", Machine, "Boot order for the firmware (letters a-p, no repeats)."),
+    doc(
+        &["drive"],
+        "file=T,if=ide,index=N,media=disk[,format=F,cache=C]",
+        Kernel,
+        "libxl's IDE disk for xvda-xvdd, which is the guest's PV disk too: not emulated, served through the \
+         guest's PV block driver, so -kernel and the Xen platform device are required. CD-ROMs and other \
+         interfaces are refused.",
+    ),
     doc(&["kernel"], "PATH", Kernel, "Linux bzImage, multiboot or PVH ELF kernel (xl: kernel=)."),
     doc(
         &["initrd"],
@@ -177,7 +185,6 @@ pub(super) const DOCS: &[OptDoc] = &[
         "xendm implements no -device drivers (VGA, NICs, disk controllers, USB, sound, xen-pvdevice); \
          its PC devices are built in.",
     ),
-    doc(&["drive"], "SPEC", Refused, NO_DISK),
     doc(&["cdrom"], "FILE", Refused, NO_DISK),
     doc(&["hda"], "FILE", Refused, NO_DISK),
     doc(&["hdb"], "FILE", Refused, NO_DISK),

@@ -139,6 +139,29 @@ pub struct Config {
     /// Options accepted and ignored, as given (`-display none`, ...), for a
     /// start-up log line.
     pub ignored: Vec<String>,
+    /// `-drive ...,if=ide,media=disk`: the emulated IDE disks libxl asks
+    /// for (`xvda`-`xvdd`, index 0-3), which are the guest's PV disks too.
+    /// xendm emulates none of them; the machine checks that the guest can
+    /// reach them through its PV drivers (`machine::spec`).
+    pub ide_disks: Vec<IdeDisk>,
+}
+
+/// One `-drive ...,if=ide,index=N,media=disk` (libxl's form for a disk
+/// `vdev=xvda`..`xvdd`, `xen-toolstack.md` 3.1): served by the PV path only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdeDisk {
+    /// IDE index 0-3 (`xvda` = 0).
+    pub index: u32,
+    /// `file=`: the disk's target as libxl gives it (not opened by xendm).
+    pub file: String,
+}
+
+impl IdeDisk {
+    /// The xl name of the disk (`xvda` for index 0).
+    pub fn vdev(&self) -> String {
+        let letter = char::from_u32(u32::from(b'a') + self.index).unwrap_or('?');
+        format!("xvd{letter}")
+    }
 }
 
 /// `-sandbox on|off` (QEMU's option; in xendm the filter is on by default).

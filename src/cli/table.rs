@@ -307,7 +307,7 @@ pub(super) const TABLE: &[OptSpec] = &[
     value("trace", true, |s, v| s.ignore("-trace", Some(v))),
     value("msg", true, |s, v| s.ignore("-msg", Some(v))),
     // Known QEMU options that xendm refuses, with the reason.
-    value("drive", true, |_, _| refuse("-drive", NO_DISK)),
+    value("drive", true, drive),
     value("cdrom", true, |_, _| refuse("-cdrom", NO_DISK)),
     value("hda", true, |_, _| refuse("-hda", NO_DISK)),
     value("hdb", true, |_, _| refuse("-hdb", NO_DISK)),
@@ -336,6 +336,8 @@ pub(super) const TABLE: &[OptSpec] = &[
 
 const NO_DISK: &str =
     "emulated disks and CD-ROMs are not implemented; give the guest PV disks (vdev=xvdX) in the xl config";
+const NO_CDROM: &str = "emulated CD-ROMs are not implemented; remove the devtype=cdrom disk from the xl config \
+     (or give the image to the guest as a PV disk, vdev=xvde or later)";
 const NO_NIC: &str = "emulated NICs are not implemented; use PV network interfaces (type=vif) in the xl config";
 const NO_USB: &str = "USB devices are not implemented; remove usbdevice=/usbdevice_list= from the xl config";
 const NO_SOUND: &str = "sound is not implemented; remove soundhw= from the xl config";
@@ -436,6 +438,36 @@ fn machine(s: &mut State, v: &str) -> Result<(), CliError> {
 }
 
 /// `-device DRIVER,...`: no driver is accepted yet; the message says what to do.
+/// `-drive`: libxl's IDE disk (`file=T,if=ide,index=N,media=disk,format=F,
+/// cache=writeback`) is accepted and recorded (`Config::ide_disks`); a
+/// CD-ROM (`media=cdrom`, or libxl's `if=none,...` drive of an `ide-cd`) and
+/// any other interface are refused.
+fn drive(s: &mut State, v: &str) -> Result<(), CliError> {
+    const OPT: &str = "-drive";
+    let o = opts(OPT, v, None)?;
+    let readonly = o.get_bool("readonly").map_err(opts_err(OPT))? == Some(true);
+    if o.get("media") == Some("cdrom") || (o.get("if") == Some("none") && readonly) {
+        return refuse(OPT, NO_CDROM);
+    }
+    if o.get("if").unwrap_or("ide") != "ide" {
+        return refuse(OPT, NO_DISK);
+    }
+    check_keys(OPT, &o, &["file", "if", "index", "media", "format", "cache", "readonly", "id", "aio", "discard"])?;
+    if readonly {
+        return refuse(OPT, NO_DISK);
+    }
+    let index = o.get_u32("index").map_err(opts_err(OPT))?.unwrap_or(0);
+    if index > 3 {
+        return Err(invalid(OPT, format!("IDE index {index}: libxl emulates only xvda-xvdd (index 0-3)")));
+    }
+    let file = o.get("file").unwrap_or_default().to_string();
+    if s.cfg.ide_disks.iter().any(|d| d.index == index) {
+        return Err(invalid(OPT, format!("IDE index {index} given twice")));
+    }
+    s.cfg.ide_disks.push(super::IdeDisk { index, file });
+    Ok(())
+}
+
 fn device(v: &str) -> Result<(), CliError> {
     const OPT: &str = "-device";
     let o = opts(OPT, v, Some("driver"))?;

@@ -339,9 +339,10 @@ fn stubdom_variant() {
     assert_eq!(cfg.serial, [ChardevSpec::HostDevice("/dev/hvc3".into())]);
     assert_eq!(cfg.incoming.as_deref(), Some("$STUBDOM_RESTORE_INCOMING_ARG"));
     assert_eq!(cfg.vnc, None);
-    // Stubdom disks are emulated on /dev/xvdX and therefore refused.
-    let e = err(&["-xen-domid", "12", "-drive", "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device"]);
-    assert!(matches!(e, CliError::RefusedOption { ref option, .. } if option == "-drive"));
+    // A stubdom's IDE disk (/dev/xvdX inside the stub) is recorded like
+    // any other: the guest reaches the same disk through its own PV vbd.
+    let cfg = run_str(&["-xen-domid", "12", "-drive", "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device"]);
+    assert_eq!(cfg.ide_disks, [IdeDisk { index: 0, file: "/dev/xvda".into() }]);
 }
 
 #[test]
@@ -683,11 +684,17 @@ fn refused_devices_and_options_name_themselves() {
     assert!(case(&["-device", "piix3-usb-uhci,id=usb"]).contains("USB"));
     assert!(case(&["-device", "xen-pvdevice,device-id=0xc000"]).contains("xen-pvdevice"));
     assert!(case(&["-device", "driver=e1000"]).contains("'e1000'"));
+    // libxl's CD-ROM pair (xen-toolstack.md 3.1): the drive is refused first.
     assert_eq!(
-        case(&["-drive", "file=/d.img,if=ide,index=0,media=disk,format=raw,cache=writeback"]),
-        "option '-drive' is not supported by xendm: emulated disks and CD-ROMs are not \
-         implemented; give the guest PV disks (vdev=xvdX) in the xl config"
+        case(&["-drive", "if=none,readonly=on,id=ide-5632,file=cd.iso,format=raw"]),
+        "option '-drive' is not supported by xendm: emulated CD-ROMs are not implemented; remove the \
+         devtype=cdrom disk from the xl config (or give the image to the guest as a PV disk, vdev=xvde or later)"
     );
+    assert!(case(&["-drive", "file=cd.iso,if=ide,index=2,media=cdrom"]).contains("CD-ROMs"));
+    assert!(case(&["-drive", "file=/d.img,if=scsi,index=0"]).contains("emulated disks"));
+    assert!(case(&["-drive", "file=/d.img,if=ide,index=0,media=disk,readonly=on"]).contains("emulated disks"));
+    assert!(case(&["-drive", "file=/d.img,if=ide,index=4,media=disk"]).contains("IDE index 4"));
+    assert!(case(&["-drive", "file=/a,index=1", "-drive", "file=/b,index=1"]).contains("index 1 given twice"));
     for option in
         ["-netdev", "-usbdevice", "-spice", "-object", "-cdrom", "-hda", "-soundhw", "-monitor", "-bios", "-pidfile"]
     {
@@ -959,4 +966,25 @@ fn sandbox_is_on_by_default_and_sub_options_are_honoured_or_refused_by_name() {
     }
     assert!(sandbox(&["-sandbox", "on,nonsense=1"]).unwrap_err().contains("nonsense"));
     assert!(sandbox(&["-sandbox", "maybe"]).unwrap_err().starts_with("-sandbox: "));
+}
+
+/// libxl 4.17's argv for `disk = ['format=raw,vdev=xvda,...', '...vdev=xvdb...']`
+/// (xen-toolstack.md 3.1): each IDE disk is recorded, in order, with its vdev.
+#[test]
+fn libxls_ide_disks_are_recorded_for_the_pv_path() {
+    let cfg = run_str(&[
+        "-xen-domid",
+        "3",
+        "-kernel",
+        "/k",
+        "-drive",
+        "file=/srv/d0.img,if=ide,index=0,media=disk,format=raw,cache=writeback",
+        "-drive",
+        "file=/dev/vg/d1,if=ide,index=1,media=disk,format=raw,cache=writeback",
+    ]);
+    assert_eq!(
+        cfg.ide_disks,
+        [IdeDisk { index: 0, file: "/srv/d0.img".into() }, IdeDisk { index: 1, file: "/dev/vg/d1".into() }]
+    );
+    assert_eq!(cfg.ide_disks[1].vdev(), "xvdb");
 }

@@ -66,6 +66,11 @@ pub enum MachineError {
     Serial(#[from] crate::control::chardev::ChardevError),
     #[error("-initrd/-append given without -kernel")]
     BootArgsWithoutKernel,
+    #[error(
+        "disk {vdev} (-drive if=ide,index={index}): xendm emulates no IDE disk, so the guest can reach it only \
+         through its PV block driver, {why}"
+    )]
+    UnreachableDisk { vdev: String, index: u32, why: &'static str },
     #[error("no option ROM named {0} is built into xendm")]
     MissingRom(&'static str),
     #[error("-machine none has no devices")]

@@ -81,6 +81,7 @@ impl MachineSpec {
         }
         let layout = ram_layout(config);
         let (vcpus, max_vcpus) = vcpu_counts(config);
+        check_ide_disks(config)?;
         let serials = serial_ports(config)?;
         let cmos = cmos_config(config, &layout, vcpus)?;
         let boot = plan_boot(config, &layout, vcpus)?;
@@ -112,6 +113,26 @@ fn serial_ports(config: &Config) -> Result<Vec<ChardevSpec>, MachineError> {
         s.check_supported()?;
     }
     Ok(serials)
+}
+
+/// libxl's IDE disks (`xvda`-`xvdd`) are the guest's PV disks too; xendm
+/// serves them through the PV path only (a guest with PV drivers unplugs
+/// emulated disks anyway, `xen-toolstack.md` 3.3-3.4). That needs the
+/// kernel to be booted directly (SeaBIOS has no PV block driver) and the
+/// Xen platform device (the guest's PV drivers bind to it).
+fn check_ide_disks(config: &Config) -> Result<(), MachineError> {
+    let why = if config.kernel.is_none() {
+        "which firmware cannot boot from: set kernel= (and ramdisk=, cmdline=) in the xl config, \
+         or boot the guest with qemu-xen"
+    } else if config.machine.kind != MachineKind::Xenfv {
+        "which needs the Xen platform device: remove xen_platform_pci=0 from the xl config"
+    } else {
+        return Ok(());
+    };
+    match config.ide_disks.first() {
+        Some(d) => Err(MachineError::UnreachableDisk { vdev: d.vdev(), index: d.index, why }),
+        None => Ok(()),
+    }
 }
 
 /// The CMOS parameters, checked by building the NVRAM contents once.
@@ -215,6 +236,23 @@ mod tests {
 
         let e = MachineSpec::from_config(&config(&["-xen-domid", "1", "-kernel", "/nonexistent/vmlinuz"])).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/vmlinuz"), "{e}");
+    }
+
+    #[test]
+    fn ide_disks_need_a_direct_kernel_boot_and_the_platform_device() {
+        let boot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/boot/mini-bzImage");
+        let k = boot.display().to_string();
+        let disk = "file=/srv/d0.img,if=ide,index=0,media=disk,format=raw,cache=writeback";
+        let parse = |args: &[&str]| match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
+            crate::cli::Command::Run(c) => c,
+            other => panic!("{other:?}"),
+        };
+        assert!(MachineSpec::from_config(&parse(&["-xen-domid", "1", "-kernel", &k, "-drive", disk])).is_ok());
+        let e = MachineSpec::from_config(&parse(&["-xen-domid", "1", "-drive", disk])).unwrap_err().to_string();
+        assert!(e.starts_with("disk xvda (-drive if=ide,index=0)") && e.contains("set kernel="), "{e}");
+        let c = parse(&["-xen-domid", "1", "-kernel", &k, "-machine", "pc,accel=xen", "-drive", disk]);
+        let e = MachineSpec::from_config(&c).unwrap_err().to_string();
+        assert!(e.contains("remove xen_platform_pci=0"), "{e}");
     }
 
     /// Audit 2026-12 section 3: a FIFO as `-kernel` or `-initrd` hung

@@ -62,6 +62,8 @@ impl Checker<'_> {
             self.item("disk", i, item, Verdict::PvOnly, msg, None);
         } else if format == "empty" {
             self.item("disk", i, item, Verdict::Ignored, "an empty non-CD-ROM disk: libxl creates no device", None);
+        } else if let Some((Bus::Xvd | Bus::Hd, n)) = index.filter(|_| emulated) {
+            self.ide_disk(i, item, d, n);
         } else if emulated {
             let ide = match index {
                 Some((Bus::Sd, n)) => format!("file={target},if=scsi,bus=0,unit={n},format={format},cache=writeback"),
@@ -89,6 +91,35 @@ impl Checker<'_> {
         } else {
             let msg = "blkback in dom0 serves it to the guest's blkfront (PV driver); libxl emulates nothing for it";
             self.item("disk", i, item, Verdict::PvOnly, msg, None);
+        }
+    }
+
+    /// `xvda`-`xvdd` (and `hda`-`hdd`): libxl passes `-drive ...,if=ide`
+    /// and exports the same disk as a PV vbd; xendm takes the drive and
+    /// serves the disk through the PV path only, which needs a direct kernel
+    /// boot and the Xen platform device (`machine::spec`).
+    fn ide_disk(&mut self, i: usize, item: &Item, d: &DiskSpec, n: u32) {
+        let vdev = d.vdev.clone().unwrap_or_default();
+        let no_platform = self.get("xen_platform_pci").is_some_and(|(_, v)| v.truthy() == Some(false));
+        if self.get("kernel").is_none() {
+            let msg = format!(
+                "libxl also emulates {vdev} as IDE disk {n}; xendm emulates none and serves it through the guest's \
+                 PV block driver only, which the firmware cannot boot from"
+            );
+            let fix = format!("set kernel= (direct kernel boot), or use vdev=xvde or later; {PV_DISK_FIX}");
+            self.item("disk", i, item, Verdict::Refused, &msg, Some(&fix));
+        } else if no_platform {
+            let msg = format!(
+                "libxl also emulates {vdev} as IDE disk {n}; xendm serves it through the guest's PV block driver, \
+                 which needs the Xen platform device"
+            );
+            self.item("disk", i, item, Verdict::Refused, &msg, Some("remove xen_platform_pci=0"));
+        } else {
+            let msg = format!(
+                "blkback in dom0 serves it to the guest's blkfront (PV driver); libxl also asks for IDE disk {n}, \
+                 which xendm accepts and does not emulate (the guest's PV drivers unplug emulated disks anyway)"
+            );
+            self.item("disk", i, item, Verdict::PvOnly, &msg, None);
         }
     }
 

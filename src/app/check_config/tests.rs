@@ -195,9 +195,9 @@ fn disks_by_vdev_format_and_type() {
         ("format=raw,vdev=xvde,access=rw,target=/dev/vg/g", Verdict::PvOnly),
         ("/dev/vg/g,raw,xvdf,rw", Verdict::PvOnly),
         ("phy:/dev/vg/g,xvdz,w", Verdict::PvOnly),
-        ("format=raw,vdev=xvda,target=/dev/vg/g", Verdict::Refused),
-        ("format=raw,vdev=xvdd,target=/dev/vg/g", Verdict::Refused),
-        ("format=raw,vdev=hdb,target=/dev/vg/g", Verdict::Refused),
+        ("format=raw,vdev=xvda,target=/dev/vg/g", Verdict::PvOnly),
+        ("format=raw,vdev=xvdd,target=/dev/vg/g", Verdict::PvOnly),
+        ("format=raw,vdev=hdb,target=/dev/vg/g", Verdict::PvOnly),
         ("format=raw,vdev=sdc,target=/dev/vg/g", Verdict::Refused),
         ("format=qcow2,vdev=xvde,target=/srv/g.qcow2", Verdict::Refused),
         ("format=vhd,vdev=xvde,target=/srv/g.vhd", Verdict::Refused),
@@ -213,10 +213,20 @@ fn disks_by_vdev_format_and_type() {
         let r = check_text(&base(&format!("disk = [ '{spec}' ]")));
         assert_eq!(r.verdict_of("disk"), Some(verdict), "{spec}: {}", r.render("t"));
     }
+    // xvda-xvdd are PV-only disks for xendm: with a direct kernel boot and
+    // the platform device, not otherwise.
     let r = check_text(&base("disk = [ 'format=raw,vdev=xvda,target=/x' ]"));
     let f = r.findings.iter().find(|f| f.setting.starts_with("disk[0]")).unwrap();
-    assert!(f.message.contains("-drive file=/x,if=ide,index=0"), "{}", f.message);
-    assert!(f.message.contains("not supported by xendm"), "the parser's refusal is quoted: {}", f.message);
+    assert!(f.message.contains("also asks for IDE disk 0"), "{}", f.message);
+    let r = check_text(&base("disk = [ 'format=raw,vdev=xvda,target=/x' ]\nxen_platform_pci = 0"));
+    assert_eq!(r.verdict_of("disk"), Some(Verdict::Refused));
+    let f = r.findings.iter().find(|f| f.setting.starts_with("disk[0]")).unwrap();
+    assert_eq!(f.fix.as_deref(), Some("remove xen_platform_pci=0"));
+    let no_kernel = "type = \"hvm\"\nvga = \"none\"\ndisk = [ 'format=raw,vdev=xvda,target=/x' ]\n";
+    let r = check_text(no_kernel);
+    let f = r.findings.iter().find(|f| f.setting.starts_with("disk[0]")).unwrap();
+    assert_eq!(f.verdict, Verdict::Refused);
+    assert!(f.fix.as_deref().unwrap().starts_with("set kernel="), "{:?}", f.fix);
 }
 
 #[test]
