@@ -108,12 +108,7 @@ mod tests {
     use super::*;
     use std::os::fd::{AsRawFd, IntoRawFd};
 
-    fn config(args: &[&str]) -> Config {
-        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::cli::run_config as config;
 
     fn qmp_fd_config(ids_fds: &[(&str, RawFd)]) -> Config {
         let mut args = vec!["-xen-domid".to_string(), "1".to_string()];

@@ -178,12 +178,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 mod tests {
     use super::*;
 
-    fn config(args: &[&str]) -> Config {
-        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::cli::run_config as config;
 
     #[test]
     fn the_boot_summary_says_what_was_loaded_where_in_plain_words() {

@@ -70,12 +70,7 @@ pub fn remove_sockets(cfg: &Config) {
 mod tests {
     use super::*;
 
-    fn config(args: &[&str]) -> Config {
-        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::cli::run_config as config;
 
     #[test]
     fn monitors_are_listed_as_qemu_lists_them() {

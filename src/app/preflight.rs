@@ -40,12 +40,7 @@ fn check_chroot_dir(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn config(args: &[&str]) -> Config {
-        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::cli::run_config as config;
 
     #[test]
     fn runas_and_chroot_values_are_checked() {

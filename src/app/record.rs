@@ -95,12 +95,7 @@ mod tests {
     use xendm_devices::hv::FakeHypervisor;
     use xendm_devices::mem::TestMemory;
 
-    fn config(args: &[&str]) -> Config {
-        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::cli::run_config as config;
 
     fn spec(c: &Config) -> MachineSpec {
         MachineSpec::from_config(c).unwrap()

@@ -45,6 +45,16 @@ use crate::control::qmp::QmpSocketSpec;
 
 pub use opts::OptsError;
 
+/// For tests across the crate: `args` parsed as a run configuration
+/// (panics on anything else, with what came back).
+#[cfg(test)]
+pub(crate) fn run_config(args: &[&str]) -> Config {
+    match parse(args.iter().map(Into::into)) {
+        Ok(Command::Run(c)) => c,
+        other => panic!("{args:?} is not a run: {other:?}"),
+    }
+}
+
 /// Why an ignored item of [`Config::ignored`] (`-vnc none`, `-chardev ...`)
 /// is harmless, in the words of `--help`; None if the help has no reason.
 pub fn ignored_reason(item: &str) -> Option<&'static str> {

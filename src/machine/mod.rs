@@ -139,19 +139,13 @@ pub fn build(spec: MachineSpec, backends: MachineBackends) -> Result<Machine, Ma
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Config;
     use crate::ioreq::abi::{Ioreq, IoreqKind};
     use crate::ioreq::engine::NoHooks;
     use xendm_devices::hv::FakeHypervisor;
     use xendm_devices::mem::TestMemory;
     use xendm_devices::Sbdf;
 
-    fn config(args: &[&str]) -> Config {
-        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::cli::run_config as config;
 
     fn spec(args: &[&str]) -> MachineSpec {
         MachineSpec::from_config(&config(args)).unwrap()

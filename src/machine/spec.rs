@@ -175,12 +175,7 @@ mod tests {
     use super::*;
     use xendm_fw_cfg::{keys, BootProtocol};
 
-    fn config(args: &[&str]) -> Config {
-        match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::cli::run_config as config;
 
     fn mini_kernel() -> String {
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/boot/mini-bzImage").to_string()
@@ -243,14 +238,10 @@ mod tests {
         let boot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/boot/mini-bzImage");
         let k = boot.display().to_string();
         let disk = "file=/srv/d0.img,if=ide,index=0,media=disk,format=raw,cache=writeback";
-        let parse = |args: &[&str]| match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        };
-        assert!(MachineSpec::from_config(&parse(&["-xen-domid", "1", "-kernel", &k, "-drive", disk])).is_ok());
-        let e = MachineSpec::from_config(&parse(&["-xen-domid", "1", "-drive", disk])).unwrap_err().to_string();
+        assert!(MachineSpec::from_config(&config(&["-xen-domid", "1", "-kernel", &k, "-drive", disk])).is_ok());
+        let e = MachineSpec::from_config(&config(&["-xen-domid", "1", "-drive", disk])).unwrap_err().to_string();
         assert!(e.starts_with("disk xvda (-drive if=ide,index=0)") && e.contains("set kernel="), "{e}");
-        let c = parse(&["-xen-domid", "1", "-kernel", &k, "-machine", "pc,accel=xen", "-drive", disk]);
+        let c = config(&["-xen-domid", "1", "-kernel", &k, "-machine", "pc,accel=xen", "-drive", disk]);
         let e = MachineSpec::from_config(&c).unwrap_err().to_string();
         assert!(e.contains("remove xen_platform_pci=0"), "{e}");
     }

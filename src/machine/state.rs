@@ -303,10 +303,7 @@ mod tests {
         let kernel = boot.join("mini-bzImage").display().to_string();
         let mut args = vec!["-xen-domid", "1", "-m", "32", "-serial", "null", "-serial", "null", "-kernel", &kernel];
         args.extend_from_slice(extra);
-        let config = match crate::cli::parse(args.iter().map(Into::into)).unwrap() {
-            crate::cli::Command::Run(c) => c,
-            other => panic!("{other:?}"),
-        };
+        let config = crate::cli::run_config(&args);
         let backends = MachineBackends {
             hv: Arc::new(FakeHypervisor::new()),
             mem: Arc::new(TestMemory::pc(32 << 20).unwrap()),
