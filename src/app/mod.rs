@@ -169,6 +169,17 @@ fn open_serial_backends(spec: &MachineSpec) -> Result<Vec<Chardev>> {
     spec.serials.iter().map(|s| Chardev::open(s).with_context(|| format!("-serial {s:?}"))).collect()
 }
 
+/// For tests that need a process of their own (a signal disposition, an
+/// abort, a seccomp filter): the test binary runs one of its tests again,
+/// alone, in a child process, with `key=value` in its environment for the
+/// test to recognise itself by.
+#[cfg(test)]
+pub(crate) fn test_in_child(test: &str, key: &str, value: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap_or_default());
+    c.args(["--exact", test, "--nocapture", "--test-threads=1"]).env(key, value);
+    c
+}
+
 /// The single-threaded runtime QMP and the signal wait run on.
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")

@@ -98,11 +98,7 @@ mod tests {
             child();
             return;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", CHILD, "--nocapture", "--test-threads=1"])
-            .env("XENDM_TEST_CHILD", CHILD)
-            .output()
-            .unwrap();
+        let out = crate::app::test_in_child(CHILD, "XENDM_TEST_CHILD", CHILD).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), None, "the child was killed by a signal\n{stdout}\n{stderr}");

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use super::allowlist::{self, Role, IOCTL_PRIVCMD_DM_OP, IOCTL_PRIVCMD_HYPERCALL};
 use super::*;
@@ -15,10 +15,7 @@ const CHILD_ENV: &str = "XENDM_SANDBOX_CHILD";
 
 /// Runs [`child`] with `case` in a new process of this test binary.
 fn run_child(case: &str) -> Output {
-    let exe = std::env::current_exe().unwrap();
-    Command::new(exe)
-        .args(["--exact", "app::sandbox::tests::child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, case)
+    crate::app::test_in_child("app::sandbox::tests::child", CHILD_ENV, case)
         .env_remove("XENDM_SECCOMP")
         .output()
         .unwrap()
