@@ -67,7 +67,7 @@ pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     let domid = guest_domid(&cfg)?;
 
     // 1. The plan, serial backends and the trace: no Xen, no guest.
-    preflight::check_privilege_options(&cfg)?;
+    let runas = preflight::check_privilege_options(&cfg)?;
     let spec = plan_machine(&cfg)?;
     let serial = open_serial_backends(&spec)?;
     let trace = TraceFile::create(&cfg, argv, &spec)?;
@@ -81,7 +81,7 @@ pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     let server = setup::create_ioreq_server(&xen, &mut machine)?;
 
     // 4-5. QMP, enable, ioreq thread, announce, serve, stop.
-    serve::serve(&cfg, domid, machine, server, &serial, inherited)
+    serve::serve(&cfg, domid, machine, server, &serial, inherited, runas)
 }
 
 /// The start-up log line (argv as given) and the ignored options.

@@ -10,22 +10,22 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::privileges::resolve_runas;
+use super::privileges::{resolve_runas, RunAs};
 use crate::cli::Config;
 
-/// Checks `-runas` and `-chroot` (see the module docs).
+/// Checks `-runas` and `-chroot` (see the module docs) and returns the
+/// `-runas` user as resolved, for the privilege drop at the end of
+/// start-up.
 ///
 /// # Errors
 /// An unknown user, uid 0, a malformed `UID:GID`, a chroot that is missing
 /// or not a directory; each names the option.
-pub fn check_privilege_options(cfg: &Config) -> Result<()> {
-    if let Some(user) = &cfg.runas {
-        resolve_runas(user)?;
-    }
+pub fn check_privilege_options(cfg: &Config) -> Result<Option<RunAs>> {
+    let runas = cfg.runas.as_deref().map(resolve_runas).transpose()?;
     if let Some(dir) = &cfg.chroot {
         check_chroot_dir(dir)?;
     }
-    Ok(())
+    Ok(runas)
 }
 
 fn check_chroot_dir(dir: &Path) -> Result<()> {

@@ -46,13 +46,13 @@ pub struct RunAs {
 }
 
 /// `-xen-domid-restrict`, `-chroot`, `-runas`, in QEMU's order, once every
-/// file is read, every Xen handle open and every socket bound. `-runas` is
-/// resolved first, while the user database is still reachable.
+/// file is read, every Xen handle open and every socket bound. `runas` is
+/// `-runas` as phase 1 resolved it (`preflight.rs`), while the user
+/// database was still reachable.
 ///
 /// # Errors
-/// If the user cannot be resolved or a step fails.
-pub fn drop_privileges(cfg: &Config, domid: u16) -> anyhow::Result<()> {
-    let runas = cfg.runas.as_deref().map(resolve_runas).transpose()?;
+/// If a step fails.
+pub fn drop_privileges(cfg: &Config, domid: u16, runas: Option<&RunAs>) -> anyhow::Result<()> {
     if cfg.domid_restrict {
         crate::xen::sys::restrict_all(domid).context("restricting the Xen handles to the guest")?;
         info!(domid, "Xen handles restricted to the guest");
@@ -61,7 +61,7 @@ pub fn drop_privileges(cfg: &Config, domid: u16) -> anyhow::Result<()> {
         chroot(dir)?;
         info!(dir = %dir.display(), "chroot done");
     }
-    if let Some(r) = &runas {
+    if let Some(r) = runas {
         become_user(r)?;
         info!(uid = r.uid, gid = r.gid, "running as an unprivileged user");
     }

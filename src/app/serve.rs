@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use super::control::{wait_for_end, Control};
 use super::inherited::InheritedFds;
+use super::privileges::RunAs;
 use super::sandbox::{Sandbox, ThreadGate};
 use super::{monitors, privileges, runtime, xenstore_work};
 use crate::cli::Config;
@@ -41,6 +42,7 @@ pub fn serve(
     server: IoreqServer,
     serial: &[Chardev],
     mut inherited: InheritedFds,
+    runas: Option<RunAs>,
 ) -> Result<()> {
     let quit = Arc::new(Notify::new());
     let ctl = Arc::new(Control::new(
@@ -67,7 +69,7 @@ pub fn serve(
         ctl.set_xenstore_announce(xenstore_work::announcer(xs.clone(), domid)?);
         crate::xen::pvbackends::spawn_vkbd_closer(xs.clone(), u32::from(domid)).context("starting the vkbd thread")?;
     }
-    privileges::drop_privileges(cfg, domid)?;
+    privileges::drop_privileges(cfg, domid, runas.as_ref())?;
     sandbox.lock_down()?;
 
     // The sockets listen already, so the announce may come before QMP
