@@ -132,7 +132,7 @@ fn boot_summary(cfg: &Config, spec: &MachineSpec) -> String {
     let l = &spec.layout;
     let ram = format!(
         "guest RAM {} MiB ({:#x} bytes below 4 GiB, {:#x} above)",
-        (l.below_4g + l.above_4g) >> 20,
+        l.below_4g.saturating_add(l.above_4g) >> 20,
         l.below_4g,
         l.above_4g
     );
