@@ -60,16 +60,7 @@ fn sha256_of(path: &Path) -> Option<String> {
         return None;
     }
     let mut hasher = Sha256::new();
-    let mut limited = file.take(MAX_CANDIDATE);
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match limited.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(buf.get(..n)?),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
+    std::io::copy(&mut file.take(MAX_CANDIDATE), &mut hasher).ok()?;
     Some(hex::encode(hasher.finalize()))
 }
 
