@@ -39,7 +39,6 @@
 //!   masked while the 100 ms timer runs (QEMU's way of rate-limiting VGA
 //!   write storms); the timer is kept as a safety net.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
@@ -152,7 +151,10 @@ pub struct LoopStats {
 pub struct ServerCore {
     sync: SyncPage,
     ring: Option<BufferedPage>,
-    vcpu_by_port: HashMap<u32, u32>,
+    /// `(local port, vCPU)`, sorted by port: a binary search per request
+    /// costs a few instructions where hashing the port cost ~100
+    /// (`benches/serve_loop.rs`, docs/benchmarks.md).
+    vcpu_by_port: Vec<(u32, u32)>,
     buffered_port: Option<u32>,
     ring_busy: bool,
     stats: LoopStats,
@@ -163,7 +165,8 @@ pub struct ServerCore {
 impl ServerCore {
     /// A core over the two pages; `vcpu_ports[i]` is vCPU `i`'s local port.
     pub fn new(sync: SyncPage, ring: Option<BufferedPage>, vcpu_ports: &[u32], buffered_port: Option<u32>) -> Self {
-        let vcpu_by_port = vcpu_ports.iter().zip(0u32..).map(|(&p, v)| (p, v)).collect();
+        let mut vcpu_by_port: Vec<(u32, u32)> = vcpu_ports.iter().zip(0u32..).map(|(&p, v)| (p, v)).collect();
+        vcpu_by_port.sort_unstable();
         Self {
             sync,
             ring,
@@ -174,6 +177,12 @@ impl ServerCore {
             unknown_log: RateLimit::per_second(),
             xen_log: RateLimit::per_second(),
         }
+    }
+
+    /// The vCPU whose port `port` is.
+    fn vcpu_of(&self, port: u32) -> Option<u32> {
+        let i = self.vcpu_by_port.binary_search_by_key(&port, |&(p, _)| p).ok()?;
+        self.vcpu_by_port.get(i).map(|&(_, v)| v)
     }
 
     /// The counters so far.
@@ -205,7 +214,7 @@ impl ServerCore {
             if Some(port) == self.buffered_port {
                 self.xen_call("xenevtchn_unmask", t.unmask(port));
                 self.drain(h, t);
-            } else if let Some(&vcpu) = self.vcpu_by_port.get(&port) {
+            } else if let Some(vcpu) = self.vcpu_of(port) {
                 self.xen_call("xenevtchn_unmask", t.unmask(port));
                 self.serve_vcpu(vcpu, port, h, t);
             } else {
