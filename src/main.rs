@@ -11,11 +11,13 @@ use anyhow::{Context, Result};
 use tracing::error;
 use xendm::cli::{self, Command};
 
-/// Process set-up before anything else runs: SIGXFSZ ignored (so a full
+/// Process set-up before anything else runs: the start instant
+/// (`xendm::app::clock`), SIGXFSZ ignored (so a full
 /// log or serial file cannot kill us), the budgeted log, the panic hook
 /// that ends the whole process (`xendm::app::signals`, `logging`,
 /// `panics`).
 fn init_process() {
+    xendm::app::clock::mark_start();
     let signal = xendm::app::signals::ignore_file_size_signal();
     xendm::app::logging::init();
     xendm::app::panics::install();

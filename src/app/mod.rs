@@ -27,6 +27,7 @@
 //! `-machine none` (the libxl 4.20 probe) only serves QMP (`probe.rs`).
 
 pub mod check_config;
+pub mod clock;
 mod control;
 pub mod inherited;
 pub mod logging;

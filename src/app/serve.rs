@@ -77,7 +77,7 @@ pub fn serve(
     let result = announce_start(cfg, xs.as_deref(), domid).and_then(|()| {
         rt.block_on(async {
             monitors::serve(listeners, &ctl)?;
-            info!(domid, vcpus, "device model running");
+            info!(domid, vcpus, startup_ms = crate::app::clock::since_start_ms(), "device model running");
             wait_for_end(&quit).await;
             anyhow::Ok(())
         })
