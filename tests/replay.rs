@@ -388,3 +388,24 @@ fn a_tampered_trace_fails_at_the_right_record() {
     let e = trace::replay(&path, &MachineRebuilder { dirs: replay_dirs() }).unwrap_err().to_string();
     assert!(e.contains("record 0") && e.contains("expected: 305627271") && e.contains("actual:   305627270"), "{e}");
 }
+
+/// The boot timeline (`xendm::ioreq::timeline`) finds every phase, in boot
+/// order, in the requests of the committed lab boot under real Xen.
+#[test]
+fn lab_trace_shows_every_boot_phase_in_order() {
+    use xendm::ioreq::timeline::{BootTimeline, Phase};
+    let path = root().join("tests/traces/lab-boot-linux61-xendm.jsonl.gz");
+    let mut t = BootTimeline::new();
+    let mut seen = Vec::new();
+    for rec in TraceReader::open(&path).unwrap() {
+        let rec = rec.unwrap();
+        if !rec.buffered {
+            for p in t.see(&rec.req) {
+                seen.push((p, rec.i));
+            }
+        }
+    }
+    let phases: Vec<Phase> = seen.iter().map(|&(p, _)| p).collect();
+    assert_eq!(phases, Phase::ALL, "phases and the records that started them: {seen:?}");
+    eprintln!("boot phases by record: {seen:?}");
+}

@@ -41,6 +41,7 @@ pub mod sandbox;
 mod serve;
 mod setup;
 pub mod signals;
+mod timeline;
 mod xenstore_work;
 
 use std::ffi::OsString;

@@ -17,6 +17,7 @@ use super::control::{wait_for_end, Control};
 use super::inherited::InheritedFds;
 use super::privileges::RunAs;
 use super::sandbox::{Sandbox, ThreadGate};
+use super::timeline::TimedEngine;
 use super::{monitors, privileges, runtime, xenstore_work};
 use crate::cli::Config;
 use crate::control::chardev::Chardev;
@@ -163,7 +164,7 @@ impl IoreqThread {
                 let mut engine = engine;
                 match gate.enter() {
                     Ok(()) => {
-                        if let Err(e) = server.run(&mut engine, &stop2) {
+                        if let Err(e) = server.run(&mut TimedEngine::new(&mut engine), &stop2) {
                             error!("ioreq server stopped: {e}");
                         }
                     }

@@ -100,5 +100,10 @@ pub fn create_ioreq_server(xen: &XenHandles, m: &mut Machine) -> Result<IoreqSer
     let evtchn = EventChannels::open(xen.domid).context("opening event channels")?;
     let server = IoreqServer::create(xen.dm.clone(), fmem, evtchn, m.max_vcpus).context("creating the ioreq server")?;
     server.register(m.engine.bus_mut()).context("claiming I/O ranges")?;
+    tracing::info!(
+        phase = "ioreq_server",
+        t_ms = super::clock::since_start_ms(),
+        "boot timeline: ioreq server up, ranges claimed"
+    );
     Ok(server)
 }

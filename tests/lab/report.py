@@ -32,6 +32,15 @@ def read_text(path):
         return None
 
 
+def number_or_text(val):
+    for conv in (int, float):
+        try:
+            return conv(val)
+        except ValueError:
+            pass
+    return val
+
+
 def load(out, scenario, boot_error):
     rec = {"scenario": scenario, "pass": False}
     for k in NUMERIC + INTEGER + TEXT:
@@ -61,6 +70,9 @@ def load(out, scenario, boot_error):
                 rec[key] = int(val)
             except ValueError:
                 pass
+        elif key != "scenario":
+            # a scenario group's own figures: numbers where they parse
+            rec[key] = number_or_text(val)
     rec["error"] = read_text(os.path.join(d, "error.txt")) or None
     steps = read_text(os.path.join(d, "steps.txt"))
     if steps:
@@ -112,6 +124,10 @@ def main():
     for r in recs:
         for s in r.get("steps", []):
             print(f"  {r['scenario']}: {s}")
+        tl = [(k[3:-3], v) for k, v in r.items() if k.startswith("tl_") and k.endswith("_ms")]
+        if tl:
+            print(f"  {r['scenario']}: boot timeline (ms since xendm started): "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(tl, key=lambda kv: kv[1])))
     bad = 0
     for r in recs:
         if r["pass"]:
