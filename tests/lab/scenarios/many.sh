@@ -40,7 +40,7 @@ many_boot() {
   [ -s "$R/error.txt" ] || put pass true
 }
 
-# many_wait COUNT T0_CS: every guest's PASS line, bounded by LAB_MARKER_TIMEOUT
+# many_wait COUNT T0_CS: every guest's PASS line, bounded by LAB_MANY_TIMEOUT
 many_wait() {
   mn_left=$1; mn_min=; mn_max=; mn_times=
   while [ "$mn_left" -gt 0 ]; do
@@ -63,8 +63,8 @@ many_wait() {
     done
     [ "$mn_left" -eq 0 ] && break
     now
-    if [ $((NOW - $2)) -ge $((LAB_MARKER_TIMEOUT * 100)) ]; then
-      fail "$mn_left of $1 guests printed no GUEST-RESULT within ${LAB_MARKER_TIMEOUT}s"; return 1
+    if [ $((NOW - $2)) -ge $((LAB_MANY_TIMEOUT * 100)) ]; then
+      fail "$mn_left of $1 guests printed no GUEST-RESULT within ${LAB_MANY_TIMEOUT}s"; return 1
     fi
     usleep 500000
   done
@@ -76,15 +76,17 @@ many_wait() {
 
 # many_sample COUNT: the DMs' memory while every guest runs
 many_sample() {
-  mn_i=1; mn_rss=0; mn_pd=0; mn_seen=0
+  mn_i=1; mn_rss=0; mn_pd=0; mn_anon=0; mn_seen=0
   while [ "$mn_i" -le "$1" ]; do
     mn_dom=$(domid_of "$S-$mn_i"); mn_pid=
     [ -n "$mn_dom" ] && mn_pid=$(dm_pid_of "$mn_dom")
     if [ -n "$mn_pid" ] && [ -r "/proc/$mn_pid/status" ]; then
       mn_r=$(awk '/^VmRSS:/ {print $2}' "/proc/$mn_pid/status")
       mn_p=$(awk '/^Private_Dirty:/ {print $2}' "/proc/$mn_pid/smaps_rollup" 2>/dev/null)
+      mn_a=$(awk '/^Anonymous:/ {print $2}' "/proc/$mn_pid/smaps_rollup" 2>/dev/null)
+      mn_anon=$((mn_anon + ${mn_a:-0}))
       mn_rss=$((mn_rss + ${mn_r:-0})); mn_pd=$((mn_pd + ${mn_p:-0})); mn_seen=$((mn_seen + 1))
-      echo "guest $mn_i domid $mn_dom DM pid $mn_pid VmRSS ${mn_r:-?} KiB Private_Dirty ${mn_p:-?} KiB" >>"$R/dm-memory.txt"
+      echo "guest $mn_i domid $mn_dom DM pid $mn_pid VmRSS ${mn_r:-?} KiB Private_Dirty ${mn_p:-?} KiB Anonymous ${mn_a:-?} KiB" >>"$R/dm-memory.txt"
     fi
     mn_i=$((mn_i + 1))
   done
@@ -93,7 +95,9 @@ many_sample() {
   put dm_total_private_dirty_kib "$mn_pd"
   put dm_vmrss_kib $((mn_rss / mn_seen))
   put dm_private_dirty_kib $((mn_pd / mn_seen))
-  stepres "DM memory for $mn_seen guests: VmRSS total $mn_rss KiB (mean $((mn_rss / mn_seen))), Private_Dirty total $mn_pd KiB (mean $((mn_pd / mn_seen)))"
+  put dm_total_anon_kib "$mn_anon"
+  put dm_anon_kib $((mn_anon / mn_seen))
+  stepres "DM memory for $mn_seen guests: VmRSS total $mn_rss KiB (mean $((mn_rss / mn_seen))), Private_Dirty total $mn_pd KiB (mean $((mn_pd / mn_seen))), Anonymous total $mn_anon KiB (mean $((mn_anon / mn_seen)))"
 }
 
 # many_destroy COUNT
