@@ -6,6 +6,13 @@
 //! [`TimedEngine`] sits between the ioreq server and the engine: it looks
 //! at each synchronous request until every phase has been seen, then only
 //! checks one flag per request.
+//!
+//! One line is logged after the fact: `rom_done`, the time of the boot ROM's
+//! last request, written when the kernel's first I/O shows that the ROM had
+//! finished. Between the two the guest makes no I/O at all: that gap is the
+//! kernel's decompressor and early start-up, and the ROM's part (copying the
+//! kernel, initrd and command line by fw_cfg DMA) is `boot_rom` to
+//! `rom_done`.
 
 use xendm_devices::bus::RangeChange;
 
@@ -13,32 +20,47 @@ use super::clock;
 use crate::ioreq::abi::Ioreq;
 use crate::ioreq::engine::Engine;
 use crate::ioreq::handler::{BufferedRing, IoreqHandler};
-use crate::ioreq::timeline::BootTimeline;
+use crate::ioreq::timeline::{BootTimeline, Phase};
 
 /// The engine, with the boot timeline logged on the way.
 pub struct TimedEngine<'a> {
     engine: &'a mut Engine,
     timeline: BootTimeline,
+    /// When the boot ROM last made a request (ms since start).
+    rom_last_ms: u64,
 }
 
 impl<'a> TimedEngine<'a> {
     /// Wraps `engine`; nothing has been seen yet.
     pub fn new(engine: &'a mut Engine) -> Self {
-        Self { engine, timeline: BootTimeline::new() }
+        Self { engine, timeline: BootTimeline::new(), rom_last_ms: 0 }
+    }
+}
+
+impl TimedEngine<'_> {
+    fn observe(&mut self, req: &Ioreq) {
+        let now = clock::since_start_ms();
+        for phase in self.timeline.see(req) {
+            if phase == Phase::KernelEntry {
+                tracing::info!(
+                    phase = "rom_done",
+                    t_ms = self.rom_last_ms,
+                    "boot timeline: the boot ROM's last request (kernel, initrd and command line copied); \
+                     until kernel_entry the kernel decompresses itself and starts"
+                );
+            }
+            tracing::info!(phase = phase.key(), t_ms = now, "boot timeline: {}", phase.describe());
+        }
+        if self.timeline.in_boot_rom() {
+            self.rom_last_ms = now;
+        }
     }
 }
 
 impl IoreqHandler for TimedEngine<'_> {
     fn handle(&mut self, vcpu: u32, req: &Ioreq) -> u64 {
         if !self.timeline.done() {
-            for phase in self.timeline.see(req) {
-                tracing::info!(
-                    phase = phase.key(),
-                    t_ms = clock::since_start_ms(),
-                    "boot timeline: {}",
-                    phase.describe()
-                );
-            }
+            self.observe(req);
         }
         self.engine.handle(vcpu, req)
     }

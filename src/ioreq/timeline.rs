@@ -122,6 +122,13 @@ impl BootTimeline {
         self.seen & phase.bit() != 0
     }
 
+    /// Whether the boot ROM is running: it has started and the kernel has
+    /// not made its first I/O yet (every request in between is the ROM's
+    /// fw_cfg traffic).
+    pub const fn in_boot_rom(&self) -> bool {
+        self.has(Phase::BootRom) && !self.has(Phase::KernelEntry)
+    }
+
     /// Looks at one synchronous request; returns the phases it starts, in
     /// order (at most two: the very first request can also start another).
     pub fn see(&mut self, req: &Ioreq) -> Vec<Phase> {
@@ -217,7 +224,9 @@ mod tests {
         t.see(&inp(0x511, 1));
         t.see(&out(0x518, 4, 0));
         assert!(t.has(Phase::BootRom) && !t.has(Phase::KernelEntry));
+        assert!(t.in_boot_rom());
         assert_eq!(t.see(&out(0x80, 1, 0)), [Phase::KernelEntry]);
+        assert!(!t.in_boot_rom());
     }
 
     #[test]
