@@ -34,6 +34,22 @@ pub(super) const NO_CDROM: &str = "emulated CD-ROMs are not implemented; remove 
 const NO_RO_DISK: &str = "libxl emits no read-only IDE or AHCI disk (qemu-xen does not support them); give the \
      disk as vdev=xvde or later with access=ro";
 
+/// libxl passes a format other than raw (`host_device` in a stubdom) only
+/// for a disk its qdisk backend serves (`xen-toolstack.md` 3.1, 3.5), and
+/// xendm has no qdisk backend: the guest would have no disk at all.
+fn check_format(format: Option<&str>) -> Result<(), CliError> {
+    match format {
+        None | Some("raw" | "host_device") => Ok(()),
+        Some(f) => Err(unsupported(
+            "-drive",
+            "format",
+            f,
+            "libxl serves such a disk with QEMU's qdisk backend, which xendm does not have; convert the image \
+             (qemu-img convert -O raw) and give the disk as format=raw, so libxl uses blkback",
+        )),
+    }
+}
+
 /// The NIC models accepted with `-netdev type=tap`: libxl's default
 /// (`rtl8139`), the other one its manual names (`e1000`), and the PCI NICs
 /// of QEMU's x86 build that QEMU's unplug removes (`pci_unplug_nics`
@@ -54,6 +70,7 @@ pub const IFNAME_MAX: usize = 15;
 struct NoneDrive {
     id: String,
     file: String,
+    format: Option<String>,
     readonly: bool,
     used: bool,
 }
@@ -185,7 +202,8 @@ impl DeviceArgs {
                 if self.none_drives.iter().any(|d| d.id == id) {
                     return Err(invalid(OPT, format!("drive id '{id}' given twice")));
                 }
-                self.none_drives.push(NoneDrive { id, file, readonly, used: false });
+                let format = o.get("format").map(str::to_string);
+                self.none_drives.push(NoneDrive { id, file, format, readonly, used: false });
                 return Ok(());
             }
             "scsi" => DiskBus::Scsi { id: scsi_unit(&o)? },
@@ -196,6 +214,7 @@ impl DeviceArgs {
                 DiskBus::Ide { index: ide_index(&o)? }
             }
         };
+        check_format(o.get("format"))?;
         self.disks.push(EmulatedDisk { bus, file, readonly });
         Ok(())
     }
@@ -355,6 +374,7 @@ impl DeviceArgs {
             return Err(CliError::Inconsistent(format!("{}: no -drive if=none,id={} for it", dev.text, dev.drive)));
         };
         drive.used = true;
+        check_format(drive.format.as_deref())?;
         if drive.readonly && matches!(dev.bus, DiskBus::Ahci { .. }) {
             return Err(refused("-drive", NO_RO_DISK));
         }

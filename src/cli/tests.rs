@@ -1080,6 +1080,22 @@ fn disk_argv_that_libxl_would_not_emit_is_refused_with_the_reason() {
     }
     assert!(case(&["-drive", "file=/d.img,if=ide,index=4,media=disk"]).contains("IDE index 4"));
     assert!(case(&["-drive", "file=/a,index=1", "-drive", "file=/b,index=1"]).contains("disk xvdb given twice"));
+    // A format other than raw: libxl's qdisk backend, which xendm does not have.
+    assert_eq!(
+        case(&["-drive", "file=/g.qcow2,if=ide,index=0,media=disk,format=qcow2,cache=writeback"]),
+        "-drive: unsupported format 'qcow2' (libxl serves such a disk with QEMU's qdisk backend, which xendm does \
+         not have; convert the image (qemu-img convert -O raw) and give the disk as format=raw, so libxl uses \
+         blkback)"
+    );
+    let vhd_scsi = [
+        "-device",
+        "lsi53c895a",
+        "-drive",
+        "file=/s.vhd,id=scsi0-hd0,format=vpc,if=none,readonly=off,cache=writeback",
+        "-device",
+        "scsi-hd,drive=scsi0-hd0,scsi-id=0",
+    ];
+    assert!(case(&vhd_scsi).starts_with("-drive: unsupported format 'vpc'"));
     assert!(case(&["-drive", "file=/a,if=none"]).contains("missing parameter 'id'"));
     assert!(case(&["-drive", "file=/a,if=none,id=x", "-drive", "file=/b,if=none,id=x"]).contains("'x' given twice"));
     assert!(case(&["-drive", "file=/a,media=tape"]).contains("media 'tape'"));
