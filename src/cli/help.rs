@@ -149,7 +149,7 @@ pub(super) const DOCS: &[OptDoc] = &[
          (AHCI) or scsi-hd naming it; if=scsi,unit=N (older libxl). It is the guest's PV disk too, so it is \
          not emulated but served through the guest's PV block driver (blkfront), and \
          -kernel and the Xen platform device are required. CD-ROMs (media=cdrom, ide-cd), read-only IDE/AHCI \
-         disks and other interfaces are refused.",
+         disks, formats other than raw (libxl's qdisk disks) and other interfaces are refused.",
     ),
     doc(
         &["device"],

@@ -1172,6 +1172,15 @@ fn libxls_nic_pair_is_recorded_with_its_tap() {
 }
 
 #[test]
+fn the_help_lists_every_accepted_nic_model() {
+    let help = help::help_text().replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for model in crate::cli::NIC_MODELS {
+        assert!(help.contains(&format!("{model},")) || help.contains(&format!("{model})")), "{model}");
+    }
+}
+
+#[test]
 fn nic_argv_that_does_not_pair_or_is_unknown_is_refused_naming_both() {
     let case = |extra: &[&str]| parse(with_domid(extra)).unwrap_err().to_string();
     let dev = "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:00:00:01";

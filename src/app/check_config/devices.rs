@@ -63,18 +63,18 @@ impl Checker<'_> {
             self.item("disk", i, item, Verdict::PvOnly, msg, None);
         } else if format == "empty" {
             self.item("disk", i, item, Verdict::Ignored, "an empty non-CD-ROM disk: libxl creates no device", None);
+        } else if QDISK_FORMATS.contains(&format.as_str()) || d.backendtype.as_deref() == Some("qdisk") {
+            let msg = "this disk needs the qdisk backend (QEMU's, for image formats and backendtype=qdisk), which the \
+                       device model of an HVM guest serves; xendm serves none (it marks the backend Closed, so the \
+                       guest does not wait for it at boot) and the guest has no such disk";
+            let fix = "convert the image to raw (qemu-img convert -O raw) and use format=raw,backendtype=phy";
+            self.item("disk", i, item, Verdict::Refused, msg, Some(fix));
         } else if let Some((bus, n)) = index.filter(|_| emulated) {
             let what = if matches!(bus, Bus::Sd) { "SCSI" } else { "IDE" };
             self.emulated_disk(i, item, d, what, n);
         } else if index.is_none() {
             let msg = "no vdev xl understands (xvdX, hdX or sdX)";
             self.item("disk", i, item, Verdict::Refused, msg, Some(PV_DISK_FIX));
-        } else if QDISK_FORMATS.contains(&format.as_str()) || d.backendtype.as_deref() == Some("qdisk") {
-            let msg = "this disk needs the qdisk backend (QEMU's, for image formats and backendtype=qdisk), which the \
-                       device model of an HVM guest serves; xendm serves none, so the guest waits minutes at boot and \
-                       has no disk";
-            let fix = "convert the image to raw (qemu-img convert -O raw) and use format=raw,backendtype=phy";
-            self.item("disk", i, item, Verdict::Refused, msg, Some(fix));
         } else {
             let msg = "blkback in dom0 serves it to the guest's blkfront (PV driver); libxl emulates nothing for it";
             self.item("disk", i, item, Verdict::PvOnly, msg, None);

@@ -202,6 +202,8 @@ fn disks_by_vdev_format_and_type() {
         ("format=qcow2,vdev=xvde,target=/srv/g.qcow2", Verdict::Refused),
         ("format=vhd,vdev=xvde,target=/srv/g.vhd", Verdict::Refused),
         ("format=qed,vdev=xvde,target=/srv/g.qed", Verdict::Refused),
+        ("format=qcow2,vdev=xvda,target=/srv/g.qcow2", Verdict::Refused),
+        ("format=raw,vdev=xvda,backendtype=qdisk,target=/srv/g.img", Verdict::Refused),
         ("format=qcow,vdev=xvde,target=/srv/g.qcow", Verdict::Refused),
         ("format=raw,vdev=xvde,backendtype=qdisk,target=/srv/g.img", Verdict::Refused),
         ("/srv/cd.iso,,hdc,cdrom", Verdict::Refused),
