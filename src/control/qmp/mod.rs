@@ -22,16 +22,15 @@
 //! Where we differ from QEMU:
 //! * no asynchronous events are ever sent (libxl ignores them);
 //! * no out-of-band execution (`oob` is not offered);
-//! * `query-cpus-fast` reports the DM's process id as every vCPU's
-//!   `thread-id` (we have no per-vCPU threads) and `qom-path`
-//!   `/machine/unattached/device[2 + index]` (vCPU 0 is `device[2]` in the
-//!   lab capture; libxl reads only `cpu-index`);
+//! * the vCPU commands (`query-cpus-fast`, `query-hotpluggable-cpus`,
+//!   `device_add` of a CPU, `cpu-add`) differ as `vcpus.rs` says;
 //! * input handling (the 1 MiB cap, recovery after malformed JSON, when input
 //!   is parsed) is described in `session.rs`.
 //!
 //! * `limits.rs` - clients per socket, timeouts, eviction;
 //! * `session.rs` - one connection's protocol state: framing, negotiation;
 //! * `commands.rs` - the commands, their reply payloads, the greeting;
+//! * `vcpus.rs` - the vCPU commands (`xl vcpu-set`);
 //! * `encode.rs` - replies in QEMU's exact bytes.
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -52,8 +51,10 @@ mod commands;
 mod encode;
 mod limits;
 mod session;
+mod vcpus;
 
 pub use limits::QmpLimits;
+pub use vcpus::{FixedVcpus, HotAddError, VcpuControl, VcpuSet, CPU_TYPE};
 
 use commands::greeting;
 use encode::encode;
@@ -220,8 +221,13 @@ pub trait VmControl: Send + Sync {
     fn stop(&self) -> Result<(), String>;
     /// Every character device, including the QMP monitors themselves.
     fn chardevs(&self) -> Vec<ChardevInfo>;
-    /// Number of vCPUs.
-    fn vcpus(&self) -> u32;
+    /// The guest's vCPUs: present ones and the maximum.
+    fn vcpus(&self) -> VcpuSet;
+    /// Hot-adds vCPU `index` (QMP `device_add` of a CPU, `cpu-add`).
+    ///
+    /// # Errors
+    /// See [`HotAddError`].
+    fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError>;
     /// Asks the device model to exit (called after the reply is sent).
     fn quit(&self);
 }
@@ -448,8 +454,11 @@ mod tests {
         fn chardevs(&self) -> Vec<ChardevInfo> {
             self.chardevs.clone()
         }
-        fn vcpus(&self) -> u32 {
-            self.vcpus
+        fn vcpus(&self) -> VcpuSet {
+            VcpuSet::fixed(self.vcpus)
+        }
+        fn hot_add_vcpu(&self, _index: u32) -> Result<(), HotAddError> {
+            Err(HotAddError::Unsupported)
         }
         fn quit(&self) {
             self.calls.lock().unwrap().push("quit");
@@ -871,7 +880,17 @@ mod tests {
         assert_eq!(v["return"]["qemu"], serde_json::json!({"major": 7, "minor": 2, "micro": 0}));
         let cmds = c.call(r#"{"execute":"query-commands","id":5}"#).await;
         let names: Vec<&str> = cmds["return"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        for n in ["qmp_capabilities", "query-chardev", "cont", "query-vnc", "query-cpus-fast", "quit"] {
+        for n in [
+            "qmp_capabilities",
+            "query-chardev",
+            "cont",
+            "query-vnc",
+            "query-cpus-fast",
+            "query-hotpluggable-cpus",
+            "device_add",
+            "cpu-add",
+            "quit",
+        ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
     }
