@@ -544,7 +544,7 @@ mod tests {
     /// machine of the same `maxcpus`; a machine that cannot have it refuses.
     #[test]
     fn hot_added_vcpus_are_saved_and_restored() {
-        let mut a = machine(&["-smp", "1,maxcpus=4"]);
+        let a = machine(&["-smp", "1,maxcpus=4"]);
         a.vcpu_control().hot_add_vcpu(3).unwrap();
         let blob = a.save_devices().unwrap();
         let mut b = machine(&["-smp", "1,maxcpus=4"]);

@@ -413,7 +413,7 @@ mod tests {
     struct FakeVm {
         state: Mutex<RunState>,
         calls: Mutex<Vec<&'static str>>,
-        vcpus: u32,
+        vcpus: Mutex<VcpuSet>,
         chardevs: Vec<ChardevInfo>,
         fail_stop: bool,
     }
@@ -423,7 +423,7 @@ mod tests {
             Self {
                 state: Mutex::new(RunState::Prelaunch),
                 calls: Mutex::new(Vec::new()),
-                vcpus,
+                vcpus: Mutex::new(VcpuSet::fixed(vcpus)),
                 chardevs: capture_chardevs(),
                 fail_stop: false,
             }
@@ -455,10 +455,20 @@ mod tests {
             self.chardevs.clone()
         }
         fn vcpus(&self) -> VcpuSet {
-            VcpuSet::fixed(self.vcpus)
+            self.vcpus.lock().unwrap().clone()
         }
-        fn hot_add_vcpu(&self, _index: u32) -> Result<(), HotAddError> {
-            Err(HotAddError::Unsupported)
+        fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError> {
+            self.calls.lock().unwrap().push("hot-add");
+            let mut set = self.vcpus.lock().unwrap();
+            if index >= set.max {
+                return Err(HotAddError::OutOfRange { index, max: set.max });
+            }
+            if set.present.contains(&index) {
+                return Err(HotAddError::AlreadyPresent { index });
+            }
+            set.present.push(index);
+            set.present.sort_unstable();
+            Ok(())
         }
         fn quit(&self) {
             self.calls.lock().unwrap().push("quit");
@@ -893,6 +903,45 @@ mod tests {
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
+    }
+
+    /// `xl vcpu-set 3` on a `vcpus=1, maxvcpus=3` guest, as libxl sends it
+    /// (one connection, `xen-toolstack.md` 2.6), in QEMU's bytes.
+    #[tokio::test]
+    async fn libxl_vcpu_set_over_the_socket() {
+        let vm = Arc::new(FakeVm::new(1));
+        *vm.vcpus.lock().unwrap() = VcpuSet { boot: 1, max: 3, present: vec![0] };
+        let server = start(vm.clone());
+        let mut c = Client::negotiated(&server.path).await;
+        let cpus = c.call(r#"{"execute":"query-cpus-fast","id":1}"#).await;
+        assert_eq!(cpus["return"].as_array().unwrap().len(), 1);
+        c.send(r#"{"execute":"query-hotpluggable-cpus","id":2}"#).await;
+        assert_eq!(
+            c.recv_line().await,
+            concat!(
+                r#"{"return": [{"type": "qemu32-i386-cpu", "vcpus-count": 1, "props": {"core-id": 0, "thread-id": 0, "socket-id": 2}}, "#,
+                r#"{"type": "qemu32-i386-cpu", "vcpus-count": 1, "props": {"core-id": 0, "thread-id": 0, "socket-id": 1}}, "#,
+                r#"{"type": "qemu32-i386-cpu", "vcpus-count": 1, "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "qom-path": "/machine/unattached/device[2]"}], "id": 2}"#
+            )
+        );
+        for (id, n) in [(3, 1), (4, 2)] {
+            c.send(&format!(
+                r#"{{"execute":"device_add","arguments":{{"id":"cpu-{n}","driver":"qemu32-i386-cpu","socket-id":{n},"core-id":0,"thread-id":0}},"id":{id}}}"#
+            ))
+            .await;
+            assert_eq!(c.recv_line().await, format!("{{\"return\": {{}}, \"id\": {id}}}"));
+        }
+        let cpus = c.call(r#"{"execute":"query-cpus-fast","id":5}"#).await;
+        let idx: Vec<u64> =
+            cpus["return"].as_array().unwrap().iter().map(|c| c["cpu-index"].as_u64().unwrap()).collect();
+        assert_eq!(idx, vec![0, 1, 2]);
+        assert_error(
+            &c.call(r#"{"execute":"device_add","arguments":{"driver":"qemu32-i386-cpu","socket-id":2,"core-id":0,"thread-id":0},"id":6}"#).await,
+            "GenericError",
+            "CPU[2] with APIC ID 2 exists",
+            Some(6.into()),
+        );
+        assert_eq!(vm.calls(), vec!["hot-add", "hot-add", "hot-add"]);
     }
 
     #[tokio::test]
