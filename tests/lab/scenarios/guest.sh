@@ -12,7 +12,10 @@
 # pv-root-init); dom0 pings it over IPv6 link-local and, after the domain
 # has gone, reads the nonce back from both disk images.
 # Helpers: dom0-init (create, wait_marker, sample_dm, check_sandbox, put,
-# fail, stepres, ...); this file's own start with guest_.
+# fail, stepres, ...); this file's own start with guest_. Dom0's busybox sh
+# runs its own applets before anything on PATH, so util-linux's losetup (for
+# -f --show and its -a format, which the block script also parses) is called
+# by its path.
 
 GUEST_DOM0_LL=fe80::1          # dom0's address on xenbr0, given to the guest
 GUEST_GROUP_DIR=/lab/guest
@@ -21,10 +24,18 @@ GUEST_GROUP_DIR=/lab/guest
 scenario_qemu_xen_guest() { guest_scenario "$1"; }
 scenario_xendm_guest() { guest_scenario "$1"; }
 
-# guest_bridge: xenbr0 with GUEST_DOM0_LL (once per dom0 boot): no STP, no
-# forwarding delay, no multicast snooping (neighbour discovery is multicast),
-# no DAD on dom0's address, no IPv4.
-guest_bridge() {
+# guest_dom0_setup (once per dom0 boot): the /dev/std{in,out,err} and /dev/fd
+# links udev makes on a real dom0 (devtmpfs has none; the block script's
+# claim_lock runs `stat -L /dev/stdin` and, failing, retries for ever until
+# libxl kills it after 40 s: the cause of the `block` failure xen-toolstack.md
+# 6.4 reports, besides busybox's missing flock); then xenbr0 with
+# GUEST_DOM0_LL: no STP, no forwarding delay, no multicast snooping
+# (neighbour discovery is multicast), no DAD on dom0's address, no IPv4.
+guest_dom0_setup() {
+  [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+  [ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+  [ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+  [ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
   [ -e /sys/class/net/xenbr0/bridge ] && return 0
   ip link add name xenbr0 type bridge || { GUEST_WHY="ip link add xenbr0 type bridge failed"; return 1; }
   echo 0 >/sys/class/net/xenbr0/bridge/stp_state
@@ -72,7 +83,7 @@ guest_wait_line() {
 # guest_loop_gone FILE SECS: until no loop device is backed by FILE
 guest_loop_gone() {
   now; _t0=$NOW
-  while losetup -a 2>/dev/null | grep -q "($1)"; do
+  while /usr/sbin/losetup -a 2>/dev/null | grep -q "($1)"; do
     now; [ $((NOW - _t0)) -ge $(($2 * 100)) ] && return 1
     usleep 250000
   done
@@ -95,13 +106,32 @@ EOF
   cp "/etc/xen/$1.cfg" "$R/xl.cfg"
 }
 
+# guest_trace_hotplug: with GUEST_TRACE_HOTPLUG=1 (LAB_GUEST_TRACE_HOTPLUG=1 on
+# the host) the block and vif-bridge scripts run under `set -x` with a
+# timestamp on every line (into /var/log/xen/xen-hotplug.log, which the
+# scenario copies), and dom0's fork+exec cost is measured
+guest_trace_hotplug() {
+  [ "${GUEST_TRACE_HOTPLUG:-0}" = 1 ] || return 0
+  for _s in block vif-bridge; do
+    [ -e "/etc/xen/scripts/$_s.real" ] && continue
+    mv "/etc/xen/scripts/$_s" "/etc/xen/scripts/$_s.real"
+    printf '#!/bin/sh\nexec bash -c %s /etc/xen/scripts/%s.real "$@"\n' \
+      "'PS4=\"+ \\\${EPOCHREALTIME} \"; set -x; . \"\$0\"'" "$_s" >"/etc/xen/scripts/$_s"
+    chmod 755 "/etc/xen/scripts/$_s"
+  done
+  now; _t0=$NOW
+  bash -c 'for i in 1 2 3 4 5 6 7 8 9 10; do /usr/bin/xenstore-read domid >/dev/null; done'
+  stepres "trace: 10 xenstore-read forks from bash took $(since "$_t0")s"
+}
+
 guest_scenario() { # DM
   name=$S; GUEST_LOOP=
-  guest_bridge || { fail "bridge: $GUEST_WHY"; return; }
+  guest_dom0_setup || { fail "dom0 setup: $GUEST_WHY"; return; }
+  guest_trace_hotplug
   img=/tmp/$S-root.img; data=/tmp/$S-data.img
   cp "$GUEST_GROUP_DIR/root.img" "$img" || { fail "no $GUEST_GROUP_DIR/root.img (guest.prepare)"; return; }
   rm -f "$data"; truncate -s 1M "$data"
-  GUEST_LOOP=$(losetup -f --show "$data") || { fail "losetup of $data failed"; return; }
+  GUEST_LOOP=$(/usr/sbin/losetup -f --show "$data" 2>&1) || { fail "losetup -f --show $data: $GUEST_LOOP ($(ls /dev/loop* 2>&1 | tr '\n' ' '))"; GUEST_LOOP=; return; }
   nonce=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
   guest_cfg "$name" "$1" "$img" "$GUEST_LOOP" "$nonce"
   log "$S: xl create ($1 as device model; xvda file $img, xvdb $GUEST_LOOP, vif '$GUEST_VIF')"
@@ -164,8 +194,8 @@ guest_run() {
 # guest_check_disks: the guest's nonce is in both images once blkback and the
 # block script have let go of them
 guest_check_disks() {
-  guest_loop_gone "$img" 30 || { fail "the block script left $img on a loop device: $(losetup -a | tr '\n' ' ')"; return 1; }
-  losetup -d "$GUEST_LOOP" 2>/dev/null; GUEST_LOOP=
+  guest_loop_gone "$img" 30 || { fail "the block script left $img on a loop device: $(/usr/sbin/losetup -a | tr '\n' ' ')"; return 1; }
+  /usr/sbin/losetup -d "$GUEST_LOOP" 2>/dev/null; GUEST_LOOP=
   mkdir -p /mnt/guest
   _out=$(mount -t ext4 -o ro,loop "$img" /mnt/guest 2>&1) || { fail "mount -o ro,loop $img: $_out"; return 1; }
   _got=$(cat /mnt/guest/nonce 2>/dev/null)
@@ -181,6 +211,6 @@ guest_check_disks() {
 guest_cleanup() {
   cleanup "$name"
   cp /var/log/xen/xen-hotplug.log "$R/logs/" 2>/dev/null
-  [ -n "$GUEST_LOOP" ] && losetup -d "$GUEST_LOOP" 2>/dev/null
+  [ -n "$GUEST_LOOP" ] && /usr/sbin/losetup -d "$GUEST_LOOP" 2>/dev/null
   rm -f "$img" "$data"
 }
