@@ -95,7 +95,7 @@ guest_loop_gone() {
 guest_cfg() {
   write_cfg "$1" "$2" "file:$R/guest-serial.log" destroy 0
   _args=; for _w in $GUEST_ARGS; do case $_w in guest.*) ;; *) _args="$_args $_w" ;; esac; done
-  sed -i -e 's/^memory = .*/memory = 512/' -e 's/^vcpus = .*/vcpus = 2/' \
+  sed -i -e "s/^memory = .*/memory = ${GUEST_MEMORY:-512}/" -e "s/^vcpus = .*/vcpus = ${GUEST_VCPUS:-2}/" \
     -e "s|^ramdisk = .*|ramdisk = \"$GUEST_GROUP_DIR/initrd.img\"|" \
     -e "s|^cmdline = .*|cmdline = \"console=ttyS0 panic=-1 quiet$_args guest.nonce=$5 guest.peer=$GUEST_DOM0_LL guest.wait=120\"|" \
     "/etc/xen/$1.cfg"
