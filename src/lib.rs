@@ -12,12 +12,14 @@
 //! * [`ioreq`] - Xen's ioreq ABI and the pure engine that serves one request
 //!   against the device bus and guest memory;
 //! * [`xen`] - everything that talks to Xen: the only FFI, the hypervisor,
-//!   the mapcache, the ioreq server, the xenstore client, PV backends.
+//!   the mapcache, the ioreq server, the xenstore client, PV backends;
+//! * [`net`] - the host side of emulated NICs: the taps libxl expects.
 
 pub mod app;
 pub mod cli;
 pub mod control;
 pub mod ioreq;
 pub mod machine;
+pub mod net;
 pub mod trace;
 pub mod xen;

@@ -9,11 +9,14 @@
 //! 1. check `-runas` and `-chroot` (`preflight.rs`); plan the machine
 //!    ([`crate::machine::spec`]): every option checked, the kernel, initrd
 //!    and modules opened and validated (kept open: fw_cfg serves them from
-//!    the file), the fw_cfg items and PVH writes computed; open the serial
-//!    backends and the trace file. Nothing has touched Xen or the guest yet;
+//!    the file), the fw_cfg items and PVH writes computed; create the taps
+//!    of libxl's emulated NICs (`nics.rs`, as root: the privilege drop is
+//!    in step 4); open the serial backends and the trace file. Nothing has
+//!    touched Xen or the guest yet;
 //! 2. open the Xen handles, the mapcache and the hypervisor, build the
-//!    machine on them ([`crate::machine::build`]), write PVH segments if any
-//!    (`setup.rs`);
+//!    machine on them ([`crate::machine::build`]), hand the taps to its Xen
+//!    platform device (closed on the guest's NIC unplug), write PVH
+//!    segments if any (`setup.rs`);
 //! 3. create the ioreq server, claim every range and PCI function the bus
 //!    lists, bind the event channels;
 //! 4. start serial input, bind the QMP sockets, enable the server (unless
@@ -31,6 +34,7 @@ mod control;
 pub mod inherited;
 pub mod logging;
 mod monitors;
+mod nics;
 pub mod panics;
 mod preflight;
 pub mod privileges;
@@ -69,12 +73,14 @@ pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     // 1. The plan, serial backends and the trace: no Xen, no guest.
     let runas = preflight::check_privilege_options(&cfg)?;
     let spec = plan_machine(&cfg)?;
+    let taps = nics::create_taps(&cfg, &crate::net::tap::LinuxTaps)?;
     let serial = open_serial_backends(&spec)?;
     let trace = TraceFile::create(&cfg, argv, &spec)?;
 
     // 2. Xen handles, memory and hypervisor; the machine on them.
     let xen = XenHandles::open(domid)?;
     let mut machine = setup::instantiate(spec, &xen, &serial, trace)?;
+    nics::attach_taps(&machine, taps)?;
     setup::write_boot_segments(&xen, &machine)?;
 
     // 3. ioreq server.
@@ -114,16 +120,27 @@ fn guest_domid(cfg: &Config) -> Result<u16> {
 fn plan_machine(cfg: &Config) -> Result<MachineSpec> {
     let spec = MachineSpec::from_config(cfg)?;
     info!("{}", boot_summary(cfg, &spec));
-    for d in &cfg.ide_disks {
-        info!(
-            "disk {} ({}, IDE index {}): not emulated; the guest reaches it through its PV block driver \
-             (blkfront), as after QEMU's unplug of emulated disks",
-            d.vdev(),
-            d.file,
-            d.index
-        );
+    for d in &cfg.disks {
+        info!("{}", disk_line(d));
     }
     Ok(spec)
+}
+
+/// The start-up line of one emulated disk libxl asked for.
+fn disk_line(d: &crate::cli::EmulatedDisk) -> String {
+    let after = match d.bus {
+        crate::cli::DiskBus::Ahci { .. } => {
+            " (qemu-xen would keep an AHCI disk visible after the unplug; here only the PV disk exists)"
+        }
+        _ => ", as after QEMU's unplug of emulated disks",
+    };
+    format!(
+        "disk {} ({}, {}{}): not emulated; the guest reaches it through its PV block driver (blkfront){after}",
+        d.vdev(),
+        d.file,
+        d.form(),
+        if d.readonly { ", read-only" } else { "" },
+    )
 }
 
 /// What was loaded where, in plain words, for the first lines of

@@ -67,7 +67,7 @@ pub fn serve(
     if let Some(xs) = &xs {
         // Off the QMP thread (xenstore_work.rs), started before the drop.
         ctl.set_xenstore_announce(xenstore_work::announcer(xs.clone(), domid)?);
-        crate::xen::pvbackends::spawn_vkbd_closer(xs.clone(), u32::from(domid)).context("starting the vkbd thread")?;
+        xenstore_work::start_backend_closers(xs, domid)?;
     }
     privileges::drop_privileges(cfg, domid, runas.as_ref())?;
     sandbox.lock_down()?;
@@ -105,7 +105,7 @@ fn chardev_infos(cfg: &Config, serial: &[Chardev]) -> Vec<ChardevInfo> {
 /// unavailable (logged: libxl will then not see the start).
 fn open_xenstore(cfg: &Config, domid: u16) -> Option<Arc<XenStore>> {
     if cfg.domid_restrict {
-        close_vkbd_before_restrict(XenStore::open().map_err(|e| e.to_string()), domid);
+        close_unserved_before_restrict(XenStore::open().map_err(|e| e.to_string()), domid);
         return None;
     }
     match XenStore::open() {
@@ -118,17 +118,26 @@ fn open_xenstore(cfg: &Config, domid: u16) -> Option<Arc<XenStore>> {
 }
 
 /// With `-xen-domid-restrict` no xenstore connection outlives start-up, so
-/// the vkbd backend libxl wrote before starting us is closed now, once, on a
-/// connection opened and closed here (without it a guest that loads
-/// `xen-kbdfront` waits 30 s for the keyboard: `crate::xen::pvbackends`).
-/// `xs` is dropped (the connection closed) on return.
-fn close_vkbd_before_restrict(xs: Result<XenStore, String>, domid: u16) {
-    let closed = xs.and_then(|xs| pvbackends::close_unserved(&xs, "vkbd", u32::from(domid)).map_err(|e| e.to_string()));
-    match closed {
-        Ok(c) if c.is_empty() => info!(domid, "no unserved vkbd backend to close before restricting"),
-        Ok(_) => {}
+/// the vkbd and qdisk backends libxl wrote before starting us are closed
+/// now, once, on a connection opened and closed here (without it a guest
+/// that loads `xen-kbdfront` waits 30 s for the keyboard, and one with a
+/// qdisk disk minutes: `crate::xen::pvbackends`). `xs` is dropped (the
+/// connection closed) on return.
+fn close_unserved_before_restrict(xs: Result<XenStore, String>, domid: u16) {
+    let xs = match xs {
+        Ok(xs) => xs,
         Err(e) => {
-            warn!("closing the vkbd backend before restricting: {e}; a guest loading xen-kbdfront may wait for it")
+            warn!("closing the vkbd and qdisk backends before restricting: {e}; the guest may wait for them");
+            return;
+        }
+    };
+    for what in [pvbackends::Unserved::Vkbd, pvbackends::Unserved::Qdisk] {
+        match pvbackends::close(&xs, what, u32::from(domid)) {
+            Ok(c) if c.is_empty() => info!(domid, "no unserved {} backend to close before restricting", what.kind()),
+            Ok(_) => {}
+            Err(e) => {
+                warn!("closing the {} backends before restricting: {e}; the guest may wait for them", what.kind())
+            }
         }
     }
 }
@@ -207,9 +216,11 @@ mod tests {
         let sock = dir.path().join("xs");
         let fake = FakeXenstored::start(&sock).unwrap();
         fake.write("/local/domain/0/backend/vkbd/9/0/state", "1");
-        close_vkbd_before_restrict(XenStore::open_path(&sock).map_err(|e| e.to_string()), 9);
+        fake.write("/local/domain/0/backend/qdisk/9/51712/state", "1");
+        close_unserved_before_restrict(XenStore::open_path(&sock).map_err(|e| e.to_string()), 9);
         assert_eq!(fake.read("/local/domain/0/backend/vkbd/9/0/state").as_deref(), Some(&b"6"[..]));
+        assert_eq!(fake.read("/local/domain/0/backend/qdisk/9/51712/state").as_deref(), Some(&b"6"[..]));
         // No xenstore: logged, not fatal.
-        close_vkbd_before_restrict(Err("no xenstore".into()), 9);
+        close_unserved_before_restrict(Err("no xenstore".into()), 9);
     }
 }

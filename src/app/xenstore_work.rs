@@ -10,10 +10,14 @@
 //!   `xs-announce` thread; the `cont` reply does not wait for it (libxl,
 //!   which started us with `-S`, learns the state from `query-status`, and
 //!   QEMU's write is not tied to its reply either);
-//! * the vkbd watch (`crate::xen::pvbackends::spawn_vkbd_closer`) runs on
-//!   the `xs-vkbd` thread.
+//! * the watches that close the PV backends xendm does not serve
+//!   ([`start_backend_closers`]: vkbd and qdisk, `crate::xen::pvbackends`)
+//!   run on the `xs-vkbd` and `xs-qdisk` threads. libxl writes the qdisk
+//!   backends of the guest's disks before it starts the device model, so
+//!   the first event of the watch closes them before the guest runs;
+//!   later ones (`xl block-attach`) are closed as they appear.
 //!
-//! Both threads start before privileges are dropped, so nothing is spawned
+//! The threads start before privileges are dropped, so nothing is spawned
 //! once the process is restricted.
 
 use std::sync::mpsc;
@@ -23,7 +27,20 @@ use anyhow::{Context, Result};
 use tracing::warn;
 
 use super::control::Announce;
+use crate::xen::pvbackends::{self, Unserved};
 use crate::xen::xenstore::{self, XenStore};
+
+/// Starts the `xs-vkbd` and `xs-qdisk` threads (see the module docs).
+///
+/// # Errors
+/// If a thread cannot be started.
+pub fn start_backend_closers(xs: &Arc<XenStore>, domid: u16) -> Result<()> {
+    for what in [Unserved::Vkbd, Unserved::Qdisk] {
+        pvbackends::spawn_closer(xs.clone(), what, u32::from(domid))
+            .with_context(|| format!("starting the {} thread", what.kind()))?;
+    }
+    Ok(())
+}
 
 /// Starts the `xs-announce` thread and returns what `cont` calls: a
 /// request to it to write `device-model/<domid>/state = running`, which

@@ -17,6 +17,8 @@ pub(super) enum Section {
     Process,
     Machine,
     Kernel,
+    /// Disks and NICs: accepted for the PV path only.
+    Devices,
     Serial,
     Own,
     /// Accepted and ignored, because ignoring it changes nothing the guest or the host sees.
@@ -27,11 +29,12 @@ pub(super) enum Section {
 
 impl Section {
     /// In the order `--help` and the manual page list them.
-    pub(super) const ALL: [Section; 8] = [
+    pub(super) const ALL: [Section; 9] = [
         Section::Xen,
         Section::Process,
         Section::Machine,
         Section::Kernel,
+        Section::Devices,
         Section::Serial,
         Section::Own,
         Section::Ignored,
@@ -44,6 +47,7 @@ impl Section {
             Section::Process => "Process, QMP and privileges",
             Section::Machine => "Machine",
             Section::Kernel => "Direct kernel boot",
+            Section::Devices => "Disks and network interfaces (served by the guest's PV drivers)",
             Section::Serial => "Serial ports",
             Section::Own => "xendm's own",
             Section::Ignored => "Accepted and ignored",
@@ -68,10 +72,9 @@ const fn doc(names: &'static [&'static str], arg: &'static str, section: Section
 }
 
 const NO_DISK: &str = "Emulated disks and CD-ROMs are not implemented: give the guest PV disks (vdev=xvde or later).";
-const NO_NIC: &str = "Emulated NICs are not implemented: use PV network interfaces (type=vif).";
 const NO_SOUND: &str = "Sound is not implemented: remove soundhw= from the xl config.";
 
-use Section::{Ignored, Kernel, Machine, Own, Process, Refused, Serial, Xen};
+use Section::{Devices, Ignored, Kernel, Machine, Own, Process, Refused, Serial, Xen};
 
 /// Every option of the parse table, documented once.
 pub(super) const DOCS: &[OptDoc] = &[
@@ -124,14 +127,6 @@ pub(super) const DOCS: &[OptDoc] = &[
     doc(&["smp"], "CPUS[,maxcpus=MAX]", Machine, "vCPUs online at boot and the maximum (at most 128)."),
     doc(&["no-acpi"], "", Machine, "No ACPI (PIIX4 power management) function (xl: acpi=0)."),
     doc(&["boot"], "order=DRIVES", Machine, "Boot order for the firmware (letters a-p, no repeats)."),
-    doc(
-        &["drive"],
-        "file=T,if=ide,index=N,media=disk[,format=F,cache=C]",
-        Kernel,
-        "libxl's IDE disk for xvda-xvdd, which is the guest's PV disk too: not emulated, served through the \
-         guest's PV block driver, so -kernel and the Xen platform device are required. CD-ROMs and other \
-         interfaces are refused.",
-    ),
     doc(&["kernel"], "PATH", Kernel, "Linux bzImage, multiboot or PVH ELF kernel (xl: kernel=)."),
     doc(
         &["initrd"],
@@ -145,6 +140,34 @@ pub(super) const DOCS: &[OptDoc] = &[
         "linux|multiboot|pvh",
         Kernel,
         "Force the boot protocol of -kernel when its type is ambiguous.",
+    ),
+    doc(
+        &["drive"],
+        "file=T,if=ide|none|scsi,...",
+        Devices,
+        "libxl's emulated hard disk: if=ide,index=N,media=disk for xvda-xvdd; if=none,id=D with -device ide-hd \
+         (AHCI) or scsi-hd naming it; if=scsi,unit=N (older libxl). It is the guest's PV disk too, so it is \
+         not emulated but served through the guest's PV block driver (blkfront), and \
+         -kernel and the Xen platform device are required. CD-ROMs (media=cdrom, ide-cd), read-only IDE/AHCI \
+         disks, formats other than raw (libxl's qdisk disks) and other interfaces are refused.",
+    ),
+    doc(
+        &["device"],
+        "DRIVER,...",
+        Devices,
+        "Only the devices libxl emits for disks and NICs: ahci and lsi53c895a (controllers, not emulated), ide-hd \
+         on an AHCI port and scsi-hd (each naming a -drive if=none), and a NIC model (rtl8139, e1000, e1000e, \
+         ne2k_pci, pcnet, i82551, i82557b, i82559er, virtio-net-pci, vmxnet3) with netdev= naming its -netdev. \
+         Every other driver (VGA, ide-cd, USB, sound, xen-pvdevice, ...) is refused.",
+    ),
+    doc(
+        &["netdev"],
+        "type=tap,id=ID,ifname=NAME[,br=BRIDGE,script=no,downscript=no]",
+        Devices,
+        "libxl's emulated NIC (vif type=ioemu, the HVM default), paired with its -device MODEL,netdev=ID: no NIC \
+         is emulated (the guest uses netfront), but the tap NAME is created at start-up, as qemu-xen does, for \
+         libxl's hotplug script, and closed when the guest unplugs emulated NICs. Needs -kernel, the Xen platform \
+         device and CAP_NET_ADMIN at start-up.",
     ),
     doc(
         &["serial"],
@@ -170,7 +193,12 @@ pub(super) const DOCS: &[OptDoc] = &[
         Ignored,
         "No VGA card, which is what xendm has; any other card is refused (xl: vga=\"none\").",
     ),
-    doc(&["net"], "none", Ignored, "No emulated NIC, which is what xendm has; anything else is refused."),
+    doc(
+        &["net"],
+        "none",
+        Ignored,
+        "No emulated NIC, which is what xendm has (xl: type=vif); the -net nic/-net tap forms are refused.",
+    ),
     doc(&["usb"], "", Ignored, "Only an empty USB controller (xl: usb=1); every USB device is refused."),
     doc(&["parallel"], "none", Ignored, "No parallel port, which is what xendm has; anything else is refused."),
     doc(&["global"], "DRIVER.PROP=VALUE", Ignored, "Properties of QEMU's devices; xendm's built-in devices have none."),
@@ -178,21 +206,13 @@ pub(super) const DOCS: &[OptDoc] = &[
     doc(&["D"], "FILE", Ignored, "QEMU's log file; xendm logs to stderr, which libxl writes to the qemu-dm log."),
     doc(&["trace"], "EVENTS", Ignored, "QEMU trace events; xendm's equivalent is -xendm-record."),
     doc(&["msg"], "timestamp=on", Ignored, "Formatting of QEMU's messages; xendm's log lines are timestamped."),
-    doc(
-        &["device"],
-        "DRIVER,...",
-        Refused,
-        "xendm implements no -device drivers (VGA, NICs, disk controllers, USB, sound, xen-pvdevice); \
-         its PC devices are built in.",
-    ),
-    doc(&["cdrom"], "FILE", Refused, NO_DISK),
+    doc(&["cdrom"], "FILE", Refused, "Emulated CD-ROMs are not implemented: remove the devtype=cdrom disk."),
     doc(&["hda"], "FILE", Refused, NO_DISK),
     doc(&["hdb"], "FILE", Refused, NO_DISK),
     doc(&["hdc"], "FILE", Refused, NO_DISK),
     doc(&["hdd"], "FILE", Refused, NO_DISK),
     doc(&["fda"], "FILE", Refused, "Floppy drives are not implemented."),
     doc(&["fdb"], "FILE", Refused, "Floppy drives are not implemented."),
-    doc(&["netdev"], "SPEC", Refused, NO_NIC),
     doc(&["usbdevice"], "DEVICE", Refused, "USB devices are not implemented: remove usbdevice= from the xl config."),
     doc(&["spice"], "SPEC", Refused, "SPICE is not implemented: set spice=0 in the xl config."),
     doc(&["soundhw"], "MODEL", Refused, NO_SOUND),

@@ -26,6 +26,7 @@
 //! * Every argument must be UTF-8.
 //! * `-xen-domid` is required unless `-machine none` (the libxl 4.20 probe).
 mod chardev;
+mod devices;
 mod help;
 mod man;
 pub mod opts;
@@ -43,6 +44,7 @@ use xendm_fw_cfg::BootProtocol;
 use crate::control::chardev::ChardevSpec;
 use crate::control::qmp::QmpSocketSpec;
 
+pub use devices::NIC_MODELS;
 pub use opts::OptsError;
 
 /// For tests across the crate: `args` parsed as a run configuration
@@ -149,29 +151,97 @@ pub struct Config {
     /// Options accepted and ignored, as given (`-display none`, ...), for a
     /// start-up log line.
     pub ignored: Vec<String>,
-    /// `-drive ...,if=ide,media=disk`: the emulated IDE disks libxl asks
-    /// for (`xvda`-`xvdd`, index 0-3), which are the guest's PV disks too.
-    /// xendm emulates none of them; the machine checks that the guest can
-    /// reach them through its PV drivers (`machine::spec`).
-    pub ide_disks: Vec<IdeDisk>,
+    /// The emulated hard disks libxl asks for (`-drive ...,if=ide` for
+    /// `xvda`-`xvdd`, the AHCI and SCSI variants), which are the guest's PV
+    /// disks too. xendm emulates none of them; the machine checks that the
+    /// guest can reach them through its PV drivers (`machine::spec`).
+    pub disks: Vec<EmulatedDisk>,
+    /// The emulated NICs libxl asks for: each `-netdev type=tap` with the
+    /// `-device MODEL` that names it. xendm emulates no NIC; it creates the
+    /// tap (libxl's hotplug script needs it) and the guest uses netfront.
+    pub nics: Vec<TapNic>,
 }
 
-/// One `-drive ...,if=ide,index=N,media=disk` (libxl's form for a disk
-/// `vdev=xvda`..`xvdd`, `xen-toolstack.md` 3.1): served by the PV path only.
+/// Where libxl puts an emulated hard disk (`xen-toolstack.md` 3.1,
+/// libxl 4.17 `libxl__build_device_model_args_new`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    /// `-drive file=T,if=ide,index=N,media=disk`: `xvda`-`xvdd` (or `hda`-`hdd`), index 0-3.
+    Ide {
+        /// IDE index 0-3 (`xvda` = 0).
+        index: u32,
+    },
+    /// `hdtype=ahci`: `-drive file=T,if=none,id=D` + `-device ide-hd,bus=ahci0.N,drive=D`, port 0-5.
+    Ahci {
+        /// The AHCI port, which is the disk number (`xvdb` = 1).
+        port: u32,
+    },
+    /// `sdX`: `-drive if=none,id=D,...` + `-device scsi-hd,drive=D,scsi-id=N`
+    /// on the `lsi53c895a` controller (or the older `-drive if=scsi,unit=N`).
+    Scsi {
+        /// The SCSI id, which is the disk number (`sda` = 0), 0-15.
+        id: u32,
+    },
+}
+
+/// One emulated hard disk libxl asks for, served by the PV path only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdeDisk {
-    /// IDE index 0-3 (`xvda` = 0).
-    pub index: u32,
+pub struct EmulatedDisk {
+    /// The bus and the disk number on it.
+    pub bus: DiskBus,
     /// `file=`: the disk's target as libxl gives it (not opened by xendm).
     pub file: String,
+    /// `readonly=on` (only libxl's SCSI disks can be; it refuses read-only IDE and AHCI disks).
+    pub readonly: bool,
 }
 
-impl IdeDisk {
-    /// The xl name of the disk (`xvda` for index 0).
-    pub fn vdev(&self) -> String {
-        let letter = char::from_u32(u32::from(b'a') + self.index).unwrap_or('?');
-        format!("xvd{letter}")
+impl EmulatedDisk {
+    /// The disk number libxl derived from the vdev (`xvda`, `hda`, `sda` = 0).
+    pub fn number(&self) -> u32 {
+        match self.bus {
+            DiskBus::Ide { index } => index,
+            DiskBus::Ahci { port } => port,
+            DiskBus::Scsi { id } => id,
+        }
     }
+
+    /// The xl name of the disk: `xvda` for IDE/AHCI disk 0 (libxl maps
+    /// `hda` there too), `sda` for SCSI disk 0.
+    pub fn vdev(&self) -> String {
+        let letter = char::from_u32(u32::from(b'a').saturating_add(self.number())).unwrap_or('?');
+        match self.bus {
+            DiskBus::Scsi { .. } => format!("sd{letter}"),
+            DiskBus::Ide { .. } | DiskBus::Ahci { .. } => format!("xvd{letter}"),
+        }
+    }
+
+    /// The argv form it came in, for messages (`-drive if=ide,index=0`).
+    pub fn form(&self) -> String {
+        match self.bus {
+            DiskBus::Ide { index } => format!("-drive if=ide,index={index}"),
+            DiskBus::Ahci { port } => format!("-device ide-hd,bus=ahci0.{port}"),
+            DiskBus::Scsi { id } => format!("SCSI disk, scsi-id={id}"),
+        }
+    }
+}
+
+/// One emulated NIC libxl asks for: `-device MODEL,id=nicN,netdev=netN,mac=M`
+/// with `-netdev type=tap,id=netN,ifname=NAME,br=B,script=no,downscript=no`
+/// (`xen-toolstack.md` 3.1-3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapNic {
+    /// The NIC model (`rtl8139`, libxl's default, `e1000`, ...): recorded, not emulated.
+    pub model: String,
+    /// The `-device` id (`nic0`), if given.
+    pub device_id: Option<String>,
+    /// The `-netdev` id the device names (`net0`).
+    pub netdev_id: String,
+    /// `mac=` as given (checked to be six hex bytes), if given.
+    pub mac: Option<String>,
+    /// `ifname=`: the tap to create (`vif<domid>.<devid>-emu`), a valid Linux interface name.
+    pub ifname: String,
+    /// `br=`: the bridge libxl's hotplug script adds the tap to (recorded only).
+    pub bridge: Option<String>,
 }
 
 /// `-sandbox on|off` (QEMU's option; in xendm the filter is on by default).

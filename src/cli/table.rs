@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::chardev::{self, Chardev, Monitor, MAX_SERIAL_PORTS};
+use super::devices::{DeviceArgs, NO_CDROM, NO_DISK, NO_SOUND, NO_USB, NO_VGA};
 use super::help;
 use super::man;
 use super::opts::{parse_decimal, parse_size, Opts};
@@ -33,6 +34,7 @@ pub(super) struct State {
     machine: Option<Opts>,
     accel: Option<String>,
     dump_roms: Option<PathBuf>,
+    devices: DeviceArgs,
     run_options: usize,
     exit: Option<Command>,
 }
@@ -276,13 +278,14 @@ pub(super) const TABLE: &[OptSpec] = &[
     flag("nodefaults", true, |s, _| s.ignore("-nodefaults", None)),
     flag("no-user-config", true, |s, _| s.ignore("-no-user-config", None)),
     // Devices.
-    value("device", true, |_, v| device(v)),
+    value("device", true, |s, v| s.devices.device(v)),
+    value("netdev", true, |s, v| s.devices.netdev(v)),
     value("net", true, |s, v| {
         let o = opts("-net", v, Some("type"))?;
         if o.get("type") == Some("none") && o.pairs().count() == 1 {
             return s.ignore("-net", Some(v));
         }
-        Err(unsupported("-net", "network", v, NO_NIC))
+        Err(unsupported("-net", "network", v, NO_LEGACY_NET))
     }),
     flag("usb", true, |s, _| s.ignore("-usb", None)),
     value("parallel", true, |s, v| {
@@ -307,15 +310,14 @@ pub(super) const TABLE: &[OptSpec] = &[
     value("trace", true, |s, v| s.ignore("-trace", Some(v))),
     value("msg", true, |s, v| s.ignore("-msg", Some(v))),
     // Known QEMU options that xendm refuses, with the reason.
-    value("drive", true, drive),
-    value("cdrom", true, |_, _| refuse("-cdrom", NO_DISK)),
+    value("drive", true, |s, v| s.devices.drive(v)),
+    value("cdrom", true, |_, _| refuse("-cdrom", NO_CDROM)),
     value("hda", true, |_, _| refuse("-hda", NO_DISK)),
     value("hdb", true, |_, _| refuse("-hdb", NO_DISK)),
     value("hdc", true, |_, _| refuse("-hdc", NO_DISK)),
     value("hdd", true, |_, _| refuse("-hdd", NO_DISK)),
     value("fda", true, |_, _| refuse("-fda", "floppy drives are not implemented")),
     value("fdb", true, |_, _| refuse("-fdb", "floppy drives are not implemented")),
-    value("netdev", true, |_, _| refuse("-netdev", NO_NIC)),
     value("usbdevice", true, |_, _| refuse("-usbdevice", NO_USB)),
     value("spice", true, |_, _| refuse("-spice", "SPICE is not implemented; set spice=0 in the xl config")),
     value("soundhw", true, |_, _| refuse("-soundhw", NO_SOUND)),
@@ -334,14 +336,8 @@ pub(super) const TABLE: &[OptSpec] = &[
     flag("enable-kvm", false, |_, _| refuse("-enable-kvm", "xendm is a Xen device model")),
 ];
 
-const NO_DISK: &str =
-    "emulated disks and CD-ROMs are not implemented; give the guest PV disks (vdev=xvdX) in the xl config";
-const NO_CDROM: &str = "emulated CD-ROMs are not implemented; remove the devtype=cdrom disk from the xl config \
-     (or give the image to the guest as a PV disk, vdev=xvde or later)";
-const NO_NIC: &str = "emulated NICs are not implemented; use PV network interfaces (type=vif) in the xl config";
-const NO_USB: &str = "USB devices are not implemented; remove usbdevice=/usbdevice_list= from the xl config";
-const NO_SOUND: &str = "sound is not implemented; remove soundhw= from the xl config";
-const NO_VGA: &str = "emulated graphics are not implemented; set vga=\"none\" in the xl config";
+const NO_LEGACY_NET: &str = "the -net nic/-net tap form is not implemented; libxl passes -netdev type=tap with a \
+     -device MODEL for an emulated NIC, or -net none; PV network interfaces (type=vif) need neither";
 
 impl State {
     fn exit(&mut self, command: Command) -> Result<(), CliError> {
@@ -437,55 +433,6 @@ fn machine(s: &mut State, v: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `-device DRIVER,...`: no driver is accepted yet; the message says what to do.
-/// `-drive`: libxl's IDE disk (`file=T,if=ide,index=N,media=disk,format=F,
-/// cache=writeback`) is accepted and recorded (`Config::ide_disks`); a
-/// CD-ROM (`media=cdrom`, or libxl's `if=none,...` drive of an `ide-cd`) and
-/// any other interface are refused.
-fn drive(s: &mut State, v: &str) -> Result<(), CliError> {
-    const OPT: &str = "-drive";
-    let o = opts(OPT, v, None)?;
-    let readonly = o.get_bool("readonly").map_err(opts_err(OPT))? == Some(true);
-    if o.get("media") == Some("cdrom") || (o.get("if") == Some("none") && readonly) {
-        return refuse(OPT, NO_CDROM);
-    }
-    if o.get("if").unwrap_or("ide") != "ide" {
-        return refuse(OPT, NO_DISK);
-    }
-    check_keys(OPT, &o, &["file", "if", "index", "media", "format", "cache", "readonly", "id", "aio", "discard"])?;
-    if readonly {
-        return refuse(OPT, NO_DISK);
-    }
-    let index = o.get_u32("index").map_err(opts_err(OPT))?.unwrap_or(0);
-    if index > 3 {
-        return Err(invalid(OPT, format!("IDE index {index}: libxl emulates only xvda-xvdd (index 0-3)")));
-    }
-    let file = o.get("file").unwrap_or_default().to_string();
-    if s.cfg.ide_disks.iter().any(|d| d.index == index) {
-        return Err(invalid(OPT, format!("IDE index {index} given twice")));
-    }
-    s.cfg.ide_disks.push(super::IdeDisk { index, file });
-    Ok(())
-}
-
-fn device(v: &str) -> Result<(), CliError> {
-    const OPT: &str = "-device";
-    let o = opts(OPT, v, Some("driver"))?;
-    let driver = o.require("driver").map_err(opts_err(OPT))?;
-    let reason = match driver {
-        "VGA" | "cirrus-vga" | "qxl-vga" | "qxl" | "bochs-display" | "virtio-vga" => NO_VGA,
-        "e1000" | "e1000e" | "rtl8139" | "ne2k_pci" | "pcnet" | "i82551" | "i82557b" | "i82559er"
-        | "virtio-net-pci" | "vmxnet3" => NO_NIC,
-        "lsi53c895a" | "ahci" | "ide-cd" | "ide-hd" | "scsi-hd" | "scsi-cd" | "virtio-blk-pci" | "nvme" => NO_DISK,
-        "intel-hda" | "hda-duplex" | "hda-micro" | "hda-output" | "ac97" | "es1370" | "sb16" => NO_SOUND,
-        d if d.starts_with("usb-") || d.contains("-usb-") || d.ends_with("-usb") => NO_USB,
-        "xen-pvdevice" => "the XenServer PV device is not implemented; remove vendor_device= from the xl config",
-        "virtio-serial" | "virtio-serial-pci" | "virtserialport" | "virtconsole" => "virtio-serial is not implemented",
-        _ => "xendm implements no -device drivers; its PC devices are built in",
-    };
-    Err(unsupported(OPT, "driver", driver, reason))
-}
-
 /// Turns the merged `-machine` options (and `-accel`) into a [`Machine`].
 fn finish_machine(s: &mut State) -> Result<Machine, CliError> {
     const OPT: &str = "-machine";
@@ -552,7 +499,11 @@ fn finish(mut s: State) -> Result<Command, CliError> {
         return Ok(Command::DumpRoms(dir));
     }
     s.cfg.machine = finish_machine(&mut s)?;
+    let devices = std::mem::take(&mut s.devices).finish()?;
     let mut cfg = s.cfg;
+    cfg.disks = devices.disks;
+    cfg.nics = devices.nics;
+    cfg.ignored.extend(devices.controllers);
     cfg.qmp = chardev::resolve(&s.chardevs, &s.monitors, &mut cfg.ignored)?;
     if cfg.kernel.is_none() {
         for (set, option) in [

@@ -342,7 +342,7 @@ fn stubdom_variant() {
     // A stubdom's IDE disk (/dev/xvdX inside the stub) is recorded like
     // any other: the guest reaches the same disk through its own PV vbd.
     let cfg = run_str(&["-xen-domid", "12", "-drive", "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device"]);
-    assert_eq!(cfg.ide_disks, [IdeDisk { index: 0, file: "/dev/xvda".into() }]);
+    assert_eq!(cfg.disks, [EmulatedDisk { bus: DiskBus::Ide { index: 0 }, file: "/dev/xvda".into(), readonly: false }]);
 }
 
 #[test]
@@ -677,32 +677,16 @@ fn refused_devices_and_options_name_themselves() {
          set vga=\"none\" in the xl config)"
     );
     assert!(case(&["-device", "cirrus-vga,vgamem_mb=8"]).contains("'cirrus-vga'"));
-    assert!(
-        case(&["-device", "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:00:00:01"]).contains("'rtl8139' (emulated NICs")
-    );
-    assert!(case(&["-device", "lsi53c895a"]).contains("emulated disks"));
     assert!(case(&["-device", "piix3-usb-uhci,id=usb"]).contains("USB"));
     assert!(case(&["-device", "xen-pvdevice,device-id=0xc000"]).contains("xen-pvdevice"));
-    assert!(case(&["-device", "driver=e1000"]).contains("'e1000'"));
-    // libxl's CD-ROM pair (xen-toolstack.md 3.1): the drive is refused first.
-    assert_eq!(
-        case(&["-drive", "if=none,readonly=on,id=ide-5632,file=cd.iso,format=raw"]),
-        "option '-drive' is not supported by xendm: emulated CD-ROMs are not implemented; remove the \
-         devtype=cdrom disk from the xl config (or give the image to the guest as a PV disk, vdev=xvde or later)"
-    );
-    assert!(case(&["-drive", "file=cd.iso,if=ide,index=2,media=cdrom"]).contains("CD-ROMs"));
-    assert!(case(&["-drive", "file=/d.img,if=scsi,index=0"]).contains("emulated disks"));
-    assert!(case(&["-drive", "file=/d.img,if=ide,index=0,media=disk,readonly=on"]).contains("emulated disks"));
-    assert!(case(&["-drive", "file=/d.img,if=ide,index=4,media=disk"]).contains("IDE index 4"));
-    assert!(case(&["-drive", "file=/a,index=1", "-drive", "file=/b,index=1"]).contains("index 1 given twice"));
-    for option in
-        ["-netdev", "-usbdevice", "-spice", "-object", "-cdrom", "-hda", "-soundhw", "-monitor", "-bios", "-pidfile"]
-    {
+    assert!(case(&["-device", "virtio-blk-pci,drive=d0"]).contains("'virtio-blk-pci' (emulated disks"));
+    assert!(case(&["-drive", "file=/d.img,if=virtio"]).starts_with("-drive: unsupported interface 'virtio'"));
+    for option in ["-usbdevice", "-spice", "-object", "-cdrom", "-hda", "-soundhw", "-monitor", "-bios", "-pidfile"] {
         let e = case(&[option, "x"]);
         assert!(e.starts_with(&format!("option '{option}'")), "{e}");
     }
     assert!(case(&["-daemonize"]).starts_with("option '-daemonize'"));
-    assert!(case(&["-net", "nic,model=e1000"]).starts_with("-net: unsupported"));
+    assert!(case(&["-net", "nic,model=e1000"]).starts_with("-net: unsupported network 'nic,model=e1000' (the -net nic"));
     assert!(case(&["-display", "sdl"]).starts_with("-display: unsupported display 'sdl'"));
     assert!(case(&["-vga", "std"]).starts_with("-vga: unsupported card 'std'"));
     assert!(case(&["-parallel", "/dev/parport0"]).starts_with("-parallel: unsupported"));
@@ -804,7 +788,6 @@ fn help_version_and_dump_roms() {
 fn help_mentions_every_accepted_option() {
     let help = help::help_text();
     let refused = [
-        "drive",
         "cdrom",
         "hda",
         "hdb",
@@ -812,7 +795,6 @@ fn help_mentions_every_accepted_option() {
         "hdd",
         "fda",
         "fdb",
-        "netdev",
         "usbdevice",
         "spice",
         "soundhw",
@@ -823,7 +805,6 @@ fn help_mentions_every_accepted_option() {
         "pidfile",
         "daemonize",
         "enable-kvm",
-        "device",
     ];
     for spec in table::TABLE {
         if refused.contains(&spec.name) || spec.name == "h" {
@@ -982,9 +963,261 @@ fn libxls_ide_disks_are_recorded_for_the_pv_path() {
         "-drive",
         "file=/dev/vg/d1,if=ide,index=1,media=disk,format=raw,cache=writeback",
     ]);
+    assert_eq!(cfg.disks, [ide(0, "/srv/d0.img"), ide(1, "/dev/vg/d1")]);
+    assert_eq!(cfg.disks[1].vdev(), "xvdb");
+    assert_eq!(cfg.disks[1].form(), "-drive if=ide,index=1");
+    // QEMU's bus/unit spelling of the same.
+    let cfg = run_str(&["-xen-domid", "3", "-drive", "file=/d,if=ide,bus=1,unit=1,media=disk"]);
+    assert_eq!(cfg.disks, [ide(3, "/d")]);
+}
+
+fn ide(index: u32, file: &str) -> EmulatedDisk {
+    EmulatedDisk { bus: DiskBus::Ide { index }, file: file.into(), readonly: false }
+}
+
+/// `hdtype = "ahci"` in libxl 4.17 (libxl_dm.c): the controller once, then
+/// an `if=none` drive and an `ide-hd` on port N per disk 0-5.
+#[test]
+fn libxls_ahci_disks_are_recorded_for_the_pv_path() {
+    let cfg = run_str(&[
+        "-xen-domid",
+        "3",
+        "-device",
+        "ahci,id=ahci0",
+        "-drive",
+        "file=/srv/d0.img,if=none,id=ahcidisk-0,format=raw,cache=writeback",
+        "-device",
+        "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0",
+        "-drive",
+        "file=/srv/d5.img,if=none,id=ahcidisk-5,format=raw,cache=writeback",
+        "-device",
+        "ide-hd,bus=ahci0.5,unit=0,drive=ahcidisk-5",
+    ]);
     assert_eq!(
-        cfg.ide_disks,
-        [IdeDisk { index: 0, file: "/srv/d0.img".into() }, IdeDisk { index: 1, file: "/dev/vg/d1".into() }]
+        cfg.disks,
+        [
+            EmulatedDisk { bus: DiskBus::Ahci { port: 0 }, file: "/srv/d0.img".into(), readonly: false },
+            EmulatedDisk { bus: DiskBus::Ahci { port: 5 }, file: "/srv/d5.img".into(), readonly: false },
+        ]
     );
-    assert_eq!(cfg.ide_disks[1].vdev(), "xvdb");
+    assert_eq!(cfg.disks[1].vdev(), "xvdf");
+    assert_eq!(cfg.disks[1].form(), "-device ide-hd,bus=ahci0.5");
+    assert!(cfg.ignored.contains(&"-device ahci,id=ahci0".to_string()), "{:?}", cfg.ignored);
+    // The controller alone (hdtype=ahci with no disk below xvdg): accepted.
+    let cfg = run_str(&["-xen-domid", "3", "-device", "ahci,id=ahci0"]);
+    assert!(cfg.disks.is_empty());
+}
+
+/// `sdX` disks in libxl 4.17: `-device lsi53c895a` early in argv, then a
+/// drive and a `scsi-hd` per disk (read-only ones included); and the older
+/// `-drive if=scsi,bus=0,unit=N`.
+#[test]
+fn libxls_scsi_disks_are_recorded_for_the_pv_path() {
+    let cfg = run_str(&[
+        "-xen-domid",
+        "3",
+        "-device",
+        "lsi53c895a",
+        "-drive",
+        "file=/srv/s0.img,id=scsi0-hd0,format=raw,if=none,readonly=off,cache=writeback",
+        "-device",
+        "scsi-hd,drive=scsi0-hd0,scsi-id=0",
+        "-drive",
+        "file=/srv/s2.img,id=scsi0-hd2,format=raw,if=none,readonly=on,cache=writeback",
+        "-device",
+        "scsi-hd,drive=scsi0-hd2,scsi-id=2",
+        "-drive",
+        "file=/srv/s3.img,if=scsi,bus=0,unit=3,format=raw,cache=writeback",
+    ]);
+    assert_eq!(
+        cfg.disks,
+        [
+            EmulatedDisk { bus: DiskBus::Scsi { id: 3 }, file: "/srv/s3.img".into(), readonly: false },
+            EmulatedDisk { bus: DiskBus::Scsi { id: 0 }, file: "/srv/s0.img".into(), readonly: false },
+            EmulatedDisk { bus: DiskBus::Scsi { id: 2 }, file: "/srv/s2.img".into(), readonly: true },
+        ]
+    );
+    assert_eq!(cfg.disks[2].vdev(), "sdc");
+    // sda and xvda are different disks.
+    run_str(&["-xen-domid", "3", "-drive", "file=/a,if=ide,index=0,media=disk", "-drive", "file=/b,if=scsi,unit=0"]);
+}
+
+#[test]
+fn disk_argv_that_libxl_would_not_emit_is_refused_with_the_reason() {
+    let case = |extra: &[&str]| parse(with_domid(extra)).unwrap_err().to_string();
+    // libxl's CD-ROM pair (xen-toolstack.md 3.1).
+    assert_eq!(
+        case(&[
+            "-drive",
+            "if=none,readonly=on,id=ide-5632,file=cd.iso,format=raw",
+            "-device",
+            "ide-cd,id=ide-5632,drive=ide-5632,bus=ide.1,unit=0"
+        ]),
+        "-device: unsupported driver 'ide-cd' (emulated CD-ROMs are not implemented; remove the devtype=cdrom disk \
+         from the xl config (or give the image to the guest as a PV disk, vdev=xvde or later))"
+    );
+    assert!(case(&["-drive", "file=cd.iso,if=ide,index=2,media=cdrom"]).contains("devtype=cdrom"));
+    assert!(case(&["-cdrom", "cd.iso"]).contains("devtype=cdrom"));
+    assert!(case(&["-device", "scsi-cd,drive=c"]).contains("devtype=cdrom"));
+    // A lone if=none drive (the CD-ROM's, without its ide-cd) has no device.
+    assert_eq!(
+        case(&["-drive", "if=none,readonly=on,id=ide-5632,file=cd.iso,format=raw"]),
+        "-drive if=none,id=ide-5632: no -device ide-hd (AHCI) or scsi-hd names it (drive=ide-5632)"
+    );
+    // Read-only IDE and AHCI disks: libxl refuses them itself.
+    for ro in [
+        &["-drive", "file=/d.img,if=ide,index=0,media=disk,readonly=on"][..],
+        &[
+            "-device",
+            "ahci,id=ahci0",
+            "-drive",
+            "file=/d,if=none,id=ahcidisk-0,readonly=on",
+            "-device",
+            "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0",
+        ],
+    ] {
+        assert!(case(ro).contains("libxl emits no read-only IDE or AHCI disk"), "{ro:?}");
+    }
+    assert!(case(&["-drive", "file=/d.img,if=ide,index=4,media=disk"]).contains("IDE index 4"));
+    assert!(case(&["-drive", "file=/a,index=1", "-drive", "file=/b,index=1"]).contains("disk xvdb given twice"));
+    // A format other than raw: libxl's qdisk backend, which xendm does not have.
+    assert_eq!(
+        case(&["-drive", "file=/g.qcow2,if=ide,index=0,media=disk,format=qcow2,cache=writeback"]),
+        "-drive: unsupported format 'qcow2' (libxl serves such a disk with QEMU's qdisk backend, which xendm does \
+         not have; convert the image (qemu-img convert -O raw) and give the disk as format=raw, so libxl uses \
+         blkback)"
+    );
+    let vhd_scsi = [
+        "-device",
+        "lsi53c895a",
+        "-drive",
+        "file=/s.vhd,id=scsi0-hd0,format=vpc,if=none,readonly=off,cache=writeback",
+        "-device",
+        "scsi-hd,drive=scsi0-hd0,scsi-id=0",
+    ];
+    assert!(case(&vhd_scsi).starts_with("-drive: unsupported format 'vpc'"));
+    assert!(case(&["-drive", "file=/a,if=none"]).contains("missing parameter 'id'"));
+    assert!(case(&["-drive", "file=/a,if=none,id=x", "-drive", "file=/b,if=none,id=x"]).contains("'x' given twice"));
+    assert!(case(&["-drive", "file=/a,media=tape"]).contains("media 'tape'"));
+    assert!(case(&["-drive", "file=/a,driver=quorum"]).contains("unsupported parameter 'driver'"));
+    assert!(case(&["-drive", "file=/a,if=scsi,unit=16"]).contains("unit=16 is above 15"));
+    assert!(case(&["-drive", "file=/a,if=scsi,bus=1,unit=0"]).contains("only SCSI bus 0"));
+    // Devices without their partner, or on a bus xendm does not take.
+    let ahci_disk =
+        ["-drive", "file=/d,if=none,id=ahcidisk-0", "-device", "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0"];
+    assert_eq!(
+        case(&ahci_disk),
+        "-device ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0: no -device ahci,id=ahci0 controller"
+    );
+    assert!(case(&["-device", "ahci,id=ahci0", "-device", "ide-hd,bus=ahci0.1,drive=nope"])
+        .contains("no -drive if=none,id=nope for it"));
+    assert!(case(&["-device", "ide-hd,bus=ide.0,drive=d"]).contains("only on an AHCI port"));
+    assert!(case(&["-device", "ahci,id=ahci0", "-device", "ide-hd,bus=ahci0.6,drive=d"]).contains("port must be 0-5"));
+    let scsi = ["-drive", "file=/s,if=none,id=scsi0-hd0", "-device", "scsi-hd,drive=scsi0-hd0,scsi-id=0"];
+    assert!(case(&scsi).contains("no -device lsi53c895a controller"));
+    assert!(case(&["-device", "lsi53c895a,bus=pci.0"]).contains("unsupported parameter 'bus'"));
+}
+
+/// `vif = ['bridge=xenbr0']` in libxl 4.17 (lab capture, xen-toolstack.md
+/// 3.1): the `-device` comes before its `-netdev`.
+#[test]
+fn libxls_nic_pair_is_recorded_with_its_tap() {
+    let cfg = run_str(&[
+        "-xen-domid",
+        "7",
+        "-device",
+        "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:51:36:66",
+        "-netdev",
+        "type=tap,id=net0,ifname=vif7.0-emu,br=xenbr0,script=no,downscript=no",
+        "-device",
+        "e1000,id=nic1,netdev=net1,mac=00:16:3e:51:36:67",
+        "-netdev",
+        "tap,id=net1,ifname=vif7.1-emu,script=no,downscript=no",
+    ]);
+    assert_eq!(
+        cfg.nics,
+        [
+            TapNic {
+                model: "rtl8139".into(),
+                device_id: Some("nic0".into()),
+                netdev_id: "net0".into(),
+                mac: Some("00:16:3e:51:36:66".into()),
+                ifname: "vif7.0-emu".into(),
+                bridge: Some("xenbr0".into()),
+            },
+            TapNic {
+                model: "e1000".into(),
+                device_id: Some("nic1".into()),
+                netdev_id: "net1".into(),
+                mac: Some("00:16:3e:51:36:67".into()),
+                ifname: "vif7.1-emu".into(),
+                bridge: None,
+            },
+        ]
+    );
+    // Every model of the list is accepted; the -netdev may come first.
+    for model in crate::cli::NIC_MODELS {
+        let cfg = run_str(&[
+            "-xen-domid",
+            "7",
+            "-netdev",
+            "type=tap,id=net0,ifname=vif7.0-emu",
+            "-device",
+            &format!("{model},netdev=net0"),
+        ]);
+        assert_eq!(cfg.nics[0].model, *model);
+    }
+    // type=vif: no -netdev, -net none.
+    assert!(run_str(&["-xen-domid", "7", "-net", "none"]).nics.is_empty());
+}
+
+#[test]
+fn the_help_lists_every_accepted_nic_model() {
+    let help = help::help_text().replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for model in crate::cli::NIC_MODELS {
+        assert!(help.contains(&format!("{model},")) || help.contains(&format!("{model})")), "{model}");
+    }
+}
+
+#[test]
+fn nic_argv_that_does_not_pair_or_is_unknown_is_refused_naming_both() {
+    let case = |extra: &[&str]| parse(with_domid(extra)).unwrap_err().to_string();
+    let dev = "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:00:00:01";
+    let net = "type=tap,id=net0,ifname=vif1.0-emu,br=xenbr0,script=no,downscript=no";
+    assert_eq!(
+        case(&["-device", dev]),
+        format!("-device {dev}: no -netdev type=tap,id=net0 (libxl passes the two together)")
+    );
+    assert_eq!(
+        case(&["-netdev", net]),
+        "-netdev type=tap,id=net0,ifname=vif1.0-emu: no -device MODEL,netdev=net0 uses it (libxl passes the two \
+         together)"
+    );
+    assert!(case(&["-device", dev, "-device", "e1000,netdev=net0", "-netdev", net]).contains("already used"));
+    assert_eq!(
+        case(&["-device", "ne2k_isa,id=nic0,netdev=net0", "-netdev", net]),
+        format!(
+            "-device: unsupported NIC model 'ne2k_isa' (xendm accepts the NIC models {}; set model= in the vif= \
+             entry to one of them, or use type=vif)",
+            crate::cli::NIC_MODELS.join(", ")
+        )
+    );
+    assert!(case(&["-device", "e1000"]).contains("has no netdev="));
+    assert!(case(&["-device", "e1000,netdev=n,mac=00:16:3e:00:00"]).contains("mac '00:16:3e:00:00'"));
+    assert!(case(&["-device", "e1000,netdev=n,romfile="]).contains("unsupported parameter 'romfile'"));
+    assert!(case(&["-netdev", "user,id=n"]).starts_with("-netdev: unsupported type 'user'"));
+    assert!(case(&["-netdev", "type=tap,id=n"]).contains("no ifname="));
+    assert!(case(&["-netdev", "type=tap,ifname=t"]).contains("missing parameter 'id'"));
+    assert!(case(&["-netdev", "type=tap,id=n,ifname=t,script=/etc/qemu-ifup"]).contains("script=/etc/qemu-ifup"));
+    assert!(case(&["-netdev", "type=tap,id=n,ifname=t,vhost=on"]).contains("unsupported parameter 'vhost'"));
+    assert!(case(&["-netdev", "type=tap,id=n,ifname=t,fd=3"]).contains("unsupported parameter 'fd'"));
+    for bad in ["a-very-long-name-x", "tap%d", "a/b", "a b", "..", "a:0"] {
+        let e = case(&["-netdev", &format!("type=tap,id=n,ifname={bad}")]);
+        assert!(e.starts_with("-netdev: "), "{bad}: {e}");
+    }
+    assert!(case(&["-netdev", "type=tap,id=n,ifname=t", "-netdev", "type=tap,id=n,ifname=u"])
+        .contains("netdev id 'n' given twice"));
+    assert!(case(&["-netdev", "type=tap,id=n,ifname=t", "-netdev", "type=tap,id=m,ifname=t"])
+        .contains("ifname 't' given twice"));
 }

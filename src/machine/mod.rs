@@ -67,10 +67,15 @@ pub enum MachineError {
     #[error("-initrd/-append given without -kernel")]
     BootArgsWithoutKernel,
     #[error(
-        "disk {vdev} (-drive if=ide,index={index}): xendm emulates no IDE disk, so the guest can reach it only \
-         through its PV block driver, {why}"
+        "disk {vdev} ({form}): xendm emulates no disk, so the guest can reach it only through its PV block \
+         driver (blkfront), {why}"
     )]
-    UnreachableDisk { vdev: String, index: u32, why: &'static str },
+    UnreachableDisk { vdev: String, form: String, why: &'static str },
+    #[error(
+        "NIC {model} (-device {model},netdev={netdev}, tap {ifname}): xendm emulates no NIC, so the guest can \
+         reach this network only through its PV network driver (netfront), {why}"
+    )]
+    UnreachableNic { model: String, netdev: String, ifname: String, why: &'static str },
     #[error("no option ROM named {0} is built into xendm")]
     MissingRom(&'static str),
     #[error("-machine none has no devices")]

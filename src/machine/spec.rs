@@ -81,7 +81,7 @@ impl MachineSpec {
         }
         let layout = ram_layout(config);
         let (vcpus, max_vcpus) = vcpu_counts(config);
-        check_ide_disks(config)?;
+        check_pv_path(config)?;
         let serials = serial_ports(config)?;
         let cmos = cmos_config(config, &layout, vcpus)?;
         let boot = plan_boot(config, &layout, vcpus)?;
@@ -115,24 +115,43 @@ fn serial_ports(config: &Config) -> Result<Vec<ChardevSpec>, MachineError> {
     Ok(serials)
 }
 
-/// libxl's IDE disks (`xvda`-`xvdd`) are the guest's PV disks too; xendm
-/// serves them through the PV path only (a guest with PV drivers unplugs
-/// emulated disks anyway, `xen-toolstack.md` 3.3-3.4). That needs the
-/// kernel to be booted directly (SeaBIOS has no PV block driver) and the
-/// Xen platform device (the guest's PV drivers bind to it).
-fn check_ide_disks(config: &Config) -> Result<(), MachineError> {
-    let why = if config.kernel.is_none() {
-        "which firmware cannot boot from: set kernel= (and ramdisk=, cmdline=) in the xl config, \
-         or boot the guest with qemu-xen"
+/// libxl's emulated hard disks (IDE `xvda`-`xvdd`, AHCI, SCSI) are the
+/// guest's PV disks too, and its emulated NICs are its vifs too; xendm
+/// serves both through the PV path only (a guest with PV drivers unplugs
+/// the emulated ones anyway, `xen-toolstack.md` 3.3-3.4). That needs the
+/// kernel to be booted directly (SeaBIOS has no PV block driver, and a
+/// guest booted by firmware cannot be assumed to have PV drivers) and the
+/// Xen platform device (the guest's PV drivers bind to it). Otherwise the
+/// first disk or NIC is refused, naming the xl.cfg setting to change.
+fn check_pv_path(config: &Config) -> Result<(), MachineError> {
+    let (disk_why, nic_why) = if config.kernel.is_none() {
+        (
+            "which firmware cannot boot from: set kernel= (and ramdisk=, cmdline=) in the xl config, \
+             or boot the guest with qemu-xen",
+            "which xendm relies on only with a direct kernel boot: add type=vif to this vif= entry in the xl \
+             config (vif=['bridge=...,type=vif']), or set kernel=",
+        )
     } else if config.machine.kind != MachineKind::Xenfv {
-        "which needs the Xen platform device: remove xen_platform_pci=0 from the xl config"
+        (
+            "which needs the Xen platform device: remove xen_platform_pci=0 from the xl config",
+            "which needs the Xen platform device: remove xen_platform_pci=0 from the xl config, or add \
+             type=vif to this vif= entry",
+        )
     } else {
         return Ok(());
     };
-    match config.ide_disks.first() {
-        Some(d) => Err(MachineError::UnreachableDisk { vdev: d.vdev(), index: d.index, why }),
-        None => Ok(()),
+    if let Some(d) = config.disks.first() {
+        return Err(MachineError::UnreachableDisk { vdev: d.vdev(), form: d.form(), why: disk_why });
     }
+    if let Some(n) = config.nics.first() {
+        return Err(MachineError::UnreachableNic {
+            model: n.model.clone(),
+            netdev: n.netdev_id.clone(),
+            ifname: n.ifname.clone(),
+            why: nic_why,
+        });
+    }
+    Ok(())
 }
 
 /// The CMOS parameters, checked by building the NVRAM contents once.
@@ -234,16 +253,58 @@ mod tests {
     }
 
     #[test]
-    fn ide_disks_need_a_direct_kernel_boot_and_the_platform_device() {
+    fn disks_and_nics_need_a_direct_kernel_boot_and_the_platform_device() {
         let boot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/boot/mini-bzImage");
         let k = boot.display().to_string();
-        let disk = "file=/srv/d0.img,if=ide,index=0,media=disk,format=raw,cache=writeback";
-        assert!(MachineSpec::from_config(&config(&["-xen-domid", "1", "-kernel", &k, "-drive", disk])).is_ok());
-        let e = MachineSpec::from_config(&config(&["-xen-domid", "1", "-drive", disk])).unwrap_err().to_string();
-        assert!(e.starts_with("disk xvda (-drive if=ide,index=0)") && e.contains("set kernel="), "{e}");
-        let c = config(&["-xen-domid", "1", "-kernel", &k, "-machine", "pc,accel=xen", "-drive", disk]);
-        let e = MachineSpec::from_config(&c).unwrap_err().to_string();
-        assert!(e.contains("remove xen_platform_pci=0"), "{e}");
+        let ide = ["-drive", "file=/srv/d0.img,if=ide,index=0,media=disk,format=raw,cache=writeback"];
+        let ahci = [
+            "-device",
+            "ahci,id=ahci0",
+            "-drive",
+            "file=/srv/d1.img,if=none,id=ahcidisk-1,format=raw,cache=writeback",
+            "-device",
+            "ide-hd,bus=ahci0.1,unit=0,drive=ahcidisk-1",
+        ];
+        let scsi = [
+            "-device",
+            "lsi53c895a",
+            "-drive",
+            "file=/srv/s0.img,id=scsi0-hd0,format=raw,if=none,readonly=off,cache=writeback",
+            "-device",
+            "scsi-hd,drive=scsi0-hd0,scsi-id=0",
+        ];
+        let nic = [
+            "-device",
+            "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:51:36:66",
+            "-netdev",
+            "type=tap,id=net0,ifname=vif1.0-emu,br=xenbr0,script=no,downscript=no",
+        ];
+        let plan = |base: &[&str], extra: &[&str]| {
+            let mut all = vec!["-xen-domid", "1"];
+            all.extend_from_slice(base);
+            all.extend_from_slice(extra);
+            MachineSpec::from_config(&config(&all)).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let direct = ["-kernel", k.as_str()];
+        let no_platform = ["-kernel", k.as_str(), "-machine", "pc,accel=xen"];
+        for (devices, what) in [
+            (&ide[..], "disk xvda (-drive if=ide,index=0): "),
+            (&ahci[..], "disk xvdb (-device ide-hd,bus=ahci0.1): "),
+            (&scsi[..], "disk sda (SCSI disk, scsi-id=0): "),
+            (&nic[..], "NIC rtl8139 (-device rtl8139,netdev=net0, tap vif1.0-emu): "),
+        ] {
+            assert_eq!(plan(&direct, devices), Ok(()), "{what}");
+            let e = plan(&[], devices).unwrap_err();
+            assert!(e.starts_with(what), "{e}");
+            let fix = if what.starts_with("NIC") { "add type=vif to this vif= entry" } else { "set kernel=" };
+            assert!(e.contains(fix), "{e}");
+            let e = plan(&no_platform, devices).unwrap_err();
+            assert!(e.starts_with(what) && e.contains("remove xen_platform_pci=0"), "{e}");
+        }
+        // A controller with no disk (hdtype=ahci, disks at xvdg and later) needs neither.
+        assert_eq!(plan(&[], &["-device", "ahci,id=ahci0"]), Ok(()));
+        let e = plan(&[], &nic).unwrap_err();
+        assert!(e.contains("PV network driver (netfront)"), "{e}");
     }
 
     /// Audit 2026-12 section 3: a FIFO as `-kernel` or `-initrd` hung

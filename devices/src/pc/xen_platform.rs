@@ -32,8 +32,12 @@
 //!
 //! Every other access reads all-ones and ignores writes. Unplug mask bits: 0
 //! IDE and SCSI disks, 1 NICs, 2 IDE disks but the primary master, 3 NVMe
-//! disks. This device model emulates none of them, so an unplug is only
-//! logged and recorded ([`XenPlatform::unplugged`]). Drivers are never
+//! disks. This device model emulates none of them, so an unplug is
+//! logged and recorded ([`XenPlatform::unplugged`]), and handed to the
+//! machine's [`UnplugHook`] if it set one: the host resources behind the
+//! emulated devices (the taps of libxl's emulated NICs) are released there,
+//! as QEMU deletes a NIC's tap with the NIC (`pci_unplug_nics`). The device
+//! itself stays a plain state machine. Drivers are never
 //! blocked (QEMU's xenstore `/mh/driver-blacklist` lookup is not done), so
 //! the magic never turns into 0xD249.
 //!
@@ -111,6 +115,16 @@ pub const FLAG_ROM_LOCK: u8 = 1;
 /// Longest log line kept; longer lines are emitted in pieces.
 pub const LOG_LINE_MAX: usize = 512;
 
+/// What the machine does on an unplug request besides the device recording
+/// it: called with the request's mask (every request, repeated ones too),
+/// under the device's lock, on the thread serving the guest; it must not
+/// block.
+pub trait UnplugHook: Send {
+    /// The guest asked to unplug the emulated devices of `mask`
+    /// ([`UNPLUG_ALL_DISKS`], [`UNPLUG_ALL_NICS`], ...).
+    fn unplugged(&mut self, mask: u16);
+}
+
 /// The registers behind the fixed ports and BAR0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +154,7 @@ pub struct XenPlatform {
     line: Vec<u8>,
     log_limit: RateLimit,
     warn_limit: RateLimit,
+    hook: Option<Box<dyn UnplugHook>>,
 }
 
 impl Default for XenPlatform {
@@ -174,7 +189,13 @@ impl XenPlatform {
             line: Vec::new(),
             log_limit: RateLimit::per_second(),
             warn_limit: RateLimit::per_second(),
+            hook: None,
         }
+    }
+
+    /// Sets what an unplug request also does (replacing any earlier hook).
+    pub fn set_unplug_hook(&mut self, hook: Box<dyn UnplugHook>) {
+        self.hook = Some(hook);
     }
 
     /// Every unplug bit the guest has asked for so far.
@@ -226,6 +247,9 @@ impl XenPlatform {
                 "guest unplugged emulated {}; none are emulated here",
                 if what.is_empty() { "nothing".to_string() } else { what.join(", ") }
             );
+        }
+        if let Some(hook) = &mut self.hook {
+            hook.unplugged(mask);
         }
     }
 
@@ -579,6 +603,39 @@ mod tests {
         assert_eq!(h.device.lock().unwrap().unplugged(), 0);
         bus.pio_write(0xc004, &1u32.to_le_bytes());
         assert_eq!(h.device.lock().unwrap().unplugged(), UNPLUG_ALL_DISKS | UNPLUG_ALL_NICS);
+    }
+
+    /// Records every mask the hook is given.
+    struct Masks(Arc<Mutex<Vec<u16>>>);
+
+    impl UnplugHook for Masks {
+        fn unplugged(&mut self, mask: u16) {
+            self.0.lock().unwrap().push(mask);
+        }
+    }
+
+    #[test]
+    fn every_unplug_request_reaches_the_hook_and_the_state_is_unchanged() {
+        let (mut bus, h) = setup();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        h.device.lock().unwrap().set_unplug_hook(Box::new(Masks(seen.clone())));
+        bus.pio_write(0x10, &UNPLUG_ALL_DISKS.to_le_bytes());
+        bus.pio_write(0x10, &(UNPLUG_ALL_NICS | UNPLUG_AUX_IDE_DISKS).to_le_bytes());
+        bus.pio_write(0x10, &UNPLUG_ALL_NICS.to_le_bytes());
+        bus.pio_write(0x10, &[2]); // a 1-byte write is the flags, not an unplug
+        bus.pci_config_write(SBDF, 0x10, &0xc001u32.to_le_bytes());
+        bus.pio_write(0xc008, &[2]); // old VMDP: NICs
+        bus.pio_write(0xc004, &[1]); // old SUSE: everything
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [1, 6, 2, UNPLUG_ALL_NICS, UNPLUG_ALL_DISKS | UNPLUG_ALL_NICS],
+            "the masks, in order"
+        );
+        let d = h.device.lock().unwrap();
+        assert_eq!(d.unplugged(), UNPLUG_ALL_DISKS | UNPLUG_ALL_NICS | UNPLUG_AUX_IDE_DISKS);
+        let mut plain = XenPlatform::new();
+        plain.fixed_write(PORT_MAGIC, &7u16.to_le_bytes());
+        assert_eq!(plain.save().regs, d.save().regs, "the hook changes nothing the device saves");
     }
 
     #[test]

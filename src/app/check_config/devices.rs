@@ -20,7 +20,8 @@ impl Checker<'_> {
                     format!("hdtype = {v}"),
                     &args(&["-device", "ahci,id=ahci0"]),
                     "",
-                    "",
+                    "xendm emulates no disk controller; xvda-xvdf become AHCI disks, served through the PV \
+                     path like IDE ones (qemu-xen keeps AHCI disks visible after the guest's unplug; xendm does not)",
                     "remove hdtype=",
                 );
             } else {
@@ -62,61 +63,47 @@ impl Checker<'_> {
             self.item("disk", i, item, Verdict::PvOnly, msg, None);
         } else if format == "empty" {
             self.item("disk", i, item, Verdict::Ignored, "an empty non-CD-ROM disk: libxl creates no device", None);
-        } else if let Some((Bus::Xvd | Bus::Hd, n)) = index.filter(|_| emulated) {
-            self.ide_disk(i, item, d, n);
-        } else if emulated {
-            let ide = match index {
-                Some((Bus::Sd, n)) => format!("file={target},if=scsi,bus=0,unit={n},format={format},cache=writeback"),
-                Some((_, n)) => format!("file={target},if=ide,index={n},media=disk,format={format},cache=writeback"),
-                None => String::new(),
-            };
-            let vdev = d.vdev.clone().unwrap_or_default();
-            self.judge(
-                Some(item.line),
-                format!("{setting} ({vdev} is also emulated)"),
-                &args(&["-drive", &ide]),
-                "",
-                "",
-                PV_DISK_FIX,
-            );
+        } else if QDISK_FORMATS.contains(&format.as_str()) || d.backendtype.as_deref() == Some("qdisk") {
+            let msg = "this disk needs the qdisk backend (QEMU's, for image formats and backendtype=qdisk), which the \
+                       device model of an HVM guest serves; xendm serves none (it marks the backend Closed, so the \
+                       guest does not wait for it at boot) and the guest has no such disk";
+            let fix = "convert the image to raw (qemu-img convert -O raw) and use format=raw,backendtype=phy";
+            self.item("disk", i, item, Verdict::Refused, msg, Some(fix));
+        } else if let Some((bus, n)) = index.filter(|_| emulated) {
+            let what = if matches!(bus, Bus::Sd) { "SCSI" } else { "IDE" };
+            self.emulated_disk(i, item, d, what, n);
         } else if index.is_none() {
             let msg = "no vdev xl understands (xvdX, hdX or sdX)";
             self.item("disk", i, item, Verdict::Refused, msg, Some(PV_DISK_FIX));
-        } else if QDISK_FORMATS.contains(&format.as_str()) || d.backendtype.as_deref() == Some("qdisk") {
-            let msg = "this disk needs the qdisk backend (QEMU's, for image formats and backendtype=qdisk), which the \
-                       device model of an HVM guest serves; xendm serves none, so the guest waits minutes at boot and \
-                       has no disk";
-            let fix = "convert the image to raw (qemu-img convert -O raw) and use format=raw,backendtype=phy";
-            self.item("disk", i, item, Verdict::Refused, msg, Some(fix));
         } else {
             let msg = "blkback in dom0 serves it to the guest's blkfront (PV driver); libxl emulates nothing for it";
             self.item("disk", i, item, Verdict::PvOnly, msg, None);
         }
     }
 
-    /// `xvda`-`xvdd` (and `hda`-`hdd`): libxl passes `-drive ...,if=ide`
-    /// and exports the same disk as a PV vbd; xendm takes the drive and
-    /// serves the disk through the PV path only, which needs a direct kernel
-    /// boot and the Xen platform device (`machine::spec`).
-    fn ide_disk(&mut self, i: usize, item: &Item, d: &DiskSpec, n: u32) {
+    /// `xvda`-`xvdd` (and `hda`-`hdd`), and `sdX`: libxl passes an IDE (or
+    /// SCSI) drive and exports the same disk as a PV vbd; xendm takes the
+    /// drive and serves the disk through the PV path only, which needs a
+    /// direct kernel boot and the Xen platform device (`machine::spec`).
+    fn emulated_disk(&mut self, i: usize, item: &Item, d: &DiskSpec, bus: &str, n: u32) {
         let vdev = d.vdev.clone().unwrap_or_default();
         let no_platform = self.get("xen_platform_pci").is_some_and(|(_, v)| v.truthy() == Some(false));
         if self.get("kernel").is_none() {
             let msg = format!(
-                "libxl also emulates {vdev} as IDE disk {n}; xendm emulates none and serves it through the guest's \
+                "libxl also emulates {vdev} as {bus} disk {n}; xendm emulates none and serves it through the guest's \
                  PV block driver only, which the firmware cannot boot from"
             );
             let fix = format!("set kernel= (direct kernel boot), or use vdev=xvde or later; {PV_DISK_FIX}");
             self.item("disk", i, item, Verdict::Refused, &msg, Some(&fix));
         } else if no_platform {
             let msg = format!(
-                "libxl also emulates {vdev} as IDE disk {n}; xendm serves it through the guest's PV block driver, \
+                "libxl also emulates {vdev} as {bus} disk {n}; xendm serves it through the guest's PV block driver, \
                  which needs the Xen platform device"
             );
             self.item("disk", i, item, Verdict::Refused, &msg, Some("remove xen_platform_pci=0"));
         } else {
             let msg = format!(
-                "blkback in dom0 serves it to the guest's blkfront (PV driver); libxl also asks for IDE disk {n}, \
+                "blkback in dom0 serves it to the guest's blkfront (PV driver); libxl also asks for {bus} disk {n}, \
                  which xendm accepts and does not emulate (the guest's PV drivers unplug emulated disks anyway)"
             );
             self.item("disk", i, item, Verdict::PvOnly, &msg, None);
@@ -133,21 +120,45 @@ impl Checker<'_> {
                     let msg = "netback in dom0 serves it to the guest's netfront (PV driver); libxl passes -net none";
                     self.item("vif", i, item, Verdict::PvOnly, msg, None);
                 }
-                _ => {
-                    let model = get("model").unwrap_or_else(|| "rtl8139".into());
-                    let argv = args(&[
-                        "-device",
-                        &format!("{model},id=nic{i},netdev=net{i},mac=00:16:3e:00:00:01"),
-                        "-netdev",
-                        &format!("type=tap,id=net{i},ifname=vif1.{i}-emu,br=xenbr0,script=no,downscript=no"),
-                    ]);
-                    let spec = item.value.text().unwrap_or_default();
-                    let fix = if spec.is_empty() { "'type=vif'".to_string() } else { format!("'{spec},type=vif'") };
-                    let setting = format!("vif[{i}] = {} (type=ioemu, xl's HVM default)", item.value);
-                    self.judge(Some(item.line), setting, &argv, "", "", &fix);
-                }
+                _ => self.emulated_vif(i, item, &get("model").unwrap_or_else(|| "rtl8139".into())),
             }
         }
+    }
+
+    /// `type=ioemu` (xl's HVM default): libxl passes a `-device MODEL` and a
+    /// `-netdev type=tap`; xendm creates the tap and emulates no NIC, so the
+    /// guest needs netfront: a direct kernel boot and the platform device
+    /// (`machine::spec`), as for disks.
+    fn emulated_vif(&mut self, i: usize, item: &Item, model: &str) {
+        let argv = args(&[
+            "-device",
+            &format!("{model},id=nic{i},netdev=net{i},mac=00:16:3e:00:00:01"),
+            "-netdev",
+            &format!("type=tap,id=net{i},ifname=vif1.{i}-emu,br=xenbr0,script=no,downscript=no"),
+        ]);
+        let spec = item.value.text().unwrap_or_default();
+        let fix = if spec.is_empty() { "'type=vif'".to_string() } else { format!("'{spec},type=vif'") };
+        let no_platform = self.get("xen_platform_pci").is_some_and(|(_, v)| v.truthy() == Some(false));
+        if !crate::cli::NIC_MODELS.contains(&model) || self.get("kernel").is_none() || no_platform {
+            // The command line refuses an unknown model by name; the
+            // machine refuses the rest, as the disks above.
+            let why = if self.get("kernel").is_none() {
+                "without a direct kernel boot (kernel=) xendm cannot rely on the guest's PV network driver"
+            } else {
+                "the guest's PV network driver needs the Xen platform device"
+            };
+            match super::cli_verdict(&argv) {
+                super::Cli::Refused(e) => self.item("vif", i, item, Verdict::Refused, &e, Some(&fix)),
+                _ => self.item("vif", i, item, Verdict::Refused, why, Some(&fix)),
+            }
+            return;
+        }
+        let msg = format!(
+            "netback in dom0 serves it to the guest's netfront (PV driver); libxl also asks for an emulated \
+             {model} NIC, which xendm does not emulate, and its tap vifD.{i}-emu, which xendm creates for the \
+             hotplug script and closes when the guest unplugs emulated NICs"
+        );
+        self.item("vif", i, item, Verdict::PvOnly, &msg, None);
     }
 
     pub(super) fn restrict(&mut self) {

@@ -198,10 +198,12 @@ fn disks_by_vdev_format_and_type() {
         ("format=raw,vdev=xvda,target=/dev/vg/g", Verdict::PvOnly),
         ("format=raw,vdev=xvdd,target=/dev/vg/g", Verdict::PvOnly),
         ("format=raw,vdev=hdb,target=/dev/vg/g", Verdict::PvOnly),
-        ("format=raw,vdev=sdc,target=/dev/vg/g", Verdict::Refused),
+        ("format=raw,vdev=sdc,target=/dev/vg/g", Verdict::PvOnly),
         ("format=qcow2,vdev=xvde,target=/srv/g.qcow2", Verdict::Refused),
         ("format=vhd,vdev=xvde,target=/srv/g.vhd", Verdict::Refused),
         ("format=qed,vdev=xvde,target=/srv/g.qed", Verdict::Refused),
+        ("format=qcow2,vdev=xvda,target=/srv/g.qcow2", Verdict::Refused),
+        ("format=raw,vdev=xvda,backendtype=qdisk,target=/srv/g.img", Verdict::Refused),
         ("format=qcow,vdev=xvde,target=/srv/g.qcow", Verdict::Refused),
         ("format=raw,vdev=xvde,backendtype=qdisk,target=/srv/g.img", Verdict::Refused),
         ("/srv/cd.iso,,hdc,cdrom", Verdict::Refused),
@@ -234,16 +236,27 @@ fn nics_by_type() {
     for (spec, verdict) in [
         ("bridge=xenbr0,type=vif", Verdict::PvOnly),
         ("type=vif", Verdict::PvOnly),
-        ("bridge=xenbr0", Verdict::Refused),
-        ("", Verdict::Refused),
-        ("type=ioemu,model=e1000", Verdict::Refused),
+        ("bridge=xenbr0", Verdict::PvOnly),
+        ("", Verdict::PvOnly),
+        ("type=ioemu,model=e1000", Verdict::PvOnly),
+        ("type=ioemu,model=ne2k_isa", Verdict::Refused),
     ] {
         let r = check_text(&base(&format!("vif = [ '{spec}' ]")));
         assert_eq!(r.verdict_of("vif"), Some(verdict), "{spec}: {}", r.render("t"));
     }
-    let r = check_text(&base("vif = [ 'bridge=xenbr0' ]"));
+    let r = check_text(&base("vif = [ 'type=ioemu,model=ne2k_isa' ]"));
     let f = r.findings.iter().find(|f| f.setting.starts_with("vif[0]")).unwrap();
-    assert_eq!(f.fix.as_deref(), Some("'bridge=xenbr0,type=vif'"));
+    assert!(f.message.contains("unsupported NIC model 'ne2k_isa'"), "{}", f.message);
+    // Without a direct kernel boot or the platform device: type=vif.
+    for cfg in [
+        "type = \"hvm\"\nvga = \"none\"\nvif = [ 'bridge=xenbr0' ]\n",
+        &base("vif = [ 'bridge=xenbr0' ]\nxen_platform_pci = 0"),
+    ] {
+        let r = check_text(cfg);
+        let f = r.findings.iter().find(|f| f.setting.starts_with("vif[0]")).unwrap();
+        assert_eq!(f.verdict, Verdict::Refused, "{cfg}");
+        assert_eq!(f.fix.as_deref(), Some("'bridge=xenbr0,type=vif'"));
+    }
 }
 
 #[test]
@@ -311,7 +324,7 @@ fn restriction_machine_and_extras() {
         ("device_model_args_hvm = [ '-device', 'e1000' ]", Verdict::Refused),
         ("bios = \"rombios\"", Verdict::Refused),
         ("bios = \"ovmf\"", Verdict::Warning),
-        ("hdtype = \"ahci\"", Verdict::Refused),
+        ("hdtype = \"ahci\"", Verdict::Ignored),
         ("on_crash = \"preserve\"", Verdict::Xen),
         ("frobnicate = 1", Verdict::Warning),
     ] {
