@@ -183,9 +183,10 @@ guest_run() {
   [ $st -eq 0 ] || { fail "$(marker_error $st "$R/guest-serial.log" "$name")"; return; }
   record_marker
   put guest_devices "$(echo "$MARK_LINE" | grep -o 'xvda=[^ ]* xvdb=[^ ]* eth0=[^ ]*')"
-  # the guest powers off after its result line (on_poweroff=destroy)
-  wait_gone "$name" 60 || { fail "domain $name still exists 60s after the guest's result"; return; }
-  wait_pid_gone "$DMPID" 20 || { fail "DM pid $DMPID still running 20s after the domain has gone"; return; }
+  # the guest powers off after its result line (on_poweroff=destroy); libxl
+  # kills the DM first (polled without forks), then removes the devices
+  wait_pid_gone "$DMPID" 60 || { fail "DM pid $DMPID still running 60s after the guest's result"; return; }
+  wait_gone "$name" 60 || { fail "domain $name still exists 60s after its DM exited"; return; }
   stepres "guest powered off; domain and DM gone $(since "$MARK_CS")s after its result"
   guest_check_disks || return
   put pass true
