@@ -16,7 +16,7 @@ NUMERIC = ("create_to_marker_s", "create_return_s", "guest_uptime_s",
            "reboot_to_marker_s", "shutdown_s", "destroy_s")
 INTEGER = ("dm_vmrss_kib", "dm_vmhwm_kib", "dm_threads", "dm_seccomp", "dm_nonewprivs", "dm_uid",
            "dm_startup_ms", "dm_private_dirty_kib", "dm_anon_kib")
-TEXT = ("vkbd_state",)
+TEXT = ("vkbd_state", "guest_devices", "guest_ping6", "guest_disks")
 COLUMNS = [("scenario", "scenario"), ("pass", "result"), ("create_return_s", "create->return s"),
            ("create_to_marker_s", "create->PASS s"), ("guest_uptime_s", "guest uptime s"),
            ("dm_vmrss_kib", "DM VmRSS KiB"), ("dm_vmhwm_kib", "DM VmHWM KiB"), ("dm_private_dirty_kib", "DM Private_Dirty KiB"), ("dm_anon_kib", "DM anon KiB"),
