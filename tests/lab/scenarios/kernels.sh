@@ -40,10 +40,11 @@ k_set() {
   if grep -q "^$1 = " "$_c"; then sed -i "s|^$1 = .*|$1 = $2|" "$_c"; else echo "$1 = $2" >>"$_c"; fi
   cp "$_c" "$R/xl.cfg"
 }
-# k_variant MODE: boot the variant initrd (kernels.guest-init) in guest.kmode=MODE
+# k_variant MODE [ARGS]: boot the variant initrd (kernels.guest-init) in
+# guest.kmode=MODE, with extra kernel ARGS
 k_variant() {
   k_set ramdisk "\"$K_DIR/initrd-kernels.img\""
-  k_set cmdline "\"console=ttyS0 panic=-1 quiet guest.hold=900 rdinit=/init-kernels guest.kmode=$1 $GUEST_ARGS\""
+  k_set cmdline "\"console=ttyS0 panic=-1 quiet guest.hold=900 rdinit=/init-kernels guest.kmode=$1 ${2:+$2 }$GUEST_ARGS\""
 }
 k_nonce() { read -r _u </proc/sys/kernel/random/uuid; K_NONCE=${_u%%-*}; }
 # k_find FILE PREFIX: sets K_LINE to the first line of FILE containing PREFIX
@@ -79,7 +80,13 @@ k_wait() {
     usleep 500000
   done
 }
-k_wait_error() { echo "$WAIT_WHY; guest serial tail: $(serial_tail "$R/guest-serial.log"); DM log tail: $(dm_log_tail "$name")"; }
+k_wait_error() { echo "$WAIT_WHY; guest serial tail: $(serial_tail "$R/guest-serial.log"); DM log tail: $(dm_log_tail "$name")$(k_xen_why)"; }
+# k_xen_why: what Xen logged about the domain's death (triple fault, crash)
+k_xen_why() {
+  [ -n "$DOMID" ] || return 0
+  _x=$(timeout -s KILL 20 xl dmesg 2>/dev/null | grep -a -E "d${DOMID}v[0-9]+ (Triple fault|.*crash)|MMIO emulation failed.*d${DOMID}v|domain_crash.*d${DOMID}|PoD.*d${DOMID}" | tail -n 3 | tr '\n' '|')
+  [ -z "$_x" ] || echo "; xl dmesg: $_x"
+}
 # k_val LINE KEY: the value of KEY=... in a key=value line
 k_val() { echo "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p"; }
 
@@ -91,9 +98,9 @@ k_boot() {
     put create_return_s "$(fmt_s "$CREATE_CS")"; fail "$CREATE_ERR"; return 1
   fi
   put create_return_s "$(fmt_s "$CREATE_CS")"
-  wait_marker "$R/guest-serial.log" "$CREATE_T0" "$2" "$name" "$DMPID"; _st=$?
+  wait_marker "$R/guest-serial.log" "$CREATE_T0" "$2" "$name" "$DMPID"; k_st=$?
   pid_alive "$DMPID" && sample_dm "$DMPID"
-  [ $_st -eq 0 ] || { fail "$(marker_error $_st "$R/guest-serial.log" "$name")"; return 1; }
+  [ $k_st -eq 0 ] || { fail "$(marker_error $k_st "$R/guest-serial.log" "$name")"; return 1; }
   record_marker
   if [ "$1" = xendm ]; then check_sandbox 0 || return 1; fi
   return 0
@@ -133,8 +140,8 @@ k_multiboot() {
   # the kernel powers off right after its result: sample the DM now (xendm
   # enters its sandbox before it reports "running", which xl create waits for)
   pid_alive "$DMPID" && sample_dm "$DMPID"
-  k_wait "$R/guest-serial.log" "$CREATE_T0" "$(k_timeout "$1")" "KERNEL-RESULT:"; _st=$?
-  [ $_st -eq 0 ] || { fail "$(k_wait_error)"; return; }
+  k_wait "$R/guest-serial.log" "$CREATE_T0" "$(k_timeout "$1")" "KERNEL-RESULT:"; k_st=$?
+  [ $k_st -eq 0 ] || { fail "$(k_wait_error)"; return; }
   put create_to_marker_s "$(fmt_s $((K_CS - CREATE_T0)))"
   log "$S: $K_LINE"
   want="KERNEL-RESULT: PASS marker=$marker mods=00000002"
@@ -149,6 +156,13 @@ k_multiboot() {
 
 # ---------------------------------------------------------------- memory
 scenario_xendm_1g() { k_mem "$1" 1024 "" ""; }
+# Populate-on-demand: Debian's kernel zeroes every page it allocates
+# (CONFIG_INIT_ON_ALLOC_DEFAULT_ON) and scrubs the pages it balloons out
+# (CONFIG_XEN_SCRUB_PAGES_DEFAULT), so ballooning 4.5 GiB out touched each
+# page first: Xen populated it, ran out of PoD cache and swept for zero pages;
+# the first run took 6 minutes to reach init. init_on_alloc=0
+# xen_scrub_pages=0 let the balloon driver give back pages it never touched.
+K_POD_ARGS="init_on_alloc=0 xen_scrub_pages=0"
 scenario_xendm_bigmem() { k_mem "$1" 512 5120 1024; }
 k_mem() { # DM MEMORY MAXMEM MMIO_HOLE
   name=$S
@@ -156,7 +170,7 @@ k_mem() { # DM MEMORY MAXMEM MMIO_HOLE
   k_set memory "$2"
   [ -z "$3" ] || k_set maxmem "$3"
   [ -z "$4" ] || k_set mmio_hole "$4"
-  k_variant mem
+  if [ -n "$3" ]; then k_variant mem "$K_POD_ARGS"; else k_variant mem; fi
   k_boot "$1" "$LAB_MARKER_TIMEOUT" || return
   now; t=$NOW
   k_wait "$R/guest-serial.log" "$t" "$K_STEP_TIMEOUT" "GUEST-MEM:" || { fail "memory report: $(k_wait_error)"; return; }
