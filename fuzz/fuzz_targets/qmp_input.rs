@@ -11,12 +11,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xendm::control::qmp::{serve_connection, ChardevInfo, RunState, VmControl};
+use xendm::control::qmp::{serve_connection, ChardevInfo, HotAddError, RunState, VcpuSet, VmControl};
 
-/// A VM that accepts every command, switching state as `cont`/`stop` ask.
+/// A VM that accepts every command, switching state as `cont`/`stop` ask;
+/// 2 of at most 8 vCPUs, growing on hot-add (`present` is a bitmask).
 struct FuzzVm {
     state: AtomicU32,
+    present: AtomicU32,
 }
+
+const MAX_VCPUS: u32 = 8;
 
 impl VmControl for FuzzVm {
     fn status(&self) -> RunState {
@@ -37,8 +41,19 @@ impl VmControl for FuzzVm {
     fn chardevs(&self) -> Vec<ChardevInfo> {
         vec![ChardevInfo::pty("serial0", std::path::Path::new("/dev/pts/3"))]
     }
-    fn vcpus(&self) -> u32 {
-        2
+    fn vcpus(&self) -> VcpuSet {
+        let mask = self.present.load(Ordering::Relaxed);
+        VcpuSet { boot: 2, max: MAX_VCPUS, present: (0..MAX_VCPUS).filter(|i| mask & (1 << i) != 0).collect() }
+    }
+    fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError> {
+        if index >= MAX_VCPUS {
+            return Err(HotAddError::OutOfRange { index, max: MAX_VCPUS });
+        }
+        let before = self.present.fetch_or(1 << index, Ordering::Relaxed);
+        if before & (1 << index) != 0 {
+            return Err(HotAddError::AlreadyPresent { index });
+        }
+        Ok(())
     }
     fn quit(&self) {}
 }
@@ -52,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
     rt.block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (mut rx, mut tx) = tokio::io::split(client);
-        let vm = FuzzVm { state: AtomicU32::new(0) };
+        let vm = FuzzVm { state: AtomicU32::new(0), present: AtomicU32::new(0b11) };
         let send = async {
             for piece in input.chunks(chunk.min(input.len().max(1))) {
                 if tx.write_all(piece).await.is_err() {

@@ -7,7 +7,9 @@
 //! the first time a `-S` guest starts, writes `state = running` to xenstore
 //! (libxl waits for it) through a hook that does not block (the write is
 //! done on another thread); it is idempotent because libxl sends it on every
-//! create.
+//! create. The vCPU commands go to the machine's
+//! [`crate::control::qmp::VcpuControl`] once [`Control::set_vcpu_control`]
+//! gave one (until then, and in probe mode, the boot count is fixed).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 use xendm_devices::sync::lock;
 
-use crate::control::qmp::{ChardevInfo, RunState, VmControl};
+use crate::control::qmp::{ChardevInfo, FixedVcpus, HotAddError, RunState, VcpuControl, VcpuSet, VmControl};
 use crate::xen::ioreq_server::ServerControl;
 
 const PRELAUNCH: u8 = 0;
@@ -33,7 +35,7 @@ pub struct Control {
     state: AtomicU8,
     server: Option<ServerControl>,
     chardevs: Vec<ChardevInfo>,
-    vcpus: u32,
+    vcpus: Mutex<Arc<dyn VcpuControl>>,
     quit: Arc<Notify>,
     xenstore_announce: Mutex<Option<Announce>>,
 }
@@ -53,7 +55,7 @@ impl Control {
             state: AtomicU8::new(if start_paused { PRELAUNCH } else { RUNNING }),
             server,
             chardevs,
-            vcpus,
+            vcpus: Mutex::new(Arc::new(FixedVcpus(vcpus))),
             quit,
             xenstore_announce: Mutex::new(None),
         }
@@ -62,6 +64,11 @@ impl Control {
     /// What `cont` calls once the guest runs (xenstore, when available).
     pub fn set_xenstore_announce(&self, announce: Announce) {
         *lock(&self.xenstore_announce) = Some(announce);
+    }
+
+    /// Where the vCPU commands go (the machine's CPU hotplug).
+    pub fn set_vcpu_control(&self, vcpus: Arc<dyn VcpuControl>) {
+        *lock(&self.vcpus) = vcpus;
     }
 
     fn set_enabled(&self, on: bool) -> Result<(), String> {
@@ -101,8 +108,13 @@ impl VmControl for Control {
     fn chardevs(&self) -> Vec<ChardevInfo> {
         self.chardevs.clone()
     }
-    fn vcpus(&self) -> u32 {
-        self.vcpus
+    fn vcpus(&self) -> VcpuSet {
+        let vcpus = lock(&self.vcpus).clone();
+        vcpus.vcpus()
+    }
+    fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError> {
+        let vcpus = lock(&self.vcpus).clone();
+        vcpus.hot_add_vcpu(index)
     }
     fn quit(&self) {
         info!("QMP quit");
@@ -157,7 +169,20 @@ mod tests {
         assert_eq!(c.status(), RunState::Paused);
         c.cont().unwrap();
         assert_eq!(announced.load(Ordering::SeqCst), 2);
-        assert_eq!(c.vcpus(), 2);
+        assert_eq!(c.vcpus(), VcpuSet::fixed(2));
+        assert_eq!(c.hot_add_vcpu(2), Err(HotAddError::Unsupported));
+        struct Grows;
+        impl VcpuControl for Grows {
+            fn vcpus(&self) -> VcpuSet {
+                VcpuSet { boot: 2, max: 4, present: vec![0, 1, 3] }
+            }
+            fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError> {
+                Err(HotAddError::AlreadyPresent { index })
+            }
+        }
+        c.set_vcpu_control(Arc::new(Grows));
+        assert_eq!(c.vcpus().present, vec![0, 1, 3]);
+        assert_eq!(c.hot_add_vcpu(3), Err(HotAddError::AlreadyPresent { index: 3 }));
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub fn serve(
         m.vcpus,
         quit.clone(),
     ));
+    ctl.set_vcpu_control(m.vcpu_control());
     for (c, u) in serial.iter().zip(&m.uarts) {
         c.start_input(u.clone()).context("starting serial input")?;
     }

@@ -8,7 +8,8 @@
 //! | --- | --- |
 //! | 00:00.0, ports 0xCF8-0xCFF | i440FX host bridge (the bus serves CF8/CFC) |
 //! | 00:01.0, port 0xCF9 | PIIX3 ISA bridge (PIRQ link routes), reset control |
-//! | 00:01.3, PMBASE (0xB000 after hvmloader), 0xB2-0xB3, 0xAFE0-0xAFE3 | PIIX4 ACPI PM (absent with `-no-acpi`) |
+//! | 00:01.3, PMBASE (0xB000 after hvmloader), 0xB2-0xB3, 0xAFE0-0xAFE3, SCI IRQ 9 | PIIX4 ACPI PM (absent with `-no-acpi`) |
+//! | 0xAF00-0xAF1F | ACPI CPU hotplug bitmap (with the PM function; `vcpus.rs` is its QMP side) |
 //! | 00:02.0, ports 0x10-0x1F | Xen platform device (only `xenfv`, not `pc,accel=xen`) |
 //! | 0x70-0x71 | CMOS NVRAM (indexes >= 0x0E; Xen keeps the clock) |
 //! | 0x3F8/0x2F8/0x3E8/0x2E8, IRQ 4/3/4/3 | 16550A UARTs, one per `-serial` |
@@ -35,6 +36,7 @@ pub mod pc;
 pub mod replay;
 pub mod spec;
 pub mod state;
+pub mod vcpus;
 
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +62,8 @@ pub enum MachineError {
     FwCfg(#[from] xendm_fw_cfg::FwCfgError),
     #[error(transparent)]
     Load(#[from] xendm_fw_cfg::LoadError),
+    #[error(transparent)]
+    VcpuCounts(#[from] xendm_devices::pc::cpu_hotplug::BadVcpuCounts),
     #[error("-serial: at most {max} serial ports are supported, {given} given", max = COM_PORTS.len())]
     TooManySerials { given: usize },
     #[error(transparent)]
@@ -95,6 +99,14 @@ pub struct Machine {
     pub devices: pc::PcDevices,
 }
 
+impl Machine {
+    /// The vCPU side of QMP over this machine (`vcpus.rs`): the CPU hotplug
+    /// bitmap, or the fixed boot count without ACPI.
+    pub fn vcpu_control(&self) -> Arc<dyn crate::control::qmp::VcpuControl> {
+        Arc::new(vcpus::MachineVcpus::new(self.devices.cpu_hotplug.clone(), self.vcpus, self.max_vcpus))
+    }
+}
+
 /// The host objects a machine is instantiated against (phase 2).
 pub struct MachineBackends {
     /// Guest memory, as the engine (string copies) and DMA devices see it.
@@ -119,7 +131,14 @@ pub fn build(spec: MachineSpec, backends: MachineBackends) -> Result<Machine, Ma
     let MachineSpec { kind, acpi, layout, vcpus, max_vcpus, serials, cmos, boot } = spec;
     let MachineBackends { hv, mem, hooks, serial_sinks } = backends;
     let mut bus = Bus::new();
-    let params = pc::PcParams { cmos, acpi, xen_platform: kind == MachineKind::Xenfv, serial_ports: serials.len() };
+    let params = pc::PcParams {
+        cmos,
+        acpi,
+        xen_platform: kind == MachineKind::Xenfv,
+        serial_ports: serials.len(),
+        vcpus,
+        max_vcpus,
+    };
     let mut devices = pc::place_devices(&mut bus, &hv, &params, serial_sinks)?;
 
     // Direct kernel boot: fw_cfg serving the planned items.

@@ -10,7 +10,9 @@
 //! 1. i440FX at 00:00.0, and the bus serves 0xCF8-0xCFF;
 //! 2. PIIX3 at 00:01.0; its reset control gets 0xCF9 from the host bridge's
 //!    port block (always there on this machine);
-//! 3. PIIX4 PM at 00:01.3, APM 0xB2-0xB3, GPE0 0xAFE0-0xAFE3 (not with `-no-acpi`);
+//! 3. PIIX4 PM at 00:01.3, APM 0xB2-0xB3, GPE0 0xAFE0-0xAFE3, its SCI on
+//!    ISA IRQ 9, and the ACPI CPU hotplug bitmap at 0xAF00-0xAF1F raising
+//!    its GPE there (none of them with `-no-acpi`, as in QEMU);
 //! 4. the Xen platform device at 00:02.0 and ports 0x10-0x1F (`xenfv` only);
 //! 5. CMOS 0x70-0x71, port 0x92, i8042 0x60/0x64 (IRQ 1/12);
 //! 6. one 16550A per `-serial`, COM1..COM4;
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use xendm_devices::hv::IsaIrq;
 use xendm_devices::pc::cmos::{Cmos, CmosConfig};
+use xendm_devices::pc::cpu_hotplug::CpuHotplug;
 use xendm_devices::pc::i440fx::I440fx;
 use xendm_devices::pc::i8042::{self, I8042};
 use xendm_devices::pc::layout;
@@ -49,6 +52,10 @@ pub struct PcParams {
     pub xen_platform: bool,
     /// Number of `-serial` ports, at most [`layout::COM_PORTS`]`.len()`.
     pub serial_ports: usize,
+    /// vCPUs present at boot (`-smp CPUS`), 0 to `vcpus - 1`.
+    pub vcpus: u32,
+    /// Most vCPUs (`-smp maxcpus=`), at most 128.
+    pub max_vcpus: u32,
 }
 
 /// The handles of every placed device (the bus holds the same ones).
@@ -61,6 +68,8 @@ pub struct PcDevices {
     pub reset_control: Arc<Mutex<ResetControl>>,
     /// Absent with `-no-acpi`.
     pub pm: Option<Arc<Mutex<Piix4Pm>>>,
+    /// The ACPI CPU hotplug bitmap; absent with `-no-acpi`.
+    pub cpu_hotplug: Option<Arc<Mutex<CpuHotplug>>>,
     /// Absent on `pc,accel=xen`.
     pub xen_platform: Option<Arc<Mutex<XenPlatform>>>,
     pub cmos: Arc<Mutex<Cmos>>,
@@ -87,6 +96,9 @@ impl PcDevices {
         if let Some(pm) = &self.pm {
             v.push(("pm".into(), pm.clone()));
         }
+        if let Some(cpus) = &self.cpu_hotplug {
+            v.push(("cpu-hotplug".into(), cpus.clone()));
+        }
         if let Some(p) = &self.xen_platform {
             v.push(("xen-platform".into(), p.clone()));
         }
@@ -108,8 +120,8 @@ impl PcDevices {
 /// (one per port; a missing sink discards).
 ///
 /// # Errors
-/// Too many serial ports, a CMOS boot order that is not a PC's, or (a bug)
-/// a range taken twice.
+/// Too many serial ports, a CMOS boot order that is not a PC's, vCPU counts
+/// that are not possible, or (a bug) a range taken twice.
 pub fn place_devices(
     bus: &mut Bus,
     hv: &Arc<dyn Hypervisor>,
@@ -127,7 +139,12 @@ pub fn place_devices(
     bus.register_pci(layout::PCI_ISA_BRIDGE, "piix3", piix3.bridge.clone())?;
     // 0xCF9 lies in the block the bus serves since enable_pci_host_ports.
     bus.set_reset_control(piix3.reset_control.clone());
-    let pm = if params.acpi { Some(place_pm(bus, hv, params)?) } else { None };
+    let (pm, cpu_hotplug) = if params.acpi {
+        let (pm, cpus) = place_pm(bus, hv, params)?;
+        (Some(pm), Some(cpus))
+    } else {
+        (None, None)
+    };
     let xen_platform = if params.xen_platform { Some(place_xen_platform(bus)?) } else { None };
 
     let cmos = Arc::new(Mutex::new(Cmos::new(&params.cmos)?));
@@ -141,6 +158,7 @@ pub fn place_devices(
         isa_bridge: piix3.bridge,
         reset_control: piix3.reset_control,
         pm,
+        cpu_hotplug,
         xen_platform,
         cmos,
         port92,
@@ -176,7 +194,12 @@ fn pio<D: xendm_devices::BusDevice + 'static>(
     bus.register_pio(port.into(), len.into(), name, dev, dev_base)
 }
 
-fn place_pm(bus: &mut Bus, hv: &Arc<dyn Hypervisor>, params: &PcParams) -> Result<Arc<Mutex<Piix4Pm>>, BusError> {
+/// The PM function and the CPU hotplug bitmap that raises its GPE there.
+type PmAndCpus = (Arc<Mutex<Piix4Pm>>, Arc<Mutex<CpuHotplug>>);
+
+/// Places the PM function with its fixed ports and SCI, and the CPU hotplug
+/// bitmap.
+fn place_pm(bus: &mut Bus, hv: &Arc<dyn Hypervisor>, params: &PcParams) -> Result<PmAndCpus, MachineError> {
     // QEMU reports the COM ports that exist in PIIX4 config 0x67.
     let cfg = Piix4PmConfig {
         smb_io_base: layout::PORT_SMBUS,
@@ -184,11 +207,14 @@ fn place_pm(bus: &mut Bus, hv: &Arc<dyn Hypervisor>, params: &PcParams) -> Resul
         com2: params.serial_ports > 1,
         lpt1: false,
     };
-    let pm = Piix4PmHandles::new(hv.clone(), &cfg);
+    let sci: Arc<dyn IrqLine> = Arc::new(IsaIrq::new(hv.clone(), layout::IRQ_SCI));
+    let pm = Piix4PmHandles::new(hv.clone(), sci, &cfg);
     bus.register_pci(layout::PCI_PM, "piix4-pm", pm.pm.clone())?;
     pio(bus, layout::PORT_APM_CONTROL, layout::LEN_APM, "piix4 apm", pm.apm, 0)?;
     pio(bus, layout::PORT_GPE0, layout::LEN_GPE0, "piix4 gpe0", pm.gpe0, 0)?;
-    Ok(pm.pm)
+    let cpus = Arc::new(Mutex::new(CpuHotplug::new(params.vcpus, params.max_vcpus, pm.gpe_sink)?));
+    pio(bus, layout::PORT_CPU_HOTPLUG, layout::LEN_CPU_HOTPLUG, "acpi cpu hotplug", cpus.clone(), 0)?;
+    Ok((pm.pm, cpus))
 }
 
 fn place_xen_platform(bus: &mut Bus) -> Result<Arc<Mutex<XenPlatform>>, BusError> {
@@ -249,6 +275,8 @@ mod tests {
             acpi: true,
             xen_platform: true,
             serial_ports: 1,
+            vcpus: 1,
+            max_vcpus: 1,
         }
     }
 
@@ -289,6 +317,7 @@ mod tests {
                 (0x510, 0x511),
                 (0x514, 0x51b),
                 (0xcf8, 0xcff),
+                (0xaf00, 0xaf1f),
                 (0xafe0, 0xafe3)
             ]
         );
@@ -303,6 +332,7 @@ mod tests {
                 "isa-bridge",
                 "reset-control",
                 "pm",
+                "cpu-hotplug",
                 "xen-platform",
                 "cmos",
                 "port92",
@@ -321,10 +351,13 @@ mod tests {
         let (bus, _, d) = place(&PcParams { acpi: false, xen_platform: false, serial_ports: 0, ..params() });
         assert_eq!(bus.pio_ranges(), vec![(0x60, 0x60), (0x64, 0x64), (0x70, 0x71), (0x92, 0x92), (0xcf8, 0xcff)]);
         assert_eq!(bus.pci_functions(), vec![Sbdf::new(0, 0), Sbdf::new(1, 0)]);
-        assert!(d.pm.is_none() && d.xen_platform.is_none() && d.uarts.is_empty() && d.fw_cfg.is_none());
+        assert!(d.pm.is_none() && d.cpu_hotplug.is_none() && d.xen_platform.is_none());
+        assert!(d.uarts.is_empty() && d.fw_cfg.is_none());
         let hv: Arc<dyn Hypervisor> = Arc::new(FakeHypervisor::new());
         let e = place_devices(&mut Bus::new(), &hv, &PcParams { serial_ports: 5, ..params() }, Vec::new()).err();
         assert!(matches!(e, Some(MachineError::TooManySerials { given: 5 })));
+        let e = place_devices(&mut Bus::new(), &hv, &PcParams { vcpus: 2, max_vcpus: 129, ..params() }, Vec::new());
+        assert!(matches!(e.err(), Some(MachineError::VcpuCounts(_))));
         let e = place_devices(
             &mut Bus::new(),
             &hv,
@@ -352,6 +385,32 @@ mod tests {
         }
     }
 
+    /// `-smp 2,maxcpus=4`, then a hot-add the way QMP `device_add` makes it:
+    /// the guest sees the bit at 0xAF00 and GPE0 bit 2 with the SCI on IRQ 9.
+    #[test]
+    fn a_hot_add_reaches_the_guest_through_the_bitmap_gpe0_and_the_sci() {
+        let (mut bus, hv, d) = place(&PcParams { vcpus: 2, max_vcpus: 4, ..params() });
+        let inb = |bus: &mut Bus, port: u64| {
+            let mut b = [0u8; 1];
+            bus.pio_read(port, &mut b);
+            b[0]
+        };
+        assert_eq!(inb(&mut bus, 0xaf00), 0x03);
+        assert_eq!(inb(&mut bus, 0xaf0f), 0x00);
+        // Linux enables GPE 2 (the DSDT has \_GPE._E02).
+        bus.pio_write(0xafe2, &[0x04]);
+        assert!(hv.take().is_empty());
+        let cpus = d.cpu_hotplug.as_ref().unwrap();
+        cpus.lock().unwrap().plug(2).unwrap();
+        assert_eq!(hv.take(), vec![HvCall::IsaIrq { irq: 9, level: true }]);
+        assert_eq!(inb(&mut bus, 0xafe0), 0x04);
+        assert_eq!(inb(&mut bus, 0xaf00), 0x07, "PRSC finds vCPU 2");
+        bus.pio_write(0xafe0, &[0x04]);
+        assert_eq!(hv.take(), vec![HvCall::IsaIrq { irq: 9, level: false }]);
+        assert!(cpus.lock().unwrap().plug(4).is_err());
+        assert!(hv.take().is_empty());
+    }
+
     /// The whole chipset on one bus, driven through 0xCF8/0xCFC the way
     /// hvmloader's `pci_setup`, `acpi_enable_sci` and `cmos_write_memory_size`
     /// drive it (order and values from `tools/firmware/hvmloader/pci.c` and
@@ -371,6 +430,7 @@ mod tests {
                 (0xb2, 0xb3),
                 (0x3f8, 0x3ff),
                 (0xcf8, 0xcff),
+                (0xaf00, 0xaf1f),
                 (0xafe0, 0xafe3)
             ]
         );

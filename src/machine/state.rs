@@ -399,7 +399,7 @@ mod tests {
         let blob = m.save_devices().unwrap();
         assert_eq!(&blob[..8], b"XENDMDEV");
         assert_eq!(&blob[8..12], &[1, 0, 0, 0], "format version 1");
-        assert_eq!(&blob[12..16], &[11, 0, 0, 0], "11 devices with 2 serial ports and fw_cfg");
+        assert_eq!(&blob[12..16], &[12, 0, 0, 0], "12 devices with 2 serial ports and fw_cfg");
         assert_eq!(&blob[16..18], &[6, 0]);
         assert_eq!(&blob[18..24], b"i440fx");
         assert_eq!(&blob[24..26], &[8, 0]);
@@ -415,6 +415,7 @@ mod tests {
                 ("piix3", "isa-bridge"),
                 ("piix3-reset-control", "reset-control"),
                 ("piix4-pm", "pm"),
+                ("acpi-cpu-hotplug", "cpu-hotplug"),
                 ("xen-platform", "xen-platform"),
                 ("cmos", "cmos"),
                 ("port92", "port92"),
@@ -497,27 +498,30 @@ mod tests {
         check(&mut m, &bad, "number of entries is 4294967295");
 
         let mut e = good_entries.clone();
-        e.push(("uart-16550".into(), "serial7".into(), 1, e[8].3.clone()));
+        e.push(("uart-16550".into(), "serial7".into(), 1, e[9].3.clone()));
         check(&mut m, &rebuild(1, &e), "no device \"serial7\"");
         let mut e = good_entries.clone();
-        e[5].0 = "rtc".into();
+        e[6].0 = "rtc".into();
         check(&mut m, &rebuild(1, &e), "\"cmos\" is a cmos here, the blob has kind \"rtc\"");
         let mut e = good_entries.clone();
-        let dup = e[6].clone();
+        let dup = e[7].clone();
         e.push(dup);
         check(&mut m, &rebuild(1, &e), "\"port92\" appears twice");
         let mut e = good_entries.clone();
-        e.remove(9);
+        e.remove(10);
         check(&mut m, &rebuild(1, &e), "lacks \"serial1\" (uart-16550)");
         let mut e = good_entries.clone();
         e[3].2 = 2;
         check(&mut m, &rebuild(1, &e), "\"pm\": restoring piix4-pm: state version 2 is newer");
         let mut e = good_entries.clone();
-        e[10].3 = b"{\"cur_entry\": 1}".to_vec();
+        e[11].3 = b"{\"cur_entry\": 1}".to_vec();
         check(&mut m, &rebuild(1, &e), "\"fw_cfg\": restoring fw_cfg: the state is malformed");
+        let mut e = good_entries.clone();
+        e[4].3 = br#"{"present": [0, 1]}"#.to_vec();
+        check(&mut m, &rebuild(1, &e), "\"cpu-hotplug\": restoring acpi-cpu-hotplug: the state is malformed");
         // A device late in the order refuses: the earlier ones are put back.
         let mut e = good_entries.clone();
-        e[9].3 = br#"{"not": "a uart"}"#.to_vec();
+        e[10].3 = br#"{"not": "a uart"}"#.to_vec();
         check(&mut m, &rebuild(1, &e), "\"serial1\"");
         let mut e = good_entries.clone();
         e[0].1 = "x".repeat(MAX_NAME + 1);
@@ -534,6 +538,25 @@ mod tests {
         // The good blob itself is accepted, and brings the pristine state back.
         m.restore_devices(&good).unwrap();
         assert_eq!(m.save_devices().unwrap(), good);
+    }
+
+    /// A hot-added vCPU is guest state: it comes back with the blob, into a
+    /// machine of the same `maxcpus`; a machine that cannot have it refuses.
+    #[test]
+    fn hot_added_vcpus_are_saved_and_restored() {
+        let a = machine(&["-smp", "1,maxcpus=4"]);
+        a.vcpu_control().hot_add_vcpu(3).unwrap();
+        let blob = a.save_devices().unwrap();
+        let mut b = machine(&["-smp", "1,maxcpus=4"]);
+        assert_eq!(inp(&mut b, 0xaf00, 1), 0x01);
+        b.restore_devices(&blob).unwrap();
+        assert_eq!(inp(&mut b, 0xaf00, 1), 0x09);
+        assert_eq!(b.vcpu_control().vcpus().present, vec![0, 3]);
+        for (smp, why) in [("1,maxcpus=2", "maxcpus 2"), ("2,maxcpus=4", "boot vCPU 1 (-smp 2) is missing")] {
+            let mut c = machine(&["-smp", smp]);
+            let e = c.restore_devices(&blob).unwrap_err().to_string();
+            assert!(e.contains("cpu-hotplug") && e.contains(why), "{smp}: {e}");
+        }
     }
 
     #[test]

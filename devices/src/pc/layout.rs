@@ -15,7 +15,8 @@
 //! | i440FX host bridge | 00:00.0, ports 0xCF8-0xCFF (mechanism #1) | `i440fx_init`; PCI Local Bus 3.0 3.2.2.3.2 |
 //! | PIIX3 ISA bridge | 00:01.0 | `piix3_create` (devfn `PCI_DEVFN(1, 0)`) |
 //! | PIIX reset control | port 0xCF9 | PIIX3 datasheet 2.4.1, `piix_reset_control` |
-//! | PIIX4 PM | 00:01.3; APM 0xB2-0xB3; GPE0 0xAFE0-0xAFE3; SMBus base 0xB100 | `pc_init1` (`piix4_pm_init`, `ACPI_GPE0_BLK_ADDRESS_V1`), `hw/isa/apm.c` |
+//! | PIIX4 PM | 00:01.3; APM 0xB2-0xB3; GPE0 0xAFE0-0xAFE3; SCI IRQ 9; SMBus base 0xB100 | `pc_init1` (`piix4_pm_init`, `ACPI_GPE0_BLK_ADDRESS_V1`), `hw/isa/apm.c` |
+//! | ACPI CPU hotplug bitmap | ports 0xAF00-0xAF1F | `hw/acpi/piix4.c` (`PIIX4_CPU_HOTPLUG_IO_BASE`), `hw/acpi/cpu_hotplug.c`; Xen `XEN_ACPI_CPU_MAP` |
 //! | PM I/O block | wherever the guest programs PMBA (hvmloader: 0xB000) | not in this table: guest-programmed |
 //! | Xen platform device | 00:02.0; unplug ports 0x10-0x1F | `pc_xen_hvm_init` (first free slot), Xen `docs/misc/hvm-emulated-unplug.pandoc` |
 //! | CMOS/RTC | ports 0x70-0x71 | `mc146818_rtc_init` (`RTC_ISA_BASE`) |
@@ -61,6 +62,14 @@ pub const LEN_APM: u16 = 2;
 pub const PORT_GPE0: u16 = 0xafe0;
 /// GPE0 block length.
 pub const LEN_GPE0: u16 = 4;
+/// The SCI, PIIX4's interrupt for ACPI events (the FADT's `SCI_INT`).
+pub const IRQ_SCI: u8 = 9;
+/// ACPI CPU hotplug presence bitmap (`PIIX4_CPU_HOTPLUG_IO_BASE`, Xen's
+/// `XEN_ACPI_CPU_MAP`); not with `-no-acpi`.
+pub const PORT_CPU_HOTPLUG: u16 = 0xaf00;
+/// The bitmap window QEMU maps (`ACPI_GPE_PROC_LEN`; Xen's DSDT reads the
+/// first 16 bytes).
+pub const LEN_CPU_HOTPLUG: u16 = 32;
 /// SMBus I/O base QEMU reports in PIIX4 config 0x90 (never decoded here).
 pub const PORT_SMBUS: u16 = 0xb100;
 /// Where hvmloader programs PMBA (`ACPI_PM1A_EVT_BLK_ADDRESS_V1`); the
@@ -145,6 +154,7 @@ mod tests {
             ("fw_cfg-dma", PORT_FW_CFG_DMA, LEN_FW_CFG_DMA),
             ("pci-host", PORT_PCI_CONFIG_ADDRESS, LEN_PCI_HOST),
             ("gpe0", PORT_GPE0, LEN_GPE0),
+            ("cpu-hotplug", PORT_CPU_HOTPLUG, LEN_CPU_HOTPLUG),
         ];
         v.extend(COM_PORTS.iter().map(|&(p, _)| ("com", p, LEN_COM)));
         v
@@ -173,6 +183,8 @@ mod tests {
         assert_eq!(u64::from(LEN_COM), crate::pc::uart::UART_REGS);
         assert_eq!(u64::from(PORT_I8042_COMMAND - PORT_I8042_DATA), crate::pc::i8042::STATUS_COMMAND_OFFSET);
         assert_eq!(u64::from(LEN_CMOS), crate::pc::cmos::OFS_DATA + 1);
+        assert_eq!(u64::from(LEN_CPU_HOTPLUG), crate::pc::cpu_hotplug::MAP_LEN);
+        const { assert!(crate::pc::cpu_hotplug::XEN_MAP_LEN <= crate::pc::cpu_hotplug::MAP_LEN) };
         // The PM block QEMU/hvmloader use is 64-byte aligned, as PMBA requires.
         assert_eq!(u32::from(PORT_PM_BASE_HVMLOADER) & !crate::pc::piix4_pm::PMBA_MASK, 0);
     }

@@ -45,10 +45,22 @@
 //! read-only 1 (QEMU lets a guest clear it, hardware does not); the SMBus
 //! controller (0x90/0xD2) is not emulated, so its I/O window is never
 //! decoded (hvmloader disables it with 0xD2 = 0 anyway); APM writes other
-//! than 0xF0/0xF1 raise no SMI (there is no SMM under Xen); nothing in this
-//! device model raises GPE status bits (no CPU or PCI hotplug), so the SCI is
-//! never driven from here, which also keeps us from lowering the SCI line
-//! that Xen's PM timer raises on the same ISA IRQ 9.
+//! than 0xF0/0xF1 raise no SMI (there is no SMM under Xen).
+//!
+//! GPE0 and the SCI: a hotplug device raises status bits through
+//! [`GpeSink`] (QEMU's `acpi_send_gpe_event`; today only the CPU hotplug
+//! device, [`crate::pc::cpu_hotplug`], with bit 2 = value 4), and the SCI
+//! (ISA IRQ 9, level, an injected [`IrqLine`]) is high while
+//! `GPE0_STS[0] & GPE0_EN[0]` is non-zero (QEMU's `acpi_update_sci`: only
+//! the first status and enable bytes count, and SCI_EN is not looked at).
+//! The guest clears status by writing 1s, and the SCI drops. Where we differ
+//! from QEMU: the line is driven only when that level changes (QEMU drives
+//! it after every GPE0 write). Xen's own PM1a events (timer, power button)
+//! drive the same ISA IRQ 9 from inside Xen, with one shared assertion bit;
+//! driving it only on our own edges means a guest that never sees a GPE
+//! (every guest without hotplug) gets no SCI call from here at all, exactly
+//! as before GPEs were raised, and we never lower the line Xen raised
+//! unless our own GPE was pending.
 //!
 //! APM (0xB2 control, 0xB3 status) and GPE0 (0xAFE0: 2 status bytes,
 //! write-1-to-clear, then 2 enable bytes) are byte registers; wider accesses
@@ -63,7 +75,9 @@
 //!
 //! Saved state ([`Piix4PmState`]): the configuration image (with PMBA and
 //! PMREGMISC, so the PM block comes back where the guest put it) and the I/O
-//! registers ([`PmRegs`]).
+//! registers ([`PmRegs`]). The SCI level is not saved: after a restore it is
+//! recomputed from GPE0 and adopted without driving the line (Xen saved the
+//! line with the domain).
 
 use crate::sync::lock;
 use std::sync::{Arc, Mutex};
@@ -71,7 +85,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{BusDevice, PciFunction, PciRegion, Space};
-use crate::hv::{Hypervisor, ShutdownReason};
+use crate::hv::{Hypervisor, IrqLine, ShutdownReason};
 use crate::pci_config::{
     PciConfig, PciConfigState, PciIdentity, INTERRUPT_PIN, QEMU_SUBSYSTEM, QEMU_SUBSYSTEM_VENDOR, STATUS,
     STATUS_DEVSEL_MEDIUM, STATUS_FAST_BACK,
@@ -140,6 +154,13 @@ pub const OFS_GPE0_STATUS: u64 = 0;
 /// [`Gpe0`] offset of the first enable byte.
 pub const OFS_GPE0_ENABLE: u64 = 2;
 
+/// Raising an ACPI general-purpose event: what a hotplug device asks of the
+/// PM function (QEMU's `acpi_send_event`).
+pub trait GpeSink: Send + Sync {
+    /// Sets `bits` in the first GPE0 status byte and updates the SCI.
+    fn raise_gpe(&self, bits: u8);
+}
+
 /// What the machine around the function looks like (QEMU fills registers
 /// 0x90, 0x5F and 0x67 from it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,12 +213,17 @@ pub struct Piix4Pm {
     io: PmRegs,
     hv: Arc<dyn Hypervisor>,
     s3: Option<Arc<dyn SuspendControl>>,
+    /// The SCI (ISA IRQ 9 on a PC).
+    sci: Arc<dyn IrqLine>,
+    /// The level last driven on `sci` (false until a GPE is raised).
+    sci_level: bool,
     log: RateLimit,
 }
 
 impl Piix4Pm {
-    /// The function in QEMU's post-reset state for `machine`.
-    pub fn new(hv: Arc<dyn Hypervisor>, machine: &Piix4PmConfig) -> Self {
+    /// The function in QEMU's post-reset state for `machine`, its SCI on
+    /// `sci`.
+    pub fn new(hv: Arc<dyn Hypervisor>, sci: Arc<dyn IrqLine>, machine: &Piix4PmConfig) -> Self {
         let mut cfg = PciConfig::new(&PciIdentity {
             vendor: crate::pc::i440fx::VENDOR_INTEL,
             device: DEVICE_ID_82371AB_3,
@@ -224,7 +250,35 @@ impl Piix4Pm {
             io: PmRegs { pm1_cnt: 0, apmc: 0, apms: 0, gpe_sts: [0; 2], gpe_en: [0; 2] },
             hv,
             s3: None,
+            sci,
+            sci_level: false,
             log: RateLimit::per_second(),
+        }
+    }
+
+    /// Sets `bits` in the first GPE0 status byte (a hotplug event) and
+    /// updates the SCI.
+    pub fn raise_gpe(&mut self, bits: u8) {
+        if let Some(sts) = self.io.gpe_sts.first_mut() {
+            *sts |= bits;
+        }
+        self.update_sci();
+    }
+
+    /// The SCI level GPE0 asks for: a status bit of the first byte set
+    /// whose enable bit is set (QEMU's `acpi_update_sci`).
+    fn sci_wanted(&self) -> bool {
+        let sts = self.io.gpe_sts.first().copied().unwrap_or(0);
+        let en = self.io.gpe_en.first().copied().unwrap_or(0);
+        sts & en != 0
+    }
+
+    /// Drives the SCI if its level changed (see the module docs).
+    fn update_sci(&mut self) {
+        let level = self.sci_wanted();
+        if level != self.sci_level {
+            self.sci_level = level;
+            self.sci.set_level(level);
         }
     }
 
@@ -395,6 +449,7 @@ impl Piix4Pm {
                 _ => {}
             }
         }
+        self.update_sci();
     }
 }
 
@@ -447,6 +502,7 @@ impl DeviceState for Piix4Pm {
         }
         self.cfg.restore_state(&state.config).map_err(|e| StateError::malformed(Self::KIND, e))?;
         self.io = state.io;
+        self.sci_level = self.sci_wanted();
         Ok(())
     }
 }
@@ -481,21 +537,36 @@ impl BusDevice for Gpe0 {
     }
 }
 
-/// The PM function and its two fixed-port faces. Save/restore goes through
-/// `pm`; the port devices hold no state of their own.
+/// Raises GPEs on the shared PM function ([`GpeSink`] for hotplug devices).
+pub struct PmGpeSink {
+    pm: Arc<Mutex<Piix4Pm>>,
+}
+
+impl GpeSink for PmGpeSink {
+    fn raise_gpe(&self, bits: u8) {
+        lock(&self.pm).raise_gpe(bits);
+    }
+}
+
+/// The PM function, its two fixed-port faces and its GPE input. Save/restore
+/// goes through `pm`; the other handles hold no state of their own.
 pub struct Piix4PmHandles {
     pub pm: Arc<Mutex<Piix4Pm>>,
     pub apm: Arc<Mutex<Apm>>,
     pub gpe0: Arc<Mutex<Gpe0>>,
+    /// Where hotplug devices raise their GPEs.
+    pub gpe_sink: Arc<PmGpeSink>,
 }
 
 impl Piix4PmHandles {
-    /// The function in QEMU's post-reset state for `machine`, with its faces.
-    pub fn new(hv: Arc<dyn Hypervisor>, machine: &Piix4PmConfig) -> Self {
-        let pm = Arc::new(Mutex::new(Piix4Pm::new(hv, machine)));
+    /// The function in QEMU's post-reset state for `machine`, its SCI on
+    /// `sci`, with its faces.
+    pub fn new(hv: Arc<dyn Hypervisor>, sci: Arc<dyn IrqLine>, machine: &Piix4PmConfig) -> Self {
+        let pm = Arc::new(Mutex::new(Piix4Pm::new(hv, sci, machine)));
         let apm = Arc::new(Mutex::new(Apm { pm: pm.clone() }));
         let gpe0 = Arc::new(Mutex::new(Gpe0 { pm: pm.clone() }));
-        Self { pm, apm, gpe0 }
+        let gpe_sink = Arc::new(PmGpeSink { pm: pm.clone() });
+        Self { pm, apm, gpe0, gpe_sink }
     }
 }
 
@@ -503,7 +574,7 @@ impl Piix4PmHandles {
 mod tests {
     use super::*;
     use crate::bus::{Bus, RangeChange};
-    use crate::hv::{FakeHypervisor, HvCall};
+    use crate::hv::{FakeHypervisor, FakeIrq, HvCall};
     use crate::pc::layout::{self, PCI_PM as SBDF};
 
     const GPE0_PORT: u64 = layout::PORT_GPE0 as u64;
@@ -514,14 +585,25 @@ mod tests {
 
     /// The function and its fixed ports where the PC layout puts them.
     fn setup() -> (Bus, Arc<FakeHypervisor>, Piix4PmHandles) {
+        let (bus, hv, h, _) = setup_with_sci();
+        (bus, hv, h)
+    }
+
+    /// [`setup`], with the SCI line the function drives.
+    fn setup_with_sci() -> (Bus, Arc<FakeHypervisor>, Piix4PmHandles, Arc<FakeIrq>) {
         let hv = Arc::new(FakeHypervisor::new());
+        let sci = Arc::new(FakeIrq::new());
         let mut bus = Bus::new();
-        let h = Piix4PmHandles::new(hv.clone(), &config(true));
+        let h = Piix4PmHandles::new(hv.clone(), sci.clone(), &config(true));
         bus.register_pci(SBDF, "piix4-pm", h.pm.clone()).unwrap();
         bus.register_pio(layout::PORT_APM_CONTROL.into(), layout::LEN_APM.into(), "piix4 apm", h.apm.clone(), 0)
             .unwrap();
         bus.register_pio(GPE0_PORT, layout::LEN_GPE0.into(), "piix4 gpe0", h.gpe0.clone(), 0).unwrap();
-        (bus, hv, h)
+        (bus, hv, h, sci)
+    }
+
+    fn no_sci() -> Arc<dyn IrqLine> {
+        Arc::new(FakeIrq::new())
     }
 
     fn rd(bus: &mut Bus, reg: u16, len: usize) -> u64 {
@@ -585,11 +667,12 @@ mod tests {
     #[test]
     fn machine_dependent_registers() {
         let hv: Arc<dyn Hypervisor> = Arc::new(FakeHypervisor::new());
-        let pm = Piix4Pm::new(hv.clone(), &Piix4PmConfig { smb_io_base: 0x1100, com1: true, com2: true, lpt1: true });
+        let machine = Piix4PmConfig { smb_io_base: 0x1100, com1: true, com2: true, lpt1: true };
+        let pm = Piix4Pm::new(hv.clone(), no_sci(), &machine);
         assert_eq!(pm.cfg.u8_at(0x5f), 0x90);
         assert_eq!(pm.cfg.u8_at(0x67), 0x98);
         assert_eq!(pm.cfg.u16_at(REG_SMBBA), 0x1101);
-        let pm = Piix4Pm::new(hv, &config(false));
+        let pm = Piix4Pm::new(hv, no_sci(), &config(false));
         assert_eq!(pm.cfg.u8_at(0x5f), 0x10);
         assert_eq!(pm.cfg.u8_at(0x67), 0x00);
     }
@@ -833,7 +916,7 @@ mod tests {
 
     crate::state_conformance!(
         state_conformance,
-        Piix4Pm::new(Arc::new(FakeHypervisor::new()), &config(false)),
+        Piix4Pm::new(Arc::new(FakeHypervisor::new()), no_sci(), &config(false)),
         |d: &mut Piix4Pm| {
             d.config_write(REG_PMBA, &0xb001u32.to_le_bytes());
             d.config_write(REG_PMREGMISC, &[1]);
@@ -873,5 +956,110 @@ mod tests {
         bad.config.config = bad.config.config.replacen("8680", "8780", 1);
         assert!(pm.restore(bad).is_err(), "vendor ID is read-only");
         assert_eq!(pm.save(), good);
+    }
+
+    const CPU_HOTPLUG: u8 = 0x04;
+
+    fn gpe(bus: &mut Bus) -> [u8; 4] {
+        let mut g = [0u8; 4];
+        bus.pio_read(GPE0_PORT, &mut g);
+        g
+    }
+
+    #[test]
+    fn a_gpe_raised_while_disabled_waits_for_the_enable() {
+        let (mut bus, hv, h, sci) = setup_with_sci();
+        h.gpe_sink.raise_gpe(CPU_HOTPLUG);
+        assert_eq!(gpe(&mut bus), [0x04, 0, 0, 0], "status set, enable clear");
+        assert!(sci.history().is_empty(), "no SCI while GPE0_EN bit 2 is clear");
+        bus.pio_write(GPE0_PORT + 2, &[0x04]);
+        assert_eq!(sci.history(), vec![true], "enabling a pending GPE raises the SCI");
+        // The guest's handler clears the status bit by writing it as 1.
+        bus.pio_write(GPE0_PORT, &[0x04]);
+        assert_eq!(gpe(&mut bus), [0, 0, 0x04, 0]);
+        assert_eq!(sci.history(), vec![true, false]);
+        assert!(hv.calls().is_empty(), "the SCI goes through its own line");
+    }
+
+    #[test]
+    fn the_sci_follows_status_and_enable_and_is_driven_on_changes_only() {
+        let (mut bus, _, h, sci) = setup_with_sci();
+        bus.pio_write(GPE0_PORT + 2, &[0x04]);
+        assert!(sci.history().is_empty(), "enable alone raises nothing");
+        h.gpe_sink.raise_gpe(CPU_HOTPLUG);
+        assert_eq!(sci.history(), vec![true]);
+        // A second hot-add before the guest cleared the first: still high,
+        // not driven again.
+        h.gpe_sink.raise_gpe(CPU_HOTPLUG);
+        assert_eq!(sci.history(), vec![true]);
+        // Writing 0s and other bits clears nothing of bit 2.
+        bus.pio_write(GPE0_PORT, &[0x00]);
+        bus.pio_write(GPE0_PORT, &[0xfb]);
+        assert_eq!(sci.history(), vec![true]);
+        // Disabling the GPE drops the line; re-enabling raises it again.
+        bus.pio_write(GPE0_PORT + 2, &[0x00]);
+        bus.pio_write(GPE0_PORT + 2, &[0x04]);
+        assert_eq!(sci.history(), vec![true, false, true]);
+        bus.pio_write(GPE0_PORT, &[0xff]);
+        assert_eq!(sci.history(), vec![true, false, true, false]);
+        // A later hot-add raises it anew.
+        h.gpe_sink.raise_gpe(CPU_HOTPLUG);
+        assert_eq!(sci.history(), vec![true, false, true, false, true]);
+        assert!(sci.level());
+        // One dword write that clears the status and keeps the enable.
+        bus.pio_write(GPE0_PORT, &0x0004_00ffu32.to_le_bytes());
+        assert_eq!(gpe(&mut bus), [0, 0, 0x04, 0]);
+        assert!(!sci.level());
+    }
+
+    #[test]
+    fn only_the_first_gpe_bytes_drive_the_sci_and_sci_en_is_not_consulted() {
+        let (mut bus, _, h, sci) = setup_with_sci();
+        enable_at(&mut bus, 0xb000);
+        h.pm.lock().unwrap().io.gpe_sts[1] = 0xff;
+        bus.pio_write(GPE0_PORT + 3, &[0xff]);
+        assert!(sci.history().is_empty(), "QEMU's acpi_update_sci looks at byte 0 only");
+        // SCI_EN is clear (no ACPI enable yet): QEMU raises the SCI anyway.
+        assert_eq!(inw(&mut bus, 0xb004) & SCI_EN, 0);
+        bus.pio_write(GPE0_PORT + 2, &[0x04]);
+        h.gpe_sink.raise_gpe(CPU_HOTPLUG);
+        assert_eq!(sci.history(), vec![true]);
+    }
+
+    /// Linux's GPE set-up at boot (clear all status, disable, then enable the
+    /// GPEs that have `_Exx` methods), with no hotplug: the SCI is never
+    /// driven, so a guest that never hot-plugs sees what it saw before.
+    #[test]
+    fn a_guest_that_never_hot_plugs_gets_no_sci_calls() {
+        let (mut bus, hv, _, sci) = setup_with_sci();
+        for p in 0..4 {
+            bus.pio_write(GPE0_PORT + p, &[0xff * u8::from(p < 2)]);
+        }
+        bus.pio_write(GPE0_PORT + 2, &[0x04]);
+        bus.pio_write(GPE0_PORT, &[0xff, 0xff]);
+        assert_eq!(gpe(&mut bus), [0, 0, 0x04, 0]);
+        assert!(sci.history().is_empty());
+        assert!(hv.calls().is_empty());
+    }
+
+    #[test]
+    fn restore_adopts_the_sci_level_without_driving_it() {
+        let (mut bus, _, h, sci) = setup_with_sci();
+        bus.pio_write(GPE0_PORT + 2, &[0x04]);
+        h.gpe_sink.raise_gpe(CPU_HOTPLUG);
+        let saved = h.pm.lock().unwrap().save();
+        let (mut bus2, _, h2, sci2) = setup_with_sci();
+        h2.pm.lock().unwrap().restore(saved).unwrap();
+        assert!(sci2.history().is_empty(), "Xen restored the line itself");
+        assert_eq!(gpe(&mut bus2), [0x04, 0, 0x04, 0]);
+        bus2.pio_write(GPE0_PORT, &[0x04]);
+        assert_eq!(sci2.history(), vec![false], "the adopted high level is lowered on the guest's clear");
+        // A restore of a quiet state over a pending one: adopted low.
+        let (_, _, h3, sci3) = setup_with_sci();
+        let quiet = h3.pm.lock().unwrap().save();
+        h.pm.lock().unwrap().restore(quiet).unwrap();
+        bus.pio_write(GPE0_PORT, &[0xff]);
+        assert_eq!(sci.history(), vec![true], "nothing to lower after the quiet restore");
+        assert!(sci3.history().is_empty());
     }
 }

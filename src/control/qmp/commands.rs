@@ -1,12 +1,12 @@
 //! The QMP commands libxl uses, with their replies in QEMU's member order
-//! (QEMU `qapi/*.json`: `query-status`, `query-cpus-fast`, `query-version`,
-//! ...), and the greeting.
+//! (QEMU `qapi/*.json`: `query-status`, `query-version`, ...), and the
+//! greeting. The vCPU commands are in `vcpus.rs`.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::encode::{empty_return, generic, to_return, Reply};
-use super::{RunState, VmControl, QEMU_VERSION};
+use super::{vcpus, RunState, VmControl, QEMU_VERSION};
 
 /// A command's reply, and whether it asks the process to quit.
 pub(super) struct Outcome {
@@ -27,8 +27,10 @@ fn reply_to(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, quit: &m
     let Some(command) = COMMANDS.iter().find(|c| c.name == name) else {
         return Reply::Error { class: "CommandNotFound", desc: format!("The command {name} has not been found") };
     };
-    if let Some(unexpected) = args.keys().find(|k| !command.params.contains(&k.as_str())) {
-        return generic(format!("Parameter '{unexpected}' is unexpected"));
+    if let Params::Only(params) = command.params {
+        if let Some(unexpected) = args.keys().find(|k| !params.contains(&k.as_str())) {
+            return generic(format!("Parameter '{unexpected}' is unexpected"));
+        }
     }
     let result = |r: Result<(), String>| match r {
         Ok(()) => empty_return(),
@@ -47,19 +49,10 @@ fn reply_to(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, quit: &m
         "stop" => result(ctl.stop()),
         "query-chardev" => to_return(&ctl.chardevs()),
         "query-vnc" => to_return(&VncInfo { enabled: false }),
-        "query-cpus-fast" => {
-            let thread_id = std::process::id();
-            let cpus: Vec<CpuInfoFast> = (0..ctl.vcpus())
-                .map(|i| CpuInfoFast {
-                    thread_id,
-                    props: CpuProps { core_id: 0, thread_id: 0, socket_id: i },
-                    qom_path: format!("/machine/unattached/device[{}]", u64::from(i) + 2),
-                    cpu_index: i,
-                    target: "i386",
-                })
-                .collect();
-            to_return(&cpus)
-        }
+        "query-cpus-fast" => vcpus::query_cpus_fast(ctl),
+        "query-hotpluggable-cpus" => vcpus::query_hotpluggable_cpus(ctl),
+        "device_add" => vcpus::device_add(args, ctl),
+        "cpu-add" => vcpus::cpu_add(args, ctl),
         "query-version" => to_return(&version_info()),
         "query-commands" => {
             let names: Vec<CommandName> = COMMANDS.iter().map(|c| CommandName { name: c.name }).collect();
@@ -81,21 +74,37 @@ fn reply_to(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, quit: &m
 /// A command we implement, with the argument names it accepts.
 struct Command {
     name: &'static str,
-    params: &'static [&'static str],
+    params: Params,
+}
+
+/// The arguments a command accepts.
+enum Params {
+    /// Only these names; others are refused before the command runs.
+    Only(&'static [&'static str]),
+    /// Any names: the command checks them itself (`device_add`'s arguments
+    /// are the device's properties).
+    Own,
+}
+
+const fn only(name: &'static str, params: &'static [&'static str]) -> Command {
+    Command { name, params: Params::Only(params) }
 }
 
 const COMMANDS: &[Command] = &[
-    Command { name: "qmp_capabilities", params: &["enable"] },
-    Command { name: "query-status", params: &[] },
-    Command { name: "cont", params: &[] },
-    Command { name: "stop", params: &[] },
-    Command { name: "query-chardev", params: &[] },
-    Command { name: "query-vnc", params: &[] },
-    Command { name: "query-cpus-fast", params: &[] },
-    Command { name: "query-version", params: &[] },
-    Command { name: "query-commands", params: &[] },
-    Command { name: "query-command-line-options", params: &["option"] },
-    Command { name: "quit", params: &[] },
+    only("qmp_capabilities", &["enable"]),
+    only("query-status", &[]),
+    only("cont", &[]),
+    only("stop", &[]),
+    only("query-chardev", &[]),
+    only("query-vnc", &[]),
+    only("query-cpus-fast", &[]),
+    only("query-hotpluggable-cpus", &[]),
+    Command { name: "device_add", params: Params::Own },
+    only("cpu-add", &["id"]),
+    only("query-version", &[]),
+    only("query-commands", &[]),
+    only("query-command-line-options", &["option"]),
+    only("quit", &[]),
 ];
 
 // Reply payloads, with members in QEMU's output order.
@@ -110,28 +119,6 @@ struct StatusInfo {
 #[derive(Serialize)]
 struct VncInfo {
     enabled: bool,
-}
-
-#[derive(Serialize)]
-struct CpuProps {
-    #[serde(rename = "core-id")]
-    core_id: u32,
-    #[serde(rename = "thread-id")]
-    thread_id: u32,
-    #[serde(rename = "socket-id")]
-    socket_id: u32,
-}
-
-#[derive(Serialize)]
-struct CpuInfoFast {
-    #[serde(rename = "thread-id")]
-    thread_id: u32,
-    props: CpuProps,
-    #[serde(rename = "qom-path")]
-    qom_path: String,
-    #[serde(rename = "cpu-index")]
-    cpu_index: u32,
-    target: &'static str,
 }
 
 #[derive(Serialize)]

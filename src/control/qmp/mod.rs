@@ -22,16 +22,15 @@
 //! Where we differ from QEMU:
 //! * no asynchronous events are ever sent (libxl ignores them);
 //! * no out-of-band execution (`oob` is not offered);
-//! * `query-cpus-fast` reports the DM's process id as every vCPU's
-//!   `thread-id` (we have no per-vCPU threads) and `qom-path`
-//!   `/machine/unattached/device[2 + index]` (vCPU 0 is `device[2]` in the
-//!   lab capture; libxl reads only `cpu-index`);
+//! * the vCPU commands (`query-cpus-fast`, `query-hotpluggable-cpus`,
+//!   `device_add` of a CPU, `cpu-add`) differ as `vcpus.rs` says;
 //! * input handling (the 1 MiB cap, recovery after malformed JSON, when input
 //!   is parsed) is described in `session.rs`.
 //!
 //! * `limits.rs` - clients per socket, timeouts, eviction;
 //! * `session.rs` - one connection's protocol state: framing, negotiation;
 //! * `commands.rs` - the commands, their reply payloads, the greeting;
+//! * `vcpus.rs` - the vCPU commands (`xl vcpu-set`);
 //! * `encode.rs` - replies in QEMU's exact bytes.
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -52,8 +51,10 @@ mod commands;
 mod encode;
 mod limits;
 mod session;
+mod vcpus;
 
 pub use limits::QmpLimits;
+pub use vcpus::{FixedVcpus, HotAddError, VcpuControl, VcpuSet, CPU_TYPE};
 
 use commands::greeting;
 use encode::encode;
@@ -220,8 +221,13 @@ pub trait VmControl: Send + Sync {
     fn stop(&self) -> Result<(), String>;
     /// Every character device, including the QMP monitors themselves.
     fn chardevs(&self) -> Vec<ChardevInfo>;
-    /// Number of vCPUs.
-    fn vcpus(&self) -> u32;
+    /// The guest's vCPUs: present ones and the maximum.
+    fn vcpus(&self) -> VcpuSet;
+    /// Hot-adds vCPU `index` (QMP `device_add` of a CPU, `cpu-add`).
+    ///
+    /// # Errors
+    /// See [`HotAddError`].
+    fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError>;
     /// Asks the device model to exit (called after the reply is sent).
     fn quit(&self);
 }
@@ -407,7 +413,7 @@ mod tests {
     struct FakeVm {
         state: Mutex<RunState>,
         calls: Mutex<Vec<&'static str>>,
-        vcpus: u32,
+        vcpus: Mutex<VcpuSet>,
         chardevs: Vec<ChardevInfo>,
         fail_stop: bool,
     }
@@ -417,7 +423,7 @@ mod tests {
             Self {
                 state: Mutex::new(RunState::Prelaunch),
                 calls: Mutex::new(Vec::new()),
-                vcpus,
+                vcpus: Mutex::new(VcpuSet::fixed(vcpus)),
                 chardevs: capture_chardevs(),
                 fail_stop: false,
             }
@@ -448,8 +454,21 @@ mod tests {
         fn chardevs(&self) -> Vec<ChardevInfo> {
             self.chardevs.clone()
         }
-        fn vcpus(&self) -> u32 {
-            self.vcpus
+        fn vcpus(&self) -> VcpuSet {
+            self.vcpus.lock().unwrap().clone()
+        }
+        fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError> {
+            self.calls.lock().unwrap().push("hot-add");
+            let mut set = self.vcpus.lock().unwrap();
+            if index >= set.max {
+                return Err(HotAddError::OutOfRange { index, max: set.max });
+            }
+            if set.present.contains(&index) {
+                return Err(HotAddError::AlreadyPresent { index });
+            }
+            set.present.push(index);
+            set.present.sort_unstable();
+            Ok(())
         }
         fn quit(&self) {
             self.calls.lock().unwrap().push("quit");
@@ -871,9 +890,58 @@ mod tests {
         assert_eq!(v["return"]["qemu"], serde_json::json!({"major": 7, "minor": 2, "micro": 0}));
         let cmds = c.call(r#"{"execute":"query-commands","id":5}"#).await;
         let names: Vec<&str> = cmds["return"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        for n in ["qmp_capabilities", "query-chardev", "cont", "query-vnc", "query-cpus-fast", "quit"] {
+        for n in [
+            "qmp_capabilities",
+            "query-chardev",
+            "cont",
+            "query-vnc",
+            "query-cpus-fast",
+            "query-hotpluggable-cpus",
+            "device_add",
+            "cpu-add",
+            "quit",
+        ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
+    }
+
+    /// `xl vcpu-set 3` on a `vcpus=1, maxvcpus=3` guest, as libxl sends it
+    /// (one connection, `xen-toolstack.md` 2.6), in QEMU's bytes.
+    #[tokio::test]
+    async fn libxl_vcpu_set_over_the_socket() {
+        let vm = Arc::new(FakeVm::new(1));
+        *vm.vcpus.lock().unwrap() = VcpuSet { boot: 1, max: 3, present: vec![0] };
+        let server = start(vm.clone());
+        let mut c = Client::negotiated(&server.path).await;
+        let cpus = c.call(r#"{"execute":"query-cpus-fast","id":1}"#).await;
+        assert_eq!(cpus["return"].as_array().unwrap().len(), 1);
+        c.send(r#"{"execute":"query-hotpluggable-cpus","id":2}"#).await;
+        assert_eq!(
+            c.recv_line().await,
+            concat!(
+                r#"{"return": [{"type": "qemu32-i386-cpu", "vcpus-count": 1, "props": {"core-id": 0, "thread-id": 0, "socket-id": 2}}, "#,
+                r#"{"type": "qemu32-i386-cpu", "vcpus-count": 1, "props": {"core-id": 0, "thread-id": 0, "socket-id": 1}}, "#,
+                r#"{"type": "qemu32-i386-cpu", "vcpus-count": 1, "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "qom-path": "/machine/unattached/device[2]"}], "id": 2}"#
+            )
+        );
+        for (id, n) in [(3, 1), (4, 2)] {
+            c.send(&format!(
+                r#"{{"execute":"device_add","arguments":{{"id":"cpu-{n}","driver":"qemu32-i386-cpu","socket-id":{n},"core-id":0,"thread-id":0}},"id":{id}}}"#
+            ))
+            .await;
+            assert_eq!(c.recv_line().await, format!("{{\"return\": {{}}, \"id\": {id}}}"));
+        }
+        let cpus = c.call(r#"{"execute":"query-cpus-fast","id":5}"#).await;
+        let idx: Vec<u64> =
+            cpus["return"].as_array().unwrap().iter().map(|c| c["cpu-index"].as_u64().unwrap()).collect();
+        assert_eq!(idx, vec![0, 1, 2]);
+        assert_error(
+            &c.call(r#"{"execute":"device_add","arguments":{"driver":"qemu32-i386-cpu","socket-id":2,"core-id":0,"thread-id":0},"id":6}"#).await,
+            "GenericError",
+            "CPU[2] with APIC ID 2 exists",
+            Some(6.into()),
+        );
+        assert_eq!(vm.calls(), vec!["hot-add", "hot-add", "hot-add"]);
     }
 
     #[tokio::test]

@@ -280,8 +280,11 @@ mod tests {
         fn chardevs(&self) -> Vec<ChardevInfo> {
             Vec::new()
         }
-        fn vcpus(&self) -> u32 {
-            1
+        fn vcpus(&self) -> crate::control::qmp::VcpuSet {
+            crate::control::qmp::VcpuSet::fixed(1)
+        }
+        fn hot_add_vcpu(&self, _index: u32) -> Result<(), crate::control::qmp::HotAddError> {
+            Err(crate::control::qmp::HotAddError::Unsupported)
         }
         fn quit(&self) {}
     }
