@@ -18,7 +18,8 @@ INTEGER = ("dm_vmrss_kib", "dm_vmhwm_kib", "dm_threads", "dm_seccomp", "dm_nonew
            "dm_startup_ms", "dm_private_dirty_kib", "dm_anon_kib")
 TEXT = ("vkbd_state", "guest_devices", "guest_ping6", "guest_disks")
 COLUMNS = [("scenario", "scenario"), ("pass", "result"), ("create_return_s", "create->return s"),
-           ("create_to_marker_s", "create->PASS s"), ("guest_uptime_s", "guest uptime s"),
+           ("create_to_marker_s", "create->PASS s"), ("floor_ratio", "x PVH floor"),
+           ("guest_uptime_s", "guest uptime s"),
            ("dm_vmrss_kib", "DM VmRSS KiB"), ("dm_vmhwm_kib", "DM VmHWM KiB"), ("dm_private_dirty_kib", "DM Private_Dirty KiB"), ("dm_anon_kib", "DM anon KiB"),
            ("dm_threads", "DM threads"), ("dm_startup_ms", "DM start-up ms"), ("dm_seccomp", "Seccomp"), ("dm_uid", "DM uid"),
            ("vkbd_state", "vkbd")]
@@ -82,6 +83,19 @@ def load(out, scenario, boot_error):
     return rec
 
 
+FLOOR = "pvh-floor"
+
+
+def add_floor_ratio(recs):
+    """Each passing scenario's create->PASS over the PVH floor's (the same
+    kernel as a type = "pvh" guest, no device model), when it ran and passed."""
+    floor = next((r for r in recs if r["scenario"] == FLOOR and r["pass"]), None)
+    base = floor.get("create_to_marker_s") if floor else None
+    for r in recs:
+        t = r.get("create_to_marker_s")
+        r["floor_ratio"] = round(t / base, 2) if base and t and r["pass"] else None
+
+
 def tail(path, n):
     text = read_text(path)
     if not text:
@@ -101,6 +115,7 @@ def main():
     recs = [load(a.out, s, a.boot_error) for s in a.scenarios]
     for r in recs:
         r["expected_fail"] = r["scenario"] in expect_fail
+    add_floor_ratio(recs)
     with open(os.path.join(a.out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(recs, f, indent=2)
         f.write("\n")

@@ -10,7 +10,7 @@
 #   *-multiboot  kernel = tests/kernels' multiboot.elf, ramdisk = two modules
 #                as QEMU's -initrd list ("path args,path"): the kernel prints
 #                KERNEL-RESULT: PASS marker=<token> mods=00000002 on COM1.
-#   xendm-1g     the standard guest with memory = 1024.
+#   xendm-1g     the standard guest with memory = 1024 and vcpus = 4 (all online).
 #   xendm-bigmem memory = 512, maxmem = 5120 (populate-on-demand), mmio_hole =
 #                1024: RAM above 4 GiB in the guest's e820, low RAM ends at
 #                3 GiB, the balloon reaches its target and follows xl mem-set.
@@ -167,7 +167,7 @@ k_multiboot() {
 }
 
 # ---------------------------------------------------------------- memory
-scenario_xendm_1g() { k_mem "$1" 1024 "" ""; }
+scenario_xendm_1g() { k_mem "$1" 1024 "" "" 4; }
 # Populate-on-demand: Debian's kernel zeroes every page it allocates
 # (CONFIG_INIT_ON_ALLOC_DEFAULT_ON) and scrubs the pages it balloons out
 # (CONFIG_XEN_SCRUB_PAGES_DEFAULT), so ballooning 4.5 GiB out touched each
@@ -175,11 +175,12 @@ scenario_xendm_1g() { k_mem "$1" 1024 "" ""; }
 # the first run took 6 minutes to reach init. init_on_alloc=0
 # xen_scrub_pages=0 let the balloon driver give back pages it never touched.
 K_POD_ARGS="init_on_alloc=0 xen_scrub_pages=0"
-scenario_xendm_bigmem() { k_mem "$1" 512 5120 1024; }
-k_mem() { # DM MEMORY MAXMEM MMIO_HOLE
+scenario_xendm_bigmem() { k_mem "$1" 512 5120 1024 ""; }
+k_mem() { # DM MEMORY MAXMEM MMIO_HOLE VCPUS
   name=$S
   k_cfg "$name" "$1"
   k_set memory "$2"
+  [ -z "$5" ] || k_set vcpus "$5"
   [ -z "$3" ] || k_set maxmem "$3"
   [ -z "$4" ] || k_set mmio_hole "$4"
   if [ -n "$3" ]; then k_variant mem "$K_POD_ARGS"; else k_variant mem; fi
@@ -195,6 +196,10 @@ k_mem() { # DM MEMORY MAXMEM MMIO_HOLE
     put "guest_${v%%:*}" "${v#*:}"
   done
   put guest_low_ram_end "$lowend"
+  cpus=$(k_val "$m" cpus_online); put guest_cpus_online "$cpus"
+  if [ -n "$5" ] && [ "$cpus" != "0-$(($5 - 1))" ]; then
+    fail "vcpus = $5 but the guest has CPUs '$cpus' online"; return
+  fi
   d=$((cur - tgt)); [ $d -lt 0 ] && d=$((-d))
   [ $d -le 4096 ] || { fail "the balloon did not reach its target: current $cur KiB, target $tgt KiB"; return; }
   [ "$mt" -le "$cur" ] && [ "$cur" -le $((ram + 1024)) ] \
