@@ -263,6 +263,7 @@ k_vcpuset() {
   k_cfg "$name" "$1"
   k_set maxvcpus 2
   k_variant vcpu
+  k_no_record "$1" "the hot-add comes from QMP, not from an ioreq, so a trace across it does not replay (docs/vcpus.md)"
   k_boot "$1" "$LAB_MARKER_TIMEOUT" || return
   now; t=$NOW
   # --ignore-host: the lab's Xen has 1 pCPU (LAB_SMP), and xl refuses more vCPUs than that
