@@ -4,6 +4,7 @@
 # /init: an HVM guest with 512 MiB, 2 vCPUs, a file-backed ext4 root disk
 # (xvda: blkback via the `block` hotplug script's loop device), a second disk
 # on a loop device dom0 set up itself (xvdb, `phy:` path of the same script),
+# for xendm a third one at xvdf with backendtype=qdisk (xendm must close it),
 # and a NIC on the bridge xenbr0 (libxl's default type: the DM gets -netdev
 # tap + -device rtl8139 and the vif-bridge script puts both vifN.0 and the
 # tap vifN.0-emu on the bridge; xen-toolstack.md 3.1, 3.2, 6.2). Direct kernel
@@ -99,8 +100,15 @@ guest_cfg() {
     -e "s|^ramdisk = .*|ramdisk = \"$GUEST_GROUP_DIR/initrd.img\"|" \
     -e "s|^cmdline = .*|cmdline = \"console=ttyS0 panic=-1 quiet$_args guest.nonce=$5 guest.peer=$GUEST_DOM0_LL guest.wait=120\"|" \
     "/etc/xen/$1.cfg"
+  # xendm only: a third disk whose backend would be the device model itself
+  # (backendtype=qdisk); xendm must close it so that the guest does not wait
+  _qdisk=
+  if [ "$2" = xendm ]; then
+    truncate -s 1M "/tmp/$1-qdisk.img"
+    _qdisk=", 'format=raw,vdev=xvdf,access=rw,backendtype=qdisk,target=/tmp/$1-qdisk.img'"
+  fi
   cat >>"/etc/xen/$1.cfg" <<EOF
-disk = [ 'format=raw,vdev=xvda,access=rw,target=$3', 'format=raw,vdev=xvdb,access=rw,target=$4' ]
+disk = [ 'format=raw,vdev=xvda,access=rw,target=$3', 'format=raw,vdev=xvdb,access=rw,target=$4'$_qdisk ]
 vif = [ '$GUEST_VIF' ]
 EOF
   cp "/etc/xen/$1.cfg" "$R/xl.cfg"
@@ -165,7 +173,10 @@ guest_run() {
     *) fail "$(marker_error $st "$R/guest-serial.log" "$name")"; return ;;
   esac
   stepres "guest network up $(since "$CREATE_T0")s after create: ${GUEST_LINE#*GUEST-NET-UP: }"
-  if [ "$1" = xendm ]; then check_sandbox 0 || return; fi
+  if [ "$1" = xendm ]; then
+    check_sandbox 0 || return
+    guest_check_qdisk || return
+  fi
   # dom0 -> guest: the guest waits for (and counts) our echo request
   ll=$(guest_ll_of_mac "$GUEST_MAC") || { fail "cannot derive the guest's link-local address from mac '$GUEST_MAC'"; return; }
   now; _t0=$NOW; pinged=
@@ -190,6 +201,19 @@ guest_run() {
   stepres "guest powered off; domain and DM gone $(since "$MARK_CS")s after its result"
   guest_check_disks || return
   put pass true
+}
+
+# guest_check_qdisk: xendm closed the qdisk backend of xvdf (device 51792) it
+# does not serve (state 6), and said so in its log; the guest reached the
+# network without waiting for the disk (Linux waits up to 300 s for a
+# frontend whose backend never connects)
+guest_check_qdisk() {
+  _qs=$(xenstore-read "/local/domain/0/backend/qdisk/$DOMID/51792/state" 2>/dev/null || echo none)
+  put guest_qdisk_state "$_qs"
+  [ "$_qs" = 6 ] || { fail "qdisk xvdf: backend state '$_qs', want 6 (closed by xendm); DM log tail: $(dm_log_tail "$name")"; return 1; }
+  grep -q 'qdisk' "/var/log/xen/qemu-dm-$name.log" 2>/dev/null \
+    || { fail "qdisk xvdf: closed, but xendm's log does not say so"; return 1; }
+  stepres "qdisk xvdf (backendtype=qdisk): backend Closed (6) by xendm, logged; the guest did not wait for it"
 }
 
 # guest_check_disks: the guest's nonce is in both images once blkback and the
