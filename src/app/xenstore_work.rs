@@ -100,7 +100,7 @@ mod tests {
         ctl.set_xenstore_announce(announcer(xs.clone(), 5).unwrap());
         fake.set_hang(true);
         // The vkbd watch hangs in its first request, as serve() starts it.
-        crate::xen::pvbackends::spawn_vkbd_closer(xs, 5).unwrap();
+        crate::xen::pvbackends::spawn_closer(xs, crate::xen::pvbackends::Unserved::Vkbd, 5).unwrap();
 
         let path = dir.path().join("qmp");
         let listener = qmp::bind(qmp::QmpListen::Path(path.clone())).unwrap();

@@ -75,35 +75,18 @@ pub fn backend_dir(kind: &str, domid: u32) -> String {
     format!("/local/domain/0/backend/{kind}/{domid}")
 }
 
-/// Closes every `kind` backend of `domid` still Initialising. Returns the
+/// Closes every backend of `what` for `domid` still Initialising, with one
+/// log line each (a qdisk one names the disk and the fix). Returns the
 /// device ids it closed.
 ///
 /// # Errors
 /// A xenstore error other than the directory not existing.
-pub fn close_unserved(xs: &XenStore, kind: &str, domid: u32) -> Result<Vec<String>, XsError> {
-    close_initialising(xs, kind, domid, &mut |_, _| {
-        format!("xendm serves no PV {kind}: marked its backend Closed so the guest does not wait for it")
-    })
-}
-
-/// Closes every qdisk backend of `domid` still Initialising, with one log
-/// line per disk naming it and the fix. Returns the device ids it closed.
-///
-/// # Errors
-/// A xenstore error other than the directory not existing.
-pub fn close_unserved_qdisks(xs: &XenStore, domid: u32) -> Result<Vec<String>, XsError> {
-    close_initialising(xs, "qdisk", domid, &mut |xs, dir| qdisk_message(xs, dir))
-}
-
-/// Closes the devices of `Unserved` kind (see [`close_unserved`] and
-/// [`close_unserved_qdisks`]).
-///
-/// # Errors
-/// As those.
 pub fn close(xs: &XenStore, what: Unserved, domid: u32) -> Result<Vec<String>, XsError> {
     match what {
-        Unserved::Vkbd => close_unserved(xs, "vkbd", domid),
-        Unserved::Qdisk => close_unserved_qdisks(xs, domid),
+        Unserved::Vkbd => close_initialising(xs, "vkbd", domid, &mut |_, _| {
+            "xendm serves no PV vkbd: marked its backend Closed so the guest does not wait for it".to_string()
+        }),
+        Unserved::Qdisk => close_initialising(xs, "qdisk", domid, &mut |xs, dir| qdisk_message(xs, dir)),
     }
 }
 
@@ -199,11 +182,6 @@ pub fn close_forever(xs: &XenStore, what: Unserved, domid: u32) {
     }
 }
 
-/// Watches the guest's vkbd backends ([`close_forever`]).
-pub fn close_vkbd_forever(xs: &XenStore, domid: u32) {
-    close_forever(xs, Unserved::Vkbd, domid);
-}
-
 /// Runs [`close_forever`] for `what` on a new thread (`xs-vkbd`, `xs-qdisk`).
 ///
 /// # Errors
@@ -213,14 +191,6 @@ pub fn spawn_closer(xs: Arc<XenStore>, what: Unserved, domid: u32) -> std::io::R
         .name(format!("xs-{}", what.kind()))
         .spawn(move || close_forever(&xs, what, domid))
         .map(drop)
-}
-
-/// Runs [`close_vkbd_forever`] on a new thread (`xs-vkbd`).
-///
-/// # Errors
-/// If the thread cannot be started.
-pub fn spawn_vkbd_closer(xs: Arc<XenStore>, domid: u32) -> std::io::Result<()> {
-    spawn_closer(xs, Unserved::Vkbd, domid)
 }
 
 #[cfg(test)]
@@ -234,11 +204,11 @@ mod tests {
         let sock = dir.path().join("xs");
         let fake = FakeXenstored::start(&sock).unwrap();
         let xs = XenStore::open_path(&sock).unwrap();
-        assert!(close_unserved(&xs, "vkbd", 3).unwrap().is_empty(), "no directory yet");
+        assert!(close(&xs, Unserved::Vkbd, 3).unwrap().is_empty(), "no directory yet");
         fake.write("/local/domain/0/backend/vkbd/3/0/state", "1");
         fake.write("/local/domain/0/backend/vkbd/3/1/state", "4");
         fake.write("/local/domain/0/backend/vkbd/4/0/state", "1");
-        assert_eq!(close_unserved(&xs, "vkbd", 3).unwrap(), vec!["0".to_string()]);
+        assert_eq!(close(&xs, Unserved::Vkbd, 3).unwrap(), vec!["0".to_string()]);
         assert_eq!(fake.read("/local/domain/0/backend/vkbd/3/0/state").as_deref(), Some(&b"6"[..]));
         assert_eq!(
             fake.read("/local/domain/0/backend/vkbd/3/1/state").as_deref(),
@@ -250,7 +220,7 @@ mod tests {
             Some(&b"1"[..]),
             "other guests are left alone"
         );
-        assert!(close_unserved(&xs, "vkbd", 3).unwrap().is_empty(), "idempotent");
+        assert!(close(&xs, Unserved::Vkbd, 3).unwrap().is_empty(), "idempotent");
     }
 
     /// What libxl 4.17 writes for a qdisk disk (`libxl_disk.c`
@@ -286,7 +256,7 @@ mod tests {
         qdisk(&fake, 5, 5632, "hdc", "raw:/srv/cd.iso", "cdrom");
         fake.write("/local/domain/0/backend/qdisk/5/51728/state", "4"); // served by someone: left alone
         let xs = XenStore::open_path(&sock).unwrap();
-        let mut closed = close_unserved_qdisks(&xs, 5).unwrap();
+        let mut closed = close(&xs, Unserved::Qdisk, 5).unwrap();
         closed.sort();
         assert_eq!(closed, ["51712", "5632"]);
         let state = |dev: &str| fake.read(&format!("/local/domain/0/backend/qdisk/5/{dev}/state"));
@@ -327,7 +297,7 @@ mod tests {
             fake.write(&format!("/local/domain/0/backend/qdisk/9/{dev}/state"), "1");
         }
         let xs = XenStore::open_path(&sock).unwrap();
-        assert_eq!(close_unserved_qdisks(&xs, 9).unwrap().len(), MAX_DEVICES_PER_PASS);
+        assert_eq!(close(&xs, Unserved::Qdisk, 9).unwrap().len(), MAX_DEVICES_PER_PASS);
         // Control characters first, then more than a log line keeps (a
         // value is at most one xenstore payload).
         let long = format!("raw:/\n\u{1b}[31m{}", "x".repeat(3_000));
@@ -345,7 +315,7 @@ mod tests {
         let sock = dir.path().join("xs");
         let fake = FakeXenstored::start(&sock).unwrap();
         let xs = Arc::new(XenStore::open_path(&sock).unwrap());
-        spawn_vkbd_closer(xs, 7).unwrap();
+        spawn_closer(xs, Unserved::Vkbd, 7).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
         fake.write("/local/domain/0/backend/vkbd/7/0/state", "1");
         let mut closed = false;
