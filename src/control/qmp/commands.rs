@@ -163,7 +163,7 @@ fn save_devices_state(args: &Map<String, Value>, ctl: &dyn VmControl, fds: &Fds)
 }
 
 /// Writes `blob` as the whole content of `fd` (see [`save_devices_state`]).
-pub(super) fn write_blob(fd: std::os::fd::BorrowedFd<'_>, blob: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_blob(fd: std::os::fd::BorrowedFd<'_>, blob: &[u8]) -> std::io::Result<()> {
     let stat = rustix::fs::fstat(fd)?;
     let regular = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
     if regular {
