@@ -58,6 +58,7 @@ pub use limits::QmpLimits;
 pub use vcpus::{FixedVcpus, HotAddError, VcpuControl, VcpuSet, CPU_TYPE};
 
 use commands::greeting;
+#[cfg(test)]
 pub(crate) use commands::write_blob;
 use encode::encode;
 use limits::{Client, Clients};
