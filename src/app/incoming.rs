@@ -12,8 +12,9 @@
 //! nothing is written into guest memory: Xen restored it.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tracing::info;
@@ -21,16 +22,24 @@ use xendm_devices::sync::lock;
 
 use super::control::{RunStateEntry, RUN_STATE_ID};
 use crate::machine::pc::StatefulDevice;
+use crate::machine::state::blob_len;
 use crate::machine::Machine;
 
 /// The largest blob read (a real one is a few KiB).
 pub const MAX_BLOB: u64 = 16 << 20;
 
-/// Reads the whole device state from the `-incoming` descriptor.
+/// Reads the whole device state from the `-incoming` descriptor: a file to
+/// its end; anything else (a stubdomain's restore console, a pipe) up to
+/// where the blob's own lengths say it ends ([`read_stream`]).
 ///
 /// # Errors
 /// A read error, or more than [`MAX_BLOB`] bytes.
 pub fn read(fd: OwnedFd) -> Result<Vec<u8>> {
+    let regular = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile);
+    if !regular {
+        return read_stream(fd.as_fd(), STREAM_TIMEOUT).context("-incoming: reading the saved device state");
+    }
     let mut blob = Vec::new();
     std::fs::File::from(fd)
         .take(MAX_BLOB + 1)
@@ -40,6 +49,69 @@ pub fn read(fd: OwnedFd) -> Result<Vec<u8>> {
         bail!("-incoming: the saved device state is larger than {MAX_BLOB} bytes; it is not one xendm wrote");
     }
     Ok(blob)
+}
+
+/// Silence after a whole blob that ends a stream read.
+pub const QUIET: Duration = Duration::from_millis(500);
+/// Longest wait for the first whole blob on a stream (libxl gives a stub
+/// 30 s to start).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Reads a blob from a channel that may never end (a stub's restore
+/// console): bytes until they hold a whole blob ([`blob_len`]), then as long
+/// as more arrive within [`QUIET`], a later whole blob replacing the earlier
+/// (libxl appends each save of a stub's guest to one file). `timeout`
+/// bounds the wait for the first.
+///
+/// # Errors
+/// No whole blob within `timeout` or before the end, something that is not
+/// a blob, or more than [`MAX_BLOB`] bytes.
+pub fn read_stream(fd: BorrowedFd<'_>, timeout: Duration) -> Result<Vec<u8>> {
+    let start = Instant::now();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut latest: Option<Vec<u8>> = None;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        while let Some(len) = blob_len(&buf)? {
+            latest = Some(buf.drain(..len).collect());
+        }
+        let wait = match &latest {
+            Some(_) => QUIET,
+            None => match timeout.checked_sub(start.elapsed()) {
+                Some(left) => left,
+                None => bail!("no whole device state within {}s", timeout.as_secs()),
+            },
+        };
+        let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+        let ts = rustix::event::Timespec::try_from(wait).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 });
+        let ready = match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e).context("poll"),
+        };
+        if ready == 0 {
+            if let Some(blob) = latest {
+                if !buf.is_empty() {
+                    tracing::warn!(bytes = buf.len(), "an incomplete device state after the last whole one is ignored");
+                }
+                return Ok(blob);
+            }
+            continue;
+        }
+        let n = match rustix::io::read(fd, &mut chunk) {
+            Ok(0) => match latest {
+                Some(blob) => return Ok(blob),
+                None => bail!("the channel ended before a whole device state ({} bytes)", buf.len()),
+            },
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+            Err(e) => return Err(e).context("read"),
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if buf.len() as u64 > MAX_BLOB {
+            bail!("more than {MAX_BLOB} bytes without a whole device state");
+        }
+    }
 }
 
 /// Restores every device of `m` from `blob`, then lets the bus re-read the
@@ -159,16 +231,46 @@ mod tests {
         let devices_only = b.save_devices().unwrap();
         let e = format!("{:#}", restore(&mut b, &devices_only).unwrap_err());
         assert!(e.contains("lacks \"run-state\""), "{e}");
-        let (r, mut w) = std::io::pipe().unwrap();
-        std::thread::spawn(move || {
-            let chunk = vec![0u8; 1 << 20];
-            for _ in 0..17 {
-                if w.write_all(&chunk).is_err() {
-                    return;
-                }
-            }
-        });
-        let e = read(r.into()).unwrap_err().to_string();
+        // A file larger than any blob.
+        let mut big = tempfile::tempfile().unwrap();
+        big.write_all(&vec![0u8; (MAX_BLOB + 1) as usize]).unwrap();
+        let fd = big.as_fd().try_clone_to_owned().unwrap();
+        rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0)).unwrap();
+        let e = read(fd).unwrap_err().to_string();
         assert!(e.contains("larger than 16777216 bytes"), "{e}");
+        // A stream of something else.
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(b"QEVM\0\0\0\x03").unwrap();
+        let e = format!("{:#}", read(r.into()).unwrap_err());
+        assert!(e.contains("QEMU's device state"), "{e}");
+    }
+
+    /// A channel without EOF (the write end stays open): the blob arrives
+    /// in pieces, the later of two blobs wins, silence ends the read.
+    #[test]
+    fn a_stream_gives_its_last_whole_blob() {
+        let k = kernel();
+        let m = machine(&["-kernel", &k]);
+        let one = m.save_devices().unwrap();
+        let mut n = machine(&["-kernel", &k]);
+        io(&mut n, 0x3ff, Some(0x77));
+        let two = n.save_devices().unwrap();
+        let (r, mut w) = std::io::pipe().unwrap();
+        let (a, b) = (one.clone(), two.clone());
+        let writer = std::thread::spawn(move || {
+            w.write_all(&a[..10]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            w.write_all(&a[10..]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            w.write_all(&b).unwrap();
+            std::thread::sleep(QUIET * 3);
+            drop(w);
+        });
+        assert_eq!(read_stream(r.as_fd(), Duration::from_secs(5)).unwrap(), two);
+        writer.join().unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        let e = read_stream(r.as_fd(), Duration::from_millis(100)).unwrap_err().to_string();
+        assert!(e.contains("no whole device state within 0s"), "{e}");
+        drop(w);
     }
 }

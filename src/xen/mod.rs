@@ -25,6 +25,8 @@ pub mod ioreq_server;
 pub mod mapcache;
 pub mod pvbackends;
 pub mod sys;
+#[cfg(feature = "stubdom")]
+pub mod vchan;
 pub mod xenstore;
 
 pub use hypervisor::XenHypervisor;

@@ -9,7 +9,7 @@
 //! The argv is then fitted to the stub ([`rewrite`]):
 //! * `-kernel`/`-initrd` name dom0 paths the stub cannot open; the guest's
 //!   kernel and initrd travel in the stub's own ramdisk instead
-//!   (`docs/stubdom.md`: `xendm-stubdom-ramdisk`), at [`GUEST_KERNEL`] and
+//!   (`docs/stubdom.md`: `tests/stubdom/guest-ramdisk`), at [`GUEST_KERNEL`] and
 //!   [`GUEST_INITRD`];
 //! * `-incoming $STUBDOM_RESTORE_INCOMING_ARG` (the literal libxl writes)
 //!   becomes `-incoming fd:N`, N the stub's restore console;
@@ -44,7 +44,7 @@ pub enum ArgvError {
     BadKey { path: String, name: String },
     #[error(
         "stubdomain: the guest boots from -kernel {dom0_path}, a dom0 path the stub cannot open, and this stub \
-         ramdisk has no {stub_path}: make the guest's stubdomain_ramdisk with xendm-stubdom-ramdisk (docs/stubdom.md)"
+         ramdisk has no {stub_path}: make the guest's stubdomain_ramdisk with tests/stubdom/guest-ramdisk (docs/stubdom.md)"
     )]
     NoGuestFile { dom0_path: String, stub_path: &'static str },
 }
@@ -208,6 +208,6 @@ mod tests {
         let no_initrd = |p: &Path| p == Path::new(GUEST_KERNEL);
         let e = rewrite(&argv, Some(7), &no_initrd).unwrap_err().to_string();
         assert!(e.contains("-kernel /srv/g/initrd") || e.contains("/srv/g/initrd"), "{e}");
-        assert!(e.contains("no /boot/guest/initrd") && e.contains("xendm-stubdom-ramdisk"), "{e}");
+        assert!(e.contains("no /boot/guest/initrd") && e.contains("guest-ramdisk"), "{e}");
     }
 }

@@ -153,6 +153,14 @@ pub(super) struct Fds {
 }
 
 impl Fds {
+    /// A connection's fd sets with descriptor `fd` already in set `id` (a
+    /// stubdomain's save console is fd set 1, as libxl expects there).
+    pub(super) fn with_preset(id: i64, fd: OwnedFd) -> Self {
+        let mut f = Self::default();
+        f.sets.insert(id, vec![fd]);
+        f
+    }
+
     /// Keeps descriptors that arrived with a read, up to [`MAX_PENDING`].
     pub(super) fn receive(&mut self, fds: Vec<OwnedFd>) {
         for fd in fds {

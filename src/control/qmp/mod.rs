@@ -303,7 +303,7 @@ pub async fn serve_with(listener: UnixListener, ctl: Arc<dyn VmControl>, limits:
         conns.spawn(async move {
             let _permit = permit;
             let me = clients.register();
-            let result = serve_client(fds::UnixFds::new(stream), ctl.as_ref(), &limits, &me).await;
+            let result = serve_client(fds::UnixFds::new(stream), ctl.as_ref(), &limits, &me, None).await;
             clients.remove(&me);
             match result {
                 Ok(()) => tracing::debug!("QMP client disconnected"),
@@ -346,15 +346,39 @@ pub async fn serve_connection<S>(stream: S, ctl: &dyn VmControl) -> Result<(), Q
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_client(fds::NoFds(stream), ctl, &QmpLimits::default(), &Client::default()).await
+    serve_client(fds::NoFds(stream), ctl, &QmpLimits::default(), &Client::default(), None).await
+}
+
+/// [`serve_connection`] with descriptor `fd` already in fd set `fdset`: a
+/// stubdomain's QMP over vchan, where libxl names `/dev/fdset/1` for the save
+/// console without an `add-fd` (`xen-toolstack.md` 1.6).
+pub async fn serve_connection_with_fdset<S>(
+    stream: S,
+    ctl: &dyn VmControl,
+    fdset: i64,
+    fd: OwnedFd,
+) -> Result<(), QmpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_client(fds::NoFds(stream), ctl, &QmpLimits::default(), &Client::default(), Some((fdset, fd))).await
 }
 
 /// [`serve_connection`] for a registered client `me`, within `limits`.
-async fn serve_client<S>(mut stream: S, ctl: &dyn VmControl, limits: &QmpLimits, me: &Client) -> Result<(), QmpError>
+async fn serve_client<S>(
+    mut stream: S,
+    ctl: &dyn VmControl,
+    limits: &QmpLimits,
+    me: &Client,
+    preset: Option<(i64, OwnedFd)>,
+) -> Result<(), QmpError>
 where
     S: fds::Transport,
 {
-    let mut session = Session::new();
+    let mut session = match preset {
+        Some((id, fd)) => Session::with_fds(fds::Fds::with_preset(id, fd)),
+        None => Session::new(),
+    };
     let greeting = encode(&greeting())?;
     me.set_idle(false);
     send(&mut stream, std::slice::from_ref(&greeting), limits).await?;

@@ -96,6 +96,11 @@ impl Scan {
 }
 
 impl Session {
+    /// A session whose fd sets start as `fds`.
+    pub(super) fn with_fds(fds: Fds) -> Self {
+        Self { fds, ..Self::new() }
+    }
+
     pub(super) fn new() -> Self {
         Self {
             negotiated: false,
