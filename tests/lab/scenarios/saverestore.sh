@@ -95,22 +95,22 @@ sr_scan() {
 # sr_hb "n=N up=U disk=D token=T": one heartbeat; a line the kernel's own
 # output broke (a field missing or garbled) is skipped
 sr_hb() {
-  sr_n=; sr_u=; sr_d=; sr_t=
+  sr_hn=; sr_hu=; sr_hd=; sr_ht=
   for sr_kv in $1; do
     case $sr_kv in
-      n=*) sr_n=${sr_kv#n=} ;;
-      up=*) sr_u=${sr_kv#up=} ;;
-      disk=*) sr_d=${sr_kv#disk=} ;;
-      token=*) sr_t=${sr_kv#token=} ;;
+      n=*) sr_hn=${sr_kv#n=} ;;
+      up=*) sr_hu=${sr_kv#up=} ;;
+      disk=*) sr_hd=${sr_kv#disk=} ;;
+      token=*) sr_ht=${sr_kv#token=} ;;
     esac
   done
-  case $sr_n in ''|*[!0-9]*) return ;; esac
-  case $sr_u in *[!0-9.]*|*.*.*) return ;; [0-9]*.[0-9][0-9]) ;; *) return ;; esac
-  [ -n "$sr_d" ] && [ -n "$sr_t" ] || return
-  SR_N=$sr_n; SR_UP=$((${sr_u%.*} * 100 + 1${sr_u#*.} - 100)); SR_HBDISK=$sr_d; SR_TOKEN=$sr_t
+  case $sr_hn in ''|*[!0-9]*) return ;; esac
+  case $sr_hu in *[!0-9.]*|*.*.*) return ;; [0-9]*.[0-9][0-9]) ;; *) return ;; esac
+  [ -n "$sr_hd" ] && [ -n "$sr_ht" ] || return
+  SR_N=$sr_hn; SR_UP=$((${sr_hu%.*} * 100 + 1${sr_hu#*.} - 100)); SR_HBDISK=$sr_hd; SR_TOKEN=$sr_ht
   SR_HBS=$((SR_HBS + 1))
-  [ -n "$SR_MIN_N" ] || SR_MIN_N=$sr_n
-  [ "$sr_d" = ok ] || [ -n "$SR_BAD" ] || SR_BAD="n=$sr_n up=$sr_u disk=$sr_d token=$sr_t"
+  [ -n "$SR_MIN_N" ] || SR_MIN_N=$sr_hn
+  [ "$sr_hd" = ok ] || [ -n "$SR_BAD" ] || SR_BAD="n=$sr_hn up=$sr_hu disk=$sr_hd token=$sr_ht"
 }
 # sr_hb_str: the last heartbeat, for messages
 sr_hb_str() {
@@ -131,11 +131,11 @@ sr_wait() {
     fi
     now
     if [ $((NOW - $1)) -ge $(($2 * 100)) ]; then
-      SR_WHY="no heartbeat with n > $3${4:+ and token=$4} within ${2}s (last: $(sr_hb_str)); console tail: $(serial_tail "$SR_FILE"); DM log tail: $(dm_log_tail "$name")"
+      SR_WHY="no heartbeat with n > $3${4:+ and token=$4} within ${2}s (last: $(sr_hb_str)); console tail: $(serial_tail "$SR_FILE"); DM log tail: $(dm_log_tail "$sr_logname")"
       return 2
     fi
     if [ -n "$DMPID" ] && ! pid_alive "$DMPID"; then
-      SR_WHY="the device model (pid $DMPID) exited (last heartbeat: $(sr_hb_str)); DM log tail: $(dm_log_tail "$name")"
+      SR_WHY="the device model (pid $DMPID) exited (last heartbeat: $(sr_hb_str)); DM log tail: $(dm_log_tail "$sr_logname")"
       return 4
     fi
     sr_k=$((sr_k + 1))
@@ -175,13 +175,13 @@ sr_xl() {
   now; SR_XL_CS=$((NOW - sr_t))
   [ $sr_rc -eq 0 ] && return 0
   sr_why="exit $sr_rc"; [ $sr_rc -eq 137 ] && sr_why="killed after ${sr_lim}s"
-  fail "$sr_what: '$*' failed ($sr_why) after $(fmt_s "$SR_XL_CS")s: $(xl_errors "$sr_log"); DM log tail: $(dm_log_tail "$name")"
+  fail "$sr_what: '$*' failed ($sr_why) after $(fmt_s "$SR_XL_CS")s: $(xl_errors "$sr_log"); DM log tail: $(dm_log_tail "$sr_logname")"
   return 1
 }
 
 # ---------------------------------------------------------------- scenario
 sr_scenario() { # DM
-  name=$S; sr_img=/tmp/$S-disk.img; sr_save=/tmp/$S.save; sr_ck=/tmp/$S-checkpoint.save
+  name=$S; sr_logname=$S; sr_img=/tmp/$S-disk.img; sr_save=/tmp/$S.save; sr_ck=/tmp/$S-checkpoint.save
   sr_doms=; sr_dms=
   sr_dom0_setup
   [ -r "$SR_DIR/initrd-sr.img" ] || { fail "no $SR_DIR/initrd-sr.img (saverestore.prepare)"; return; }
@@ -201,8 +201,8 @@ sr_run() { # DM
   fi
   put create_return_s "$(fmt_s "$CREATE_CS")"
   sr_doms=$DOMID; sr_dms=$DMPID; sr_dom=$DOMID
-  stepres "create ok $(fmt_s "$CREATE_CS")s: domid $DOMID, DM pid $DMPID, xvde $(xenstore-read "/local/domain/0/backend/vbd/$DOMID/51840/node" 2>/dev/null || echo '?')"
-  start_console "$name" "$DOMID" "$R/console-1.log" || { fail "console: $CONS_WHY; DM log tail: $(dm_log_tail "$name")"; return; }
+  stepres "create ok $(fmt_s "$CREATE_CS")s: domid $DOMID, DM pid $DMPID, xvde on $(xenstore-read "/local/domain/0/backend/vbd/$DOMID/51776/physical-device-path" 2>/dev/null || echo '?')"
+  start_console "$name" "$DOMID" "$R/console-1.log" || { fail "console: $CONS_WHY; DM log tail: $(dm_log_tail "$sr_logname")"; return; }
   sr_follow "$R/console-1.log"
   sr_t=$CREATE_T0
   sr_wait "$CREATE_T0" "$LAB_MARKER_TIMEOUT" 0 || { fail "boot: $SR_WHY"; return; }
@@ -237,7 +237,7 @@ sr_run() { # DM
   [ -n "$DOMID" ] && [ -n "$DMPID" ] || { fail "restore: xl restore returned but domain $name (domid '${DOMID}') or its DM pid ('${DMPID}') is missing"; return; }
   sr_doms="$sr_doms $DOMID"; sr_dms="$sr_dms $DMPID"
   grep -a -q -e '-incoming' "$R/xl-restore.log" || log "$S: note: no -incoming in the DM argv of xl-restore.log"
-  start_console "$name" "$DOMID" "$R/console-2.log" || { fail "restore: $CONS_WHY; DM log tail: $(dm_log_tail "$name")"; return; }
+  start_console "$name" "$DOMID" "$R/console-2.log" || { fail "restore: $CONS_WHY; DM log tail: $(dm_log_tail "$sr_logname")"; return; }
   sr_follow "$R/console-2.log"
   sr_t=$sr_rt
   sr_running restore "$sr_n1" "$sr_token" || return
@@ -257,10 +257,10 @@ sr_run() { # DM
   sr_blob=$(stat -c %s "/var/lib/xen/qemu-save.$DOMID" 2>/dev/null)
   put dm_blob_bytes "$sr_blob"
   [ -n "$sr_blob" ] || log "$S: note: no /var/lib/xen/qemu-save.$DOMID after xl save -c ($(ls /var/lib/xen | tr '\n' ' '))"
-  sr_d=$(domid_of "$name")
-  [ "$sr_d" = "$DOMID" ] || { fail "checkpoint: domid of $name is '$sr_d' after xl save -c, was $DOMID"; return; }
+  sr_newdom=$(domid_of "$name")
+  [ "$sr_newdom" = "$DOMID" ] || { fail "checkpoint: domid of $name is '$sr_newdom' after xl save -c, was $DOMID"; return; }
   [ "$(dm_pid_of "$DOMID")" = "$DMPID" ] && pid_alive "$DMPID" \
-    || { fail "checkpoint: the DM (pid $DMPID) is gone or replaced after xl save -c; DM log tail: $(dm_log_tail "$name")"; return; }
+    || { fail "checkpoint: the DM (pid $DMPID) is gone or replaced after xl save -c; DM log tail: $(dm_log_tail "$sr_logname")"; return; }
   sr_scan; sr_n2=$SR_N
   sr_running checkpoint "$sr_n2" "$sr_token" || return
   stepres "checkpoint ok: xl save -c $(fmt_s "$SR_XL_CS")s, DM blob ${sr_blob:-?} bytes; same domid $DOMID and DM pid; heartbeat goes on: $(sr_hb_str) (n=$sr_n2 when xl save -c returned)"
@@ -269,16 +269,17 @@ sr_run() { # DM
   sr_unfollow   # xl migrate-receive leaves a monitor process behind
   sr_xl migrate "$SR_MIGRATE_TIMEOUT" "$R/xl-migrate.log" xl -vvv migrate -s "" "$name" "xl -vvv migrate-receive" || return
   put migrate_s "$(fmt_s "$SR_XL_CS")"; sr_mt=$sr_t
-  sr_d=$(domid_of "$name"); sr_dm=; [ -n "$sr_d" ] && sr_dm=$(dm_pid_of "$sr_d")
-  [ -n "$sr_d" ] && [ "$sr_d" != "$DOMID" ] && [ -n "$sr_dm" ] \
-    || { fail "migrate: after xl migrate, $name has domid '$sr_d' (was $DOMID) and DM pid '$sr_dm'; xl list: $(timeout -s KILL 30 xl list 2>&1 | tr '\n' '|')"; return; }
+  sr_newdom=$(domid_of "$name"); sr_newdm=; [ -n "$sr_newdom" ] && sr_newdm=$(dm_pid_of "$sr_newdom")
+  [ -n "$sr_newdom" ] && [ "$sr_newdom" != "$DOMID" ] && [ -n "$sr_newdm" ] \
+    || { fail "migrate: after xl migrate, $name has domid '$sr_newdom' (was $DOMID) and DM pid '$sr_newdm'; xl list: $(timeout -s KILL 30 xl list 2>&1 | tr '\n' '|')"; return; }
   wait_pid_gone "$DMPID" 20 || { fail "migrate: the source's DM (pid $DMPID) still runs 20s after xl migrate returned"; return; }
   stop_console
   sr_follow "$R/console-2.log"; sr_scan; sr_n3=$SR_N; sr_up3=$SR_UP
   [ -z "$SR_BAD" ] || { fail "migrate: before the migration the guest read back something else than its nonce: $SR_BAD"; return; }
-  DOMID=$sr_d; DMPID=$sr_dm
+  DOMID=$sr_newdom; DMPID=$sr_newdm
+  sr_logname=$name--incoming   # libxl named the new DM's log when it spawned it
   sr_doms="$sr_doms $DOMID"; sr_dms="$sr_dms $DMPID"
-  start_console "$name" "$DOMID" "$R/console-3.log" || { fail "migrate: $CONS_WHY; DM log tail: $(dm_log_tail "$name")"; return; }
+  start_console "$name" "$DOMID" "$R/console-3.log" || { fail "migrate: $CONS_WHY; DM log tail: $(dm_log_tail "$sr_logname")"; return; }
   sr_follow "$R/console-3.log"
   sr_t=$sr_mt
   sr_running migrate "$sr_n3" "$sr_token" || return
@@ -308,7 +309,7 @@ sr_run() { # DM
 # which then holds this sample; result.env keeps the boot's figures)
 sr_dm_status() {
   cp "/proc/$DMPID/status" "$R/dm-status-$1.txt" 2>/dev/null \
-    || { fail "$1: the DM (pid $DMPID) has no /proc status; DM log tail: $(dm_log_tail "$name")"; return 1; }
+    || { fail "$1: the DM (pid $DMPID) has no /proc status; DM log tail: $(dm_log_tail "$sr_logname")"; return 1; }
   [ "$2" = xendm ] || return 0
   cp "$R/dm-status-$1.txt" "$R/dm-status.txt"
   check_sandbox 0
@@ -332,8 +333,8 @@ sr_leftovers() {
     usleep 500000
   done
   sr_loop_gone "$sr_img" 30 || { fail "leftovers: $sr_img still on a loop device: $(/usr/sbin/losetup -a | tr '\n' ' ')"; return 1; }
-  for sr_d in $sr_doms; do
-    for sr_f in /var/lib/xen/qemu-save.$sr_d /var/lib/xen/qemu-resume.$sr_d; do
+  for sr_x in $sr_doms; do
+    for sr_f in /var/lib/xen/qemu-save.$sr_x /var/lib/xen/qemu-resume.$sr_x; do
       [ -e "$sr_f" ] && { fail "leftovers: $sr_f still exists"; return 1; }
     done
   done
@@ -342,8 +343,8 @@ sr_leftovers() {
 
 sr_cleanup() {
   stop_console; sr_unfollow
-  for sr_n in "$name--incoming" "$name--migratedaway"; do
-    xl domid "$sr_n" >/dev/null 2>&1 && timeout -s KILL 60 xl destroy "$sr_n" >>"$R/cleanup.log" 2>&1
+  for sr_x in "$name--incoming" "$name--migratedaway"; do
+    xl domid "$sr_x" >/dev/null 2>&1 && timeout -s KILL 60 xl destroy "$sr_x" >>"$R/cleanup.log" 2>&1
   done
   cleanup "$name"
   ls -l /var/lib/xen >"$R/var-lib-xen.txt" 2>&1
