@@ -431,19 +431,33 @@ impl DeviceState for FwCfg {
         if s.cur_entry != keys::INVALID && !self.items.valid_key(s.cur_entry) {
             return Err(StateError::malformed(Self::KIND, format!("invalid current key {:#06x}", s.cur_entry)));
         }
-        // The guest can only move the offset to the end of the item.
-        let len = self.items.lookup(s.cur_entry).map_or(0, |i| i.data.len());
-        if u64::from(s.cur_offset) > len {
-            return Err(StateError::malformed(
-                Self::KIND,
-                format!("offset {} is past the end of item {:#06x} ({len} bytes)", s.cur_offset, s.cur_entry),
-            ));
-        }
+        // The guest can only move the offset to the end of the item. An
+        // item this fw_cfg does not have (a restore without the kernel
+        // files: `docs/save-restore.md`) reads as zeros at any offset, as
+        // it would here had the guest selected it: the offset starts over.
+        let offset = match self.items.lookup(s.cur_entry) {
+            Some(item) if u64::from(s.cur_offset) > item.data.len() => {
+                return Err(StateError::malformed(
+                    Self::KIND,
+                    format!(
+                        "offset {} is past the end of item {:#06x} ({} bytes)",
+                        s.cur_offset,
+                        s.cur_entry,
+                        item.data.len()
+                    ),
+                ));
+            }
+            Some(_) => s.cur_offset,
+            None if s.cur_entry == keys::INVALID && s.cur_offset != 0 => {
+                return Err(StateError::malformed(Self::KIND, "an offset into no item"));
+            }
+            None => 0,
+        };
         if !self.dma_enabled && s.dma_addr != 0 {
             return Err(StateError::malformed(Self::KIND, "a DMA address, but this fw_cfg has no DMA interface"));
         }
         self.cur_entry = s.cur_entry;
-        self.cur_offset = s.cur_offset;
+        self.cur_offset = offset;
         self.dma_addr = s.dma_addr;
         Ok(())
     }
@@ -954,6 +968,11 @@ mod tests {
         assert!(e.to_string().contains("invalid current key 0x0040"), "{e}");
         assert!(f.restore(FwCfgState { cur_entry: keys::INVALID, cur_offset: 1, dma_addr: 0 }).is_err());
         f.restore(FwCfgState { cur_entry: keys::INVALID, cur_offset: 0, dma_addr: 0 }).unwrap();
+        // A kernel item the saving xendm had and this one (restored without
+        // the kernel files) lacks: selected, reading zeros from offset 0.
+        assert!(f.items.lookup(keys::KERNEL_SIZE).is_none());
+        f.restore(FwCfgState { cur_entry: keys::KERNEL_SIZE, cur_offset: 3, dma_addr: 0 }).unwrap();
+        assert_eq!(f.save(), FwCfgState { cur_entry: keys::KERNEL_SIZE, cur_offset: 0, dma_addr: 0 });
         f.restore(before.clone()).unwrap();
         assert_eq!(f.save(), before);
         let (nodma, _) = dev_with(mem(), FwCfgOptions { dma: false, ..Default::default() });

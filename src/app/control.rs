@@ -10,15 +10,25 @@
 //! create. The vCPU commands go to the machine's
 //! [`crate::control::qmp::VcpuControl`] once [`Control::set_vcpu_control`]
 //! gave one (until then, and in probe mode, the boot count is fixed).
+//!
+//! Saving (`docs/save-restore.md`): `xen-save-devices-state` takes the
+//! blob of every device [`Control::set_devices`] gave, plus the run state
+//! as one more entry ([`RunStateEntry`]); `xen-set-global-dirty-log` turns
+//! the machine's [`DirtyLog`] on and off.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use xendm_devices::{DeviceState, StateError};
 
 use tokio::sync::Notify;
 use tracing::{info, warn};
 use xendm_devices::sync::lock;
 
 use crate::control::qmp::{ChardevInfo, FixedVcpus, HotAddError, RunState, VcpuControl, VcpuSet, VmControl};
+use crate::machine::dirty::DirtyLog;
+use crate::machine::pc::StatefulDevice;
 use crate::xen::ioreq_server::ServerControl;
 
 const PRELAUNCH: u8 = 0;
@@ -38,6 +48,43 @@ pub struct Control {
     vcpus: Mutex<Arc<dyn VcpuControl>>,
     quit: Arc<Notify>,
     xenstore_announce: Mutex<Option<Announce>>,
+    devices: Mutex<Vec<(String, StatefulDevice)>>,
+    dirty: Mutex<Option<Arc<DirtyLog>>>,
+}
+
+/// The instance id of the run state's entry in the blob.
+pub const RUN_STATE_ID: &str = "run-state";
+
+/// The QMP run state at the moment of a save, saved as one more entry of
+/// the device-state blob (kind `qmp-run-state`). On restore it is checked
+/// and logged: the restored device model runs, or with `-S` waits paused
+/// for `cont`, as libxl expects of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunStateEntry {
+    /// The state's QEMU name.
+    pub status: String,
+}
+
+/// [`RunStateEntry`]'s payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStatePayload {
+    status: String,
+}
+
+impl DeviceState for RunStateEntry {
+    type State = RunStatePayload;
+    const KIND: &'static str = "qmp-run-state";
+    const VERSION: u32 = 1;
+    fn save(&self) -> RunStatePayload {
+        RunStatePayload { status: self.status.clone() }
+    }
+    fn restore(&mut self, s: RunStatePayload) -> Result<(), StateError> {
+        if ![RunState::Prelaunch, RunState::Running, RunState::Paused].iter().any(|r| r.as_str() == s.status) {
+            return Err(StateError::malformed(Self::KIND, format!("unknown run state {:?}", s.status)));
+        }
+        self.status = s.status;
+        Ok(())
+    }
 }
 
 impl Control {
@@ -58,7 +105,23 @@ impl Control {
             vcpus: Mutex::new(Arc::new(FixedVcpus(vcpus))),
             quit,
             xenstore_announce: Mutex::new(None),
+            devices: Mutex::new(Vec::new()),
+            dirty: Mutex::new(None),
         }
+    }
+
+    /// A run restored from `-incoming` with `-S`: `paused` (QEMU's state
+    /// after an incoming migration that does not autostart; libxl checks
+    /// it), until `cont`.
+    pub fn set_restored_paused(&self) {
+        self.state.store(PAUSED, Ordering::SeqCst);
+    }
+
+    /// The devices `xen-save-devices-state` saves (the machine's, in its
+    /// order) and the dirty log `xen-set-global-dirty-log` switches.
+    pub fn set_devices(&self, devices: Vec<(String, StatefulDevice)>, dirty: Arc<DirtyLog>) {
+        *lock(&self.devices) = devices;
+        *lock(&self.dirty) = Some(dirty);
     }
 
     /// What `cont` calls once the guest runs (xenstore, when available).
@@ -115,6 +178,29 @@ impl VmControl for Control {
     fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError> {
         let vcpus = lock(&self.vcpus).clone();
         vcpus.hot_add_vcpu(index)
+    }
+    fn save_device_state(&self, live: bool) -> Result<Vec<u8>, String> {
+        let mut entries = lock(&self.devices).clone();
+        if entries.is_empty() {
+            return Err("this device model has no devices to save (-machine none)".into());
+        }
+        let run: StatefulDevice = Arc::new(Mutex::new(RunStateEntry { status: self.status().as_str().to_string() }));
+        entries.push((RUN_STATE_ID.to_string(), run));
+        let blob = crate::machine::state::save_entries(&entries).map_err(|e| e.to_string())?;
+        info!(bytes = blob.len(), live, status = self.status().as_str(), "device state saved");
+        Ok(blob)
+    }
+    fn set_dirty_log(&self, enable: bool) -> Result<(), String> {
+        let Some(dirty) = lock(&self.dirty).clone() else {
+            return Err("this device model serves no guest (-machine none)".into());
+        };
+        let frames = dirty.set(enable);
+        if enable {
+            info!("global dirty log on: guest frames the device model writes are reported to Xen");
+        } else {
+            info!(frames, "global dirty log off");
+        }
+        Ok(())
     }
     fn quit(&self) {
         info!("QMP quit");

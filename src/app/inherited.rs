@@ -10,6 +10,10 @@
 //! ([`crate::control::qmp::bind`] checks `AF_UNIX`, listening, and sets
 //! close-on-exec). Every refusal names the chardev, and happens before any
 //! Xen handle is opened.
+//!
+//! `-incoming fd:N` (libxl's only form on restore, `xen-toolstack.md` 2.3:
+//! the resume file, opened read-only) is taken over the same way; it may be
+//! any readable descriptor (a file, a pipe).
 
 use std::collections::BTreeMap;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -31,6 +35,13 @@ pub enum InheritError {
     NotASocket { id: String, fd: RawFd },
     #[error("-chardev id={id}: fd={fd}: {source}")]
     Listener { id: String, fd: RawFd, source: std::io::Error },
+    #[error(
+        "-incoming {uri}: xendm restores device state only from a descriptor libxl passes (-incoming fd:N, \
+         what xl restore and xl migrate use)"
+    )]
+    IncomingForm { uri: String },
+    #[error("-incoming fd:{fd}: {why}")]
+    Incoming { fd: RawFd, why: String },
 }
 
 /// The listening QMP sockets taken over from the command line, by chardev
@@ -38,9 +49,15 @@ pub enum InheritError {
 #[derive(Debug, Default)]
 pub struct InheritedFds {
     qmp: BTreeMap<String, StdUnixListener>,
+    incoming: Option<OwnedFd>,
 }
 
 impl InheritedFds {
+    /// The `-incoming fd:N` descriptor, once.
+    pub fn take_incoming(&mut self) -> Option<OwnedFd> {
+        self.incoming.take()
+    }
+
     /// The inherited listener of QMP monitor `id`, once.
     pub fn take_qmp(&mut self, id: &str) -> Option<StdUnixListener> {
         self.qmp.remove(id)
@@ -63,7 +80,7 @@ pub fn adopt(cfg: &Config) -> Result<InheritedFds, InheritError> {
         named.push((fd, q.id.as_str()));
     }
     let mut fds = InheritedFds::default();
-    for (fd, id) in named {
+    for &(fd, id) in &named {
         let owned = take_over(id, fd)?;
         let listener = qmp::bind(QmpListen::Inherited(owned)).map_err(|source| InheritError::Listener {
             id: id.into(),
@@ -72,7 +89,39 @@ pub fn adopt(cfg: &Config) -> Result<InheritedFds, InheritError> {
         })?;
         fds.qmp.insert(id.to_string(), listener);
     }
+    if let Some(uri) = &cfg.incoming {
+        let fd = incoming_fd(uri)?;
+        if named.iter().any(|(f, _)| *f == fd) {
+            return Err(InheritError::Incoming { fd, why: "the descriptor is also a QMP socket".into() });
+        }
+        fds.incoming = Some(take_over_any(fd).map_err(|why| InheritError::Incoming { fd, why })?);
+    }
     Ok(fds)
+}
+
+/// The number in `fd:N`.
+fn incoming_fd(uri: &str) -> Result<RawFd, InheritError> {
+    let form = || InheritError::IncomingForm { uri: uri.into() };
+    let n = uri.strip_prefix("fd:").ok_or_else(form)?;
+    let fd: RawFd = n.parse().map_err(|_| form())?;
+    if fd <= 2 {
+        return Err(InheritError::Incoming { fd, why: "a standard stream or negative".into() });
+    }
+    Ok(fd)
+}
+
+/// Owns descriptor `fd` if it is open (any type).
+fn take_over_any(fd: RawFd) -> Result<OwnedFd, String> {
+    {
+        // SAFETY: only borrowed to ask the kernel whether it is open (EBADF
+        // if not); nothing closes it meanwhile (start-up is single-threaded).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_getfd(borrowed).map_err(|e| format!("not an open descriptor: {e}"))?;
+    }
+    // SAFETY: open (just checked); not owned by anything else in this
+    // process, for the reasons given in `take_over` (inherited across exec,
+    // above 2, and checked against the QMP numbers by the caller).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Checks descriptor `fd` through a borrow and, if it is an open socket,
@@ -149,6 +198,24 @@ mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let e = adopt(&qmp_fd_config(&[("m", a.into_raw_fd())])).unwrap_err();
         assert!(e.to_string().contains("not listening"), "{e}");
+    }
+
+    #[test]
+    fn the_incoming_descriptor_is_taken_over_in_libxls_form_only() {
+        let file = tempfile::tempfile().unwrap().into_raw_fd();
+        let uri = format!("fd:{file}");
+        let mut fds = adopt(&config(&["-xen-domid", "1", "-incoming", &uri])).unwrap();
+        assert_eq!(fds.take_incoming().unwrap().as_raw_fd(), file);
+        assert!(fds.take_incoming().is_none());
+        for (uri, want) in [
+            ("tcp:0:4444", "-incoming tcp:0:4444: xendm restores device state only from a descriptor"),
+            ("fd:x", "-incoming fd:x: xendm restores"),
+            ("fd:1", "-incoming fd:1: a standard stream or negative"),
+            ("fd:1000000", "-incoming fd:1000000: not an open descriptor"),
+        ] {
+            let e = adopt(&config(&["-xen-domid", "1", "-incoming", uri])).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{uri}: {e}");
+        }
     }
 
     #[test]

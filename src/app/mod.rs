@@ -32,6 +32,7 @@
 pub mod check_config;
 pub mod clock;
 mod control;
+mod incoming;
 pub mod inherited;
 pub mod logging;
 mod monitors;
@@ -66,7 +67,7 @@ use setup::XenHandles;
 pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     log_start(&cfg, argv);
     // 0. Descriptors inherited from libxl, before the process opens any.
-    let inherited = inherited::adopt(&cfg)?;
+    let mut inherited = inherited::adopt(&cfg)?;
     if cfg.machine.kind == MachineKind::None {
         return probe::run(&cfg, inherited);
     }
@@ -78,18 +79,27 @@ pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     let taps = nics::create_taps(&cfg, &crate::net::tap::LinuxTaps)?;
     let serial = open_serial_backends(&spec)?;
     let trace = TraceFile::create(&cfg, argv, &spec)?;
+    let saved = inherited.take_incoming().map(incoming::read).transpose()?;
 
-    // 2. Xen handles, memory and hypervisor; the machine on them.
+    // 2. Xen handles, memory and hypervisor; the machine on them; on
+    // `-incoming` its saved device state instead of the boot writes.
     let xen = XenHandles::open(domid)?;
     let mut machine = setup::instantiate(spec, &xen, &serial, trace)?;
     nics::attach_taps(&machine, taps)?;
-    setup::write_boot_segments(&xen, &machine)?;
+    let restored = match &saved {
+        Some(blob) => Some(incoming::restore(&mut machine, blob)?),
+        None => {
+            setup::write_boot_segments(&xen, &machine)?;
+            None
+        }
+    };
 
     // 3. ioreq server.
     let server = setup::create_ioreq_server(&xen, &mut machine)?;
 
     // 4-5. QMP, enable, ioreq thread, announce, serve, stop.
-    serve::serve(&cfg, domid, machine, server, &serial, inherited, runas)
+    let run = serve::Run { domid, restored: restored.is_some(), dirty: xen.dirty.clone() };
+    serve::serve(&cfg, &run, machine, server, &serial, inherited, runas)
 }
 
 /// The start-up log line (argv as given) and the ignored options.
@@ -107,15 +117,10 @@ fn log_start(cfg: &Config, argv: &[OsString]) {
     }
 }
 
-/// The guest to serve, as Xen's 16-bit domain id; refuses what a run cannot
-/// do yet (`-incoming`).
+/// The guest to serve, as Xen's 16-bit domain id.
 fn guest_domid(cfg: &Config) -> Result<u16> {
     let Some(domid) = cfg.domid else { bail!("-xen-domid is required") };
-    let domid16 = u16::try_from(domid).with_context(|| format!("-xen-domid {domid}: not a valid domain id"))?;
-    if cfg.incoming.is_some() {
-        bail!("-incoming: restoring device state is not supported yet");
-    }
-    Ok(domid16)
+    u16::try_from(domid).with_context(|| format!("-xen-domid {domid}: not a valid domain id"))
 }
 
 /// Phase 1 ([`MachineSpec::from_config`]), with its log line.
@@ -155,6 +160,13 @@ fn boot_summary(cfg: &Config, spec: &MachineSpec) -> String {
         l.below_4g,
         l.above_4g
     );
+    if let Some(uri) = &cfg.incoming {
+        let kernel = if cfg.kernel.is_some() { " (-kernel and -initrd are not read)" } else { "" };
+        return format!(
+            "restoring a saved guest from -incoming {uri}{kernel}; {ram}; {} vCPU(s) at boot, at most {}",
+            spec.vcpus, spec.max_vcpus
+        );
+    }
     let Some(boot) = &spec.boot else {
         return format!("no -kernel (xl: kernel=): the firmware boots from its own boot order; {ram}");
     };
@@ -242,15 +254,13 @@ mod tests {
     }
 
     #[test]
-    fn the_guest_must_be_a_16_bit_domain_and_incoming_is_refused() {
+    fn the_guest_must_be_a_16_bit_domain() {
         assert_eq!(guest_domid(&config(&["-xen-domid", "7"])).unwrap(), 7);
         let mut c = config(&["-xen-domid", "7"]);
         c.domid = Some(70000);
         assert_eq!(format!("{:#}", guest_domid(&c).unwrap_err()).split(':').next(), Some("-xen-domid 70000"));
         c.domid = None;
         assert_eq!(guest_domid(&c).unwrap_err().to_string(), "-xen-domid is required");
-        let c = config(&["-xen-domid", "7", "-incoming", "fd:3"]);
-        assert_eq!(guest_domid(&c).unwrap_err().to_string(), "-incoming: restoring device state is not supported yet");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::cli::Config;
 use crate::control::chardev::Chardev;
 use crate::control::qmp::ChardevInfo;
 use crate::ioreq::engine::Engine;
+use crate::machine::dirty::DirtyLog;
 use crate::machine::Machine;
 use crate::xen::ioreq_server::{IoreqServer, StopHandle};
 use crate::xen::pvbackends;
@@ -31,6 +32,17 @@ use crate::xen::xenstore::{self, XenStore};
 /// How long the serial backends may take to write out what the guest left.
 const SERIAL_FLUSH: Duration = Duration::from_millis(500);
 
+/// What [`serve`] needs to know of the run beyond the command line.
+pub struct Run {
+    /// The guest's domain id.
+    pub domid: u16,
+    /// The devices were restored from `-incoming` (with `-S` the run then
+    /// waits `paused`, not `prelaunch`, as libxl checks).
+    pub restored: bool,
+    /// The dirty log of the machine's guest-memory writes.
+    pub dirty: Arc<DirtyLog>,
+}
+
 /// Serves the guest until a signal or QMP `quit`, then stops.
 ///
 /// # Errors
@@ -38,7 +50,7 @@ const SERIAL_FLUSH: Duration = Duration::from_millis(500);
 /// privileges dropped, or the start announced.
 pub fn serve(
     cfg: &Config,
-    domid: u16,
+    run: &Run,
     m: Machine,
     server: IoreqServer,
     serial: &[Chardev],
@@ -53,7 +65,12 @@ pub fn serve(
         m.vcpus,
         quit.clone(),
     ));
+    let domid = run.domid;
+    if run.restored && cfg.start_paused {
+        ctl.set_restored_paused();
+    }
     ctl.set_vcpu_control(m.vcpu_control());
+    ctl.set_devices(m.devices.state_entries(), run.dirty.clone());
     for (c, u) in serial.iter().zip(&m.uarts) {
         c.start_input(u.clone()).context("starting serial input")?;
     }

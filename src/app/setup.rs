@@ -15,6 +15,7 @@ use xendm_devices::{GuestMemory, Hypervisor};
 
 use super::record::TraceFile;
 use crate::control::chardev::Chardev;
+use crate::machine::dirty::{DirtyLog, DirtySink, DirtyTracking};
 use crate::machine::hooks::MapCacheHooks;
 use crate::machine::spec::MachineSpec;
 use crate::machine::{self, Machine, MachineBackends};
@@ -28,6 +29,9 @@ pub struct XenHandles {
     domid: u16,
     dm: Arc<DeviceModel>,
     cache: Arc<MapCache<ForeignMemory>>,
+    /// The global dirty log (QMP `xen-set-global-dirty-log`) the machine's
+    /// guest-memory writes are reported to.
+    pub dirty: Arc<DirtyLog>,
 }
 
 impl XenHandles {
@@ -39,7 +43,17 @@ impl XenHandles {
     pub fn open(domid: u16) -> Result<Self> {
         let dm = Arc::new(DeviceModel::open(domid).context("opening the Xen device-model interface")?);
         let cache = Arc::new(MapCache::new(ForeignMemory::open(domid).context("opening foreign memory")?));
-        Ok(Self { domid, dm, cache })
+        let dirty = Arc::new(DirtyLog::new(Box::new(DmSink(dm.clone()))));
+        Ok(Self { domid, dm, cache, dirty })
+    }
+}
+
+/// The dirty-log reports of [`XenHandles::dirty`], through the shared handle.
+struct DmSink(Arc<DeviceModel>);
+
+impl DirtySink for DmSink {
+    fn modified(&self, first_pfn: u64, nr: u32) -> Result<(), String> {
+        self.0.modified(first_pfn, nr)
     }
 }
 
@@ -55,7 +69,8 @@ pub fn instantiate(
     serial: &[Chardev],
     trace: Option<TraceFile>,
 ) -> Result<Machine> {
-    let mem: Arc<dyn GuestMemory> = xen.cache.clone();
+    let cache: Arc<dyn GuestMemory> = xen.cache.clone();
+    let mem: Arc<dyn GuestMemory> = Arc::new(DirtyTracking::new(cache, xen.dirty.clone()));
     let hv: Arc<dyn Hypervisor> = Arc::new(XenHypervisor::new(xen.dm.clone()));
     let (mem, hv) = match &trace {
         Some(t) => t.wrap(mem, hv),

@@ -31,6 +31,7 @@
 //!    Xen mapcache and hypervisor in the daemon, fakes in tests, the replay
 //!    memory in replay. Nothing is bound late.
 
+pub mod dirty;
 pub mod hooks;
 pub mod pc;
 pub mod replay;
@@ -133,7 +134,7 @@ pub struct MachineBackends {
 /// # Errors
 /// If devices cannot be placed (two devices claiming one port).
 pub fn build(spec: MachineSpec, backends: MachineBackends) -> Result<Machine, MachineError> {
-    let MachineSpec { kind, acpi, layout, vcpus, max_vcpus, serials, cmos, boot } = spec;
+    let MachineSpec { kind, acpi, layout, vcpus, max_vcpus, serials, cmos, boot, incoming_fw_cfg } = spec;
     let MachineBackends { hv, mem, hooks, serial_sinks } = backends;
     let mut bus = Bus::new();
     let params = pc::PcParams {
@@ -155,6 +156,9 @@ pub fn build(spec: MachineSpec, backends: MachineBackends) -> Result<Machine, Ma
             Some(plan)
         }
     };
+    if let Some(items) = incoming_fw_cfg {
+        devices.fw_cfg = Some(pc::place_fw_cfg(&mut bus, FwCfg::new(mem.clone(), items))?);
+    }
 
     let uarts = devices.uarts.clone();
     Ok(Machine { engine: Engine::new(bus, mem, hooks), uarts, boot, vcpus, max_vcpus, layout, devices })

@@ -54,6 +54,10 @@ pub struct MachineSpec {
     pub cmos: CmosConfig,
     /// Direct kernel boot (`-kernel`).
     pub boot: Option<BootSpec>,
+    /// On `-incoming` with `-kernel`: the fw_cfg device the saved guest had,
+    /// with only the items that need no file (the guest booted long ago;
+    /// the kernel and initrd are neither read nor needed, `boot` is `None`).
+    pub incoming_fw_cfg: Option<FwCfgItems>,
 }
 
 /// Direct kernel boot, planned: what the device will serve and what the
@@ -84,8 +88,22 @@ impl MachineSpec {
         check_pv_path(config)?;
         let serials = serial_ports(config)?;
         let cmos = cmos_config(config, &layout, vcpus)?;
-        let boot = plan_boot(config, &layout, vcpus)?;
-        Ok(Self { kind: config.machine.kind, acpi: !config.no_acpi, layout, vcpus, max_vcpus, serials, cmos, boot })
+        let (boot, incoming_fw_cfg) = if config.incoming.is_some() {
+            (None, incoming_fw_cfg(config, vcpus)?)
+        } else {
+            (plan_boot(config, &layout, vcpus)?, None)
+        };
+        Ok(Self {
+            kind: config.machine.kind,
+            acpi: !config.no_acpi,
+            layout,
+            vcpus,
+            max_vcpus,
+            serials,
+            cmos,
+            boot,
+            incoming_fw_cfg,
+        })
     }
 }
 
@@ -176,8 +194,7 @@ fn plan_boot(config: &Config, layout: &RamLayout, vcpus: u32) -> Result<Option<B
         }
         return Ok(None);
     };
-    let opts = FwCfgOptions { nb_cpus: u16::try_from(vcpus).unwrap_or(u16::MAX), ..FwCfgOptions::default() };
-    let mut fw_cfg = FwCfgItems::new(&opts)?;
+    let mut fw_cfg = FwCfgItems::new(&fw_cfg_options(vcpus))?;
     let files = BootFiles {
         kernel: kernel.clone(),
         initrd: config.initrd_spec.clone(),
@@ -187,6 +204,22 @@ fn plan_boot(config: &Config, layout: &RamLayout, vcpus: u32) -> Result<Option<B
     let rom = xendm_roms::by_name(plan.rom_name).ok_or(MachineError::MissingRom(plan.rom_name))?;
     fw_cfg.add_boot_rom(plan.rom_name, rom.to_vec())?;
     Ok(Some(BootSpec { plan, fw_cfg }))
+}
+
+fn fw_cfg_options(vcpus: u32) -> FwCfgOptions {
+    FwCfgOptions { nb_cpus: u16::try_from(vcpus).unwrap_or(u16::MAX), ..FwCfgOptions::default() }
+}
+
+/// `-incoming` with `-kernel`: fw_cfg without the loader's items. The files
+/// are not opened (they may be gone since the guest booted).
+fn incoming_fw_cfg(config: &Config, vcpus: u32) -> Result<Option<FwCfgItems>, MachineError> {
+    if config.kernel.is_none() {
+        if config.initrd_spec.is_some() || config.append.is_some() {
+            return Err(MachineError::BootArgsWithoutKernel);
+        }
+        return Ok(None);
+    }
+    Ok(Some(FwCfgItems::new(&fw_cfg_options(vcpus))?))
 }
 
 #[cfg(test)]

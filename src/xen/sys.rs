@@ -303,6 +303,18 @@ impl DeviceModel {
         check("xendevicemodel_shutdown", rc).map(drop)
     }
 
+    /// `xendevicemodel_modified_memory` (dm_op `modified_memory`): tells
+    /// Xen's log-dirty tracking that `nr` guest frames from `first_pfn` were
+    /// written through a foreign mapping, so live migration sends them again.
+    ///
+    /// # Errors
+    /// The C call's errno.
+    pub fn modified_memory(&self, first_pfn: u64, nr: u32) -> Result<(), XenError> {
+        // SAFETY: the handle is open; plain integer arguments.
+        let rc = unsafe { ffi::xendevicemodel_modified_memory(self.h(), self.domid, first_pfn, nr) };
+        check("xendevicemodel_modified_memory", rc).map(drop)
+    }
+
     /// `xendevicemodel_nr_vcpus`: how many vCPUs the domain has.
     ///
     /// # Errors

@@ -151,8 +151,10 @@ const BOOT_FILES: &[Allow] =
 /// (`accept4`, reads and writes, `shutdown`), tokio's signal handlers for
 /// SIGHUP/SIGTERM/SIGINT (`rt_sigaction`, installed when the wait starts),
 /// `fcntl` on accepted sockets, the xenstore client's requests (writes on
-/// its socket), removing the QMP socket files at exit (`unlink`), and
-/// QMP's dm_ops. Threads it starts (tokio's blocking pool, a helper
+/// its socket), removing the QMP socket files at exit (`unlink`),
+/// QMP's dm_ops, and `xen-save-devices-state` writing the blob through the
+/// descriptor `add-fd` received (`recvmsg` with `SCM_RIGHTS`): `fstat`,
+/// `ftruncate`, `pwrite64` (`write` for a pipe). Threads it starts (tokio's blocking pool, a helper
 /// thread): `clone` with `CLONE_THREAD` only (never a process; `clone3`,
 /// whose flags a filter cannot read, fails with ENOSYS so glibc falls back
 /// to `clone`), `set_robust_list`, `rseq`, `prctl(PR_SET_NAME)`.
@@ -184,6 +186,9 @@ const MAIN: &[Allow] = &[
     ArgIn { nr: libc::SYS_ioctl, arg: 1, values: MAIN_IOCTLS },
     Call(libc::SYS_unlink),
     Call(libc::SYS_unlinkat),
+    Call(libc::SYS_fstat),
+    Call(libc::SYS_ftruncate),
+    Call(libc::SYS_pwrite64),
     ArgMasked { nr: libc::SYS_clone, arg: 0, mask: libc::CLONE_THREAD as u64, value: libc::CLONE_THREAD as u64 },
     Call(libc::SYS_clone3),
     Call(libc::SYS_set_robust_list),

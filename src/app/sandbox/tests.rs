@@ -60,6 +60,16 @@ fn a_thread_started_before_lock_down_runs_under_the_process_filter() {
     assert_killed_by_sigsys(&o, "made system call 59 (execve)");
 }
 
+/// `xen-save-devices-state` after lock-down: the blob into a reused file
+/// (fstat, ftruncate, pwrite64) and into a pipe (write).
+#[test]
+fn saving_the_device_state_is_allowed_on_the_main_thread() {
+    let o = run_child("main-save");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{:?}\n{out}\n{err}", o.status);
+    assert!(out.contains("saved to a file: 5 bytes") && out.contains("saved to a pipe: ok"), "{out}\n{err}");
+}
+
 #[test]
 fn log_mode_and_off_do_not_kill() {
     let o = run_child("log-socket");
@@ -86,6 +96,7 @@ fn child() {
         "helper-execve" => helper_execve(),
         "log-socket" => log_socket(),
         "off" => off(),
+        "main-save" => main_save(),
         other => panic!("unknown case {other}"),
     }
 }
@@ -120,6 +131,23 @@ fn main_socket() {
     // SAFETY: plain call; the filter stops it.
     unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     unreachable!("socket() was allowed");
+}
+
+fn main_save() {
+    use std::io::{Seek, Write};
+    use std::os::fd::AsFd;
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&[b'x'; 64]).unwrap();
+    file.rewind().unwrap();
+    let (mut r, w) = std::io::pipe().unwrap();
+    Sandbox::with_mode(Mode::Enforce).unwrap().lock_down().unwrap();
+    crate::control::qmp::write_blob(file.as_fd(), b"state").unwrap();
+    println!("saved to a file: {} bytes", rustix::fs::fstat(&file).unwrap().st_size);
+    crate::control::qmp::write_blob(w.as_fd(), b"state").unwrap();
+    let mut buf = [0u8; 5];
+    std::io::Read::read_exact(&mut r, &mut buf).unwrap();
+    assert_eq!(&buf, b"state");
+    println!("saved to a pipe: ok");
 }
 
 fn ioreq_ioctl() {

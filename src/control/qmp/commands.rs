@@ -1,11 +1,16 @@
 //! The QMP commands libxl uses, with their replies in QEMU's member order
 //! (QEMU `qapi/*.json`: `query-status`, `query-version`, ...), and the
-//! greeting. The vCPU commands are in `vcpus.rs`.
+//! greeting. The vCPU commands are in `vcpus.rs`, the descriptor ones
+//! (`add-fd`, `remove-fd`, `query-fdsets`) in `fds.rs`; saving is here:
+//! `xen-save-devices-state` writes the blob (`docs/save-restore.md`) through
+//! a passed descriptor and `xen-set-global-dirty-log` switches the
+//! reporting of the device model's own guest-memory writes.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::encode::{empty_return, generic, to_return, Reply};
+use super::fds::Fds;
 use super::{vcpus, RunState, VmControl, QEMU_VERSION};
 
 /// A command's reply, and whether it asks the process to quit.
@@ -16,14 +21,14 @@ pub(super) struct Outcome {
 }
 
 /// Runs `name` for a session that has negotiated capabilities.
-pub(super) fn dispatch(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl) -> Outcome {
+pub(super) fn dispatch(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, fds: &mut Fds) -> Outcome {
     let mut quit = false;
-    let reply = reply_to(name, args, ctl, &mut quit);
+    let reply = reply_to(name, args, ctl, fds, &mut quit);
     Outcome { reply, quit }
 }
 
 /// The reply to `name`; sets `quit` for the `quit` command.
-fn reply_to(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, quit: &mut bool) -> Reply {
+fn reply_to(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, fds: &mut Fds, quit: &mut bool) -> Reply {
     let Some(command) = COMMANDS.iter().find(|c| c.name == name) else {
         return Reply::Error { class: "CommandNotFound", desc: format!("The command {name} has not been found") };
     };
@@ -53,6 +58,15 @@ fn reply_to(name: &str, args: &Map<String, Value>, ctl: &dyn VmControl, quit: &m
         "query-hotpluggable-cpus" => vcpus::query_hotpluggable_cpus(ctl),
         "device_add" => vcpus::device_add(args, ctl),
         "cpu-add" => vcpus::cpu_add(args, ctl),
+        "add-fd" => fds.add_fd(args),
+        "remove-fd" => fds.remove_fd(args),
+        "query-fdsets" => fds.query(),
+        "xen-save-devices-state" => save_devices_state(args, ctl, fds),
+        "xen-set-global-dirty-log" => match args.get("enable") {
+            Some(Value::Bool(on)) => result(ctl.set_dirty_log(*on)),
+            Some(_) => generic("Invalid parameter type for 'enable', expected: boolean"),
+            None => generic("Parameter 'enable' is missing"),
+        },
         "query-version" => to_return(&version_info()),
         "query-commands" => {
             let names: Vec<CommandName> = COMMANDS.iter().map(|c| CommandName { name: c.name }).collect();
@@ -101,11 +115,80 @@ const COMMANDS: &[Command] = &[
     only("query-hotpluggable-cpus", &[]),
     Command { name: "device_add", params: Params::Own },
     only("cpu-add", &["id"]),
+    only("add-fd", &["fdset-id", "opaque"]),
+    only("remove-fd", &["fdset-id", "fd"]),
+    only("query-fdsets", &[]),
+    only("xen-save-devices-state", &["filename", "live"]),
+    only("xen-set-global-dirty-log", &["enable"]),
     only("query-version", &[]),
     only("query-commands", &[]),
     only("query-command-line-options", &["option"]),
     only("quit", &[]),
 ];
+
+/// `xen-save-devices-state {"filename": "/dev/fdset/N", "live"?: bool}`:
+/// the blob, written from offset 0 of the passed file, which is then cut to
+/// the blob's length (libxl opens it without `O_TRUNC` and embeds the whole
+/// file, `xen-toolstack.md` 2.2). A descriptor that is not a regular file
+/// (a pipe, a console) is written in sequence.
+fn save_devices_state(args: &Map<String, Value>, ctl: &dyn VmControl, fds: &Fds) -> Reply {
+    let filename = match args.get("filename") {
+        Some(Value::String(f)) => f.as_str(),
+        Some(_) => return generic("Invalid parameter type for 'filename', expected: string"),
+        None => return generic("Parameter 'filename' is missing"),
+    };
+    let live = match args.get("live") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return generic("Invalid parameter type for 'live', expected: boolean"),
+    };
+    let fd = match fds.lookup(filename) {
+        Ok(fd) => fd,
+        Err(e) => return generic(e),
+    };
+    let blob = match ctl.save_device_state(live) {
+        Ok(b) => b,
+        Err(e) => return generic(e),
+    };
+    match write_blob(fd, &blob) {
+        Ok(()) => {
+            tracing::info!(bytes = blob.len(), live, "device state saved to {filename} (QMP xen-save-devices-state)");
+            empty_return()
+        }
+        Err(e) => {
+            tracing::warn!("saving the device state to {filename}: {e}");
+            generic(format!("Failed to write device state to '{filename}': {e}"))
+        }
+    }
+}
+
+/// Writes `blob` as the whole content of `fd` (see [`save_devices_state`]).
+pub(crate) fn write_blob(fd: std::os::fd::BorrowedFd<'_>, blob: &[u8]) -> std::io::Result<()> {
+    let stat = rustix::fs::fstat(fd)?;
+    let regular = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+    if regular {
+        rustix::fs::ftruncate(fd, 0)?;
+    }
+    let mut done = 0usize;
+    while let Some(rest) = blob.get(done..).filter(|r| !r.is_empty()) {
+        let n = if regular {
+            rustix::io::pwrite(fd, rest, done as u64)?
+        } else {
+            match rustix::io::write(fd, rest) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => r?,
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done = done.saturating_add(n);
+    }
+    if regular {
+        rustix::fs::ftruncate(fd, blob.len() as u64)?;
+    }
+    Ok(())
+}
 
 // Reply payloads, with members in QEMU's output order.
 

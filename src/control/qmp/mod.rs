@@ -49,6 +49,7 @@ use xendm_devices::ratelimit::RateLimit;
 
 mod commands;
 mod encode;
+pub mod fds;
 mod limits;
 mod session;
 mod vcpus;
@@ -57,6 +58,8 @@ pub use limits::QmpLimits;
 pub use vcpus::{FixedVcpus, HotAddError, VcpuControl, VcpuSet, CPU_TYPE};
 
 use commands::greeting;
+#[cfg(test)]
+pub(crate) use commands::write_blob;
 use encode::encode;
 use limits::{Client, Clients};
 use session::Session;
@@ -228,6 +231,18 @@ pub trait VmControl: Send + Sync {
     /// # Errors
     /// See [`HotAddError`].
     fn hot_add_vcpu(&self, index: u32) -> Result<(), HotAddError>;
+    /// The device state blob (`src/machine/state.rs`) for QMP
+    /// `xen-save-devices-state`; `live` is libxl's flag (a live migration).
+    ///
+    /// # Errors
+    /// Why no blob could be made (QMP's error text).
+    fn save_device_state(&self, live: bool) -> Result<Vec<u8>, String>;
+    /// QMP `xen-set-global-dirty-log`: report the guest frames the device
+    /// model writes (on) or stop (off). Accepted in any run state.
+    ///
+    /// # Errors
+    /// Why it cannot (no guest memory: probe mode).
+    fn set_dirty_log(&self, enable: bool) -> Result<(), String>;
     /// Asks the device model to exit (called after the reply is sent).
     fn quit(&self);
 }
@@ -288,7 +303,7 @@ pub async fn serve_with(listener: UnixListener, ctl: Arc<dyn VmControl>, limits:
         conns.spawn(async move {
             let _permit = permit;
             let me = clients.register();
-            let result = serve_client(stream, ctl.as_ref(), &limits, &me).await;
+            let result = serve_client(fds::UnixFds::new(stream), ctl.as_ref(), &limits, &me).await;
             clients.remove(&me);
             match result {
                 Ok(()) => tracing::debug!("QMP client disconnected"),
@@ -331,13 +346,13 @@ pub async fn serve_connection<S>(stream: S, ctl: &dyn VmControl) -> Result<(), Q
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_client(stream, ctl, &QmpLimits::default(), &Client::default()).await
+    serve_client(fds::NoFds(stream), ctl, &QmpLimits::default(), &Client::default()).await
 }
 
 /// [`serve_connection`] for a registered client `me`, within `limits`.
 async fn serve_client<S>(mut stream: S, ctl: &dyn VmControl, limits: &QmpLimits, me: &Client) -> Result<(), QmpError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: fds::Transport,
 {
     let mut session = Session::new();
     let greeting = encode(&greeting())?;
@@ -366,7 +381,7 @@ where
         if data.is_empty() {
             return Ok(());
         }
-        let out = session.feed(data, ctl)?;
+        let out = session.feed_with_fds(data, stream.take_fds(), ctl)?;
         send(&mut stream, &out.replies, limits).await?;
         if out.quit {
             ctl.quit();
@@ -470,6 +485,14 @@ mod tests {
             set.present.sort_unstable();
             Ok(())
         }
+        fn save_device_state(&self, live: bool) -> Result<Vec<u8>, String> {
+            self.calls.lock().unwrap().push(if live { "save-live" } else { "save" });
+            Ok(b"XENDMDEV-test-blob".to_vec())
+        }
+        fn set_dirty_log(&self, enable: bool) -> Result<(), String> {
+            self.calls.lock().unwrap().push(if enable { "dirty-on" } else { "dirty-off" });
+            Ok(())
+        }
         fn quit(&self) {
             self.calls.lock().unwrap().push("quit");
         }
@@ -534,6 +557,26 @@ mod tests {
             c.send(r#"{"execute":"qmp_capabilities","id":1}"#).await;
             assert_eq!(c.recv_line().await, r#"{"return": {}, "id": 1}"#);
             c
+        }
+
+        /// Sends `line` with descriptor `fd` attached (SCM_RIGHTS), as
+        /// libxl sends `add-fd`.
+        async fn send_with_fd(&mut self, line: &str, fd: std::os::fd::BorrowedFd<'_>) {
+            use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+            let bytes = format!("{line}\r\n");
+            let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [fd];
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            self.stream.writable().await.unwrap();
+            let n = rustix::net::sendmsg(
+                &self.stream,
+                &[std::io::IoSlice::new(bytes.as_bytes())],
+                &mut control,
+                SendFlags::empty(),
+            )
+            .unwrap();
+            assert_eq!(n, bytes.len());
         }
 
         async fn send_raw(&mut self, bytes: &[u8]) {
@@ -763,7 +806,7 @@ mod tests {
             "Capabilities negotiation is already complete, command ignored",
             Some(3.into()),
         );
-        for cmd in ["xen-save-devices-state", "add-fd", "frobnicate"] {
+        for cmd in ["xen-load-devices-state", "frobnicate"] {
             assert_error(
                 &c.call(&format!(r#"{{"execute": "{cmd}", "id": 4}}"#)).await,
                 "CommandNotFound",
@@ -771,6 +814,113 @@ mod tests {
                 Some(4.into()),
             );
         }
+    }
+
+    /// libxl's save sequence (`xen-toolstack.md` 2.1) on one connection:
+    /// the dirty log on, `stop`, `add-fd` with the save file passed over the
+    /// socket, `xen-save-devices-state` into `/dev/fdset/0`, the dirty log
+    /// off, `cont` (a checkpoint). The file, reused with old and longer
+    /// content (libxl opens it without O_TRUNC), holds exactly the blob.
+    #[tokio::test]
+    async fn libxls_save_sequence_writes_the_blob_through_the_passed_descriptor() {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsFd;
+        let vm = Arc::new(FakeVm::new(1));
+        let server = start(vm.clone());
+        let mut c = Client::negotiated(&server.path).await;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[b'x'; 100]).unwrap();
+        file.rewind().unwrap();
+        let ok = serde_json::json!({"return": {}});
+        assert_eq!(c.call(r#"{"execute": "xen-set-global-dirty-log", "arguments": {"enable": true}}"#).await, ok);
+        assert_eq!(c.call(r#"{"execute": "stop"}"#).await, ok);
+        c.send_with_fd(r#"{"execute": "add-fd", "id": 7}"#, file.as_fd()).await;
+        let added = c.recv_value().await;
+        assert_eq!(added["return"]["fdset-id"], 0, "{added}");
+        assert!(added["return"]["fd"].as_i64().unwrap() > 2, "{added}");
+        assert_eq!(added["id"], 7);
+        let sets = c.call(r#"{"execute": "query-fdsets"}"#).await;
+        assert_eq!(sets["return"][0]["fdset-id"], 0, "{sets}");
+        assert_eq!(
+            c.call(
+                r#"{"execute": "xen-save-devices-state", "arguments": {"filename": "/dev/fdset/0", "live": false}}"#
+            )
+            .await,
+            ok
+        );
+        assert_eq!(c.call(r#"{"execute": "xen-set-global-dirty-log", "arguments": {"enable": false}}"#).await, ok);
+        assert_eq!(c.call(r#"{"execute": "cont"}"#).await, ok);
+        let mut content = Vec::new();
+        file.rewind().unwrap();
+        file.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"XENDMDEV-test-blob", "the blob, and nothing of the old content");
+        assert_eq!(vm.calls(), ["dirty-on", "stop", "save", "dirty-off", "cont"]);
+
+        // A second add-fd takes the next free set; remove-fd closes it.
+        c.send_with_fd(r#"{"execute": "add-fd"}"#, file.as_fd()).await;
+        let second = c.recv_value().await;
+        assert_eq!(second["return"]["fdset-id"], 1, "{second}");
+        assert_eq!(c.call(r#"{"execute": "remove-fd", "arguments": {"fdset-id": 1}}"#).await, ok);
+        assert_error(
+            &c.call(r#"{"execute": "remove-fd", "arguments": {"fdset-id": 1}}"#).await,
+            "GenericError",
+            "File descriptor named 'fdset-id:1' not found",
+            None,
+        );
+    }
+
+    #[tokio::test]
+    async fn save_commands_refuse_what_they_cannot_do_and_the_server_goes_on() {
+        let vm = Arc::new(FakeVm::new(1));
+        let server = start(vm.clone());
+        let mut c = Client::negotiated(&server.path).await;
+        let cases: &[(&str, &str)] = &[
+            (r#"{"execute": "add-fd"}"#, "No file descriptor supplied via SCM_RIGHTS"),
+            (r#"{"execute": "add-fd", "arguments": {"fdset-id": -1}}"#, "Parameter 'fdset-id' expects a non-negative value"),
+            (r#"{"execute": "xen-save-devices-state", "arguments": {}}"#, "Parameter 'filename' is missing"),
+            (
+                r#"{"execute": "xen-save-devices-state", "arguments": {"filename": "/dev/fdset/3"}}"#,
+                "Could not open '/dev/fdset/3': No such file or directory",
+            ),
+            (
+                r#"{"execute": "xen-save-devices-state", "arguments": {"filename": "/dev/fdset/x"}}"#,
+                "Could not open '/dev/fdset/x': not a valid fd set",
+            ),
+            (
+                r#"{"execute": "xen-save-devices-state", "arguments": {"filename": "/var/lib/xen/qemu-save.1"}}"#,
+                "Could not open '/var/lib/xen/qemu-save.1': xendm writes device state only to a descriptor passed with add-fd (/dev/fdset/N), as libxl does",
+            ),
+            (
+                r#"{"execute": "xen-save-devices-state", "arguments": {"filename": "/dev/fdset/0", "live": 1}}"#,
+                "Invalid parameter type for 'live', expected: boolean",
+            ),
+            (r#"{"execute": "xen-set-global-dirty-log"}"#, "Parameter 'enable' is missing"),
+            (
+                r#"{"execute": "xen-set-global-dirty-log", "arguments": {"enable": "yes"}}"#,
+                "Invalid parameter type for 'enable', expected: boolean",
+            ),
+            (r#"{"execute": "xen-save-devices-state", "arguments": {"file": "x"}}"#, "Parameter 'file' is unexpected"),
+        ];
+        for (req, want) in cases {
+            assert_error(&c.call(req).await, "GenericError", want, None);
+        }
+        assert!(vm.calls().is_empty(), "nothing reached the VM: {:?}", vm.calls());
+        // A pipe is written in sequence (no truncation possible).
+        use std::os::fd::AsFd;
+        let (r, w) = std::io::pipe().unwrap();
+        c.send_with_fd(r#"{"execute": "add-fd"}"#, w.as_fd()).await;
+        assert_eq!(c.recv_value().await["return"]["fdset-id"], 0);
+        drop(w);
+        let ok = serde_json::json!({"return": {}});
+        assert_eq!(
+            c.call(r#"{"execute": "xen-save-devices-state", "arguments": {"filename": "/dev/fdset/0", "live": true}}"#)
+                .await,
+            ok
+        );
+        let mut buf = [0u8; 64];
+        let n = rustix::io::read(&r, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"XENDMDEV-test-blob");
+        assert_eq!(vm.calls(), ["save-live"]);
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::commands;
 use super::encode::{empty_return, encode_reply, error_offset, generic, Reply};
+use super::fds::Fds;
 use super::{QmpError, VmControl, MAX_INPUT};
 
 /// Output of feeding bytes into a [`Session`].
@@ -44,6 +45,8 @@ pub(super) struct Session {
     /// Bytes of input re-read by failed (incomplete) parses or moved by
     /// draining consumed input; stays proportional to the input.
     rework: u64,
+    /// Descriptors the client passed, and its fd sets (`fds.rs`).
+    fds: Fds,
 }
 
 /// Tracks JSON nesting over the unparsed input, incrementally, to tell
@@ -94,11 +97,32 @@ impl Scan {
 
 impl Session {
     pub(super) fn new() -> Self {
-        Self { negotiated: false, buf: Vec::new(), skip_line: false, scan: Scan::default(), last_try: 0, rework: 0 }
+        Self {
+            negotiated: false,
+            buf: Vec::new(),
+            skip_line: false,
+            scan: Scan::default(),
+            last_try: 0,
+            rework: 0,
+            fds: Fds::default(),
+        }
     }
 
     /// Takes the bytes of one read; returns the replies to send.
-    pub(super) fn feed(&mut self, mut data: &[u8], ctl: &dyn VmControl) -> Result<Output, QmpError> {
+    #[cfg(test)]
+    pub(super) fn feed(&mut self, data: &[u8], ctl: &dyn VmControl) -> Result<Output, QmpError> {
+        self.feed_with_fds(data, Vec::new(), ctl)
+    }
+
+    /// Takes the bytes of one read and the descriptors that came with them
+    /// (kept for `add-fd`); returns the replies to send.
+    pub(super) fn feed_with_fds(
+        &mut self,
+        mut data: &[u8],
+        fds: Vec<std::os::fd::OwnedFd>,
+        ctl: &dyn VmControl,
+    ) -> Result<Output, QmpError> {
+        self.fds.receive(fds);
         let mut out = Output::default();
         if self.skip_line {
             match data.iter().position(|&b| b == b'\n') {
@@ -209,7 +233,7 @@ impl Session {
                 Err(r) => r,
             };
         }
-        let outcome = commands::dispatch(name, args, ctl);
+        let outcome = commands::dispatch(name, args, ctl, &mut self.fds);
         out.quit |= outcome.quit;
         outcome.reply
     }
@@ -285,6 +309,12 @@ mod tests {
         }
         fn hot_add_vcpu(&self, _index: u32) -> Result<(), crate::control::qmp::HotAddError> {
             Err(crate::control::qmp::HotAddError::Unsupported)
+        }
+        fn save_device_state(&self, _live: bool) -> Result<Vec<u8>, String> {
+            Err("no devices".into())
+        }
+        fn set_dirty_log(&self, _enable: bool) -> Result<(), String> {
+            Ok(())
         }
         fn quit(&self) {}
     }

@@ -344,6 +344,12 @@ mod tests {
                 }
             }
         }
+        fn save_device_state(&self, _live: bool) -> Result<Vec<u8>, String> {
+            Err("no devices".into())
+        }
+        fn set_dirty_log(&self, _enable: bool) -> Result<(), String> {
+            Ok(())
+        }
         fn quit(&self) {}
     }
 
@@ -351,7 +357,7 @@ mod tests {
     /// `Ok(return value)` or `Err((class, desc))`.
     fn run(vm: &Vm, name: &str, args: Value) -> Result<Value, (String, String)> {
         let Value::Object(args) = args else { panic!("args must be an object") };
-        match dispatch(name, &args, vm).reply {
+        match dispatch(name, &args, vm, &mut crate::control::qmp::fds::Fds::default()).reply {
             Reply::Return(bytes) => Ok(serde_json::from_slice(&bytes).unwrap()),
             Reply::Error { class, desc } => Err((class.to_owned(), desc)),
         }
