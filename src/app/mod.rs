@@ -46,6 +46,7 @@ pub mod sandbox;
 mod serve;
 mod setup;
 pub mod signals;
+pub mod stubdom;
 mod timeline;
 mod xenstore_work;
 

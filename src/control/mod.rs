@@ -5,3 +5,4 @@
 pub mod chardev;
 pub mod qmp;
 mod serial_failures;
+pub mod vchan;

@@ -204,6 +204,45 @@ fn apply(plan: &[(&StatefulDevice, &Entry<'_>, &str)]) -> Result<(), DeviceState
     Ok(())
 }
 
+/// The length of the blob that `prefix` begins, once `prefix` holds enough
+/// of it to tell (`None`: more bytes are needed). For a channel without an
+/// end of file (a stubdomain's restore console): the format's lengths say
+/// where the blob ends. Checks only the lengths and their bounds; the
+/// content is checked by [`restore_entries`].
+///
+/// # Errors
+/// Another magic, or a length over its bound.
+pub fn blob_len(prefix: &[u8]) -> Result<Option<usize>, DeviceStateError> {
+    let head = |n: usize| prefix.get(..n);
+    let Some(magic) = head(MAGIC.len()) else { return Ok(None) };
+    if magic.starts_with(b"QEVM") {
+        return Err(DeviceStateError::QemuFormat);
+    }
+    if magic != MAGIC {
+        return Err(DeviceStateError::BadMagic);
+    }
+    let u16_at =
+        |at: usize| -> Option<u16> { Some(u16::from_le_bytes(prefix.get(at..at.checked_add(2)?)?.try_into().ok()?)) };
+    let u32_at =
+        |at: usize| -> Option<u32> { Some(u32::from_le_bytes(prefix.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
+    let Some(count) = u32_at(12) else { return Ok(None) };
+    check_len("the number of entries", u64::from(count), u64::from(MAX_ENTRIES))?;
+    let mut at = 16usize;
+    for _ in 0..count {
+        for what in ["a kind", "an instance id"] {
+            let Some(n) = u16_at(at) else { return Ok(None) };
+            check_len(what, u64::from(n), MAX_NAME as u64)?;
+            at = at.saturating_add(2 + usize::from(n));
+        }
+        at = at.saturating_add(4); // the state version
+        let Some(len) = u32_at(at) else { return Ok(None) };
+        check_len("a payload", u64::from(len), u64::from(MAX_PAYLOAD))?;
+        at = at.saturating_add(4).saturating_add(len as usize);
+    }
+    let total = at.saturating_add(END_MARKER.len() + 4);
+    Ok((prefix.len() >= total).then_some(total))
+}
+
 impl Machine {
     /// The state of every device, as one blob ([`save_devices`]).
     ///
@@ -470,6 +509,24 @@ mod tests {
         }
         out(&mut b, 0x70, 1, 0x40);
         assert_eq!(inp(&mut b, 0x71, 1), 0x5a, "CMOS byte 0x40");
+    }
+
+    #[test]
+    fn a_blobs_length_is_known_from_its_prefix() {
+        let m = machine(&[]);
+        let blob = m.save_devices().unwrap();
+        for n in [0, 7, 15, 40, blob.len() - 1] {
+            assert_eq!(blob_len(&blob[..n]).unwrap(), None, "prefix {n}");
+        }
+        assert_eq!(blob_len(&blob).unwrap(), Some(blob.len()));
+        let mut two = blob.clone();
+        two.extend_from_slice(&blob);
+        assert_eq!(blob_len(&two).unwrap(), Some(blob.len()), "a second blob after it");
+        assert_eq!(blob_len(b"QEVM\0\0\0\x03").unwrap_err(), DeviceStateError::QemuFormat);
+        assert_eq!(blob_len(b"XENDMDEX").unwrap_err(), DeviceStateError::BadMagic);
+        let mut huge = blob[..16].to_vec();
+        huge[12..16].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(blob_len(&huge), Err(DeviceStateError::TooLong { .. })));
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! QMP over a Xen vchan, for a device model in a stubdomain
+//! (`xen-toolstack.md` 1.5): the stub is the vchan *server* at
+//! `device-model/<guest>/qmp-vchan`; dom0's `vchan-socket-proxy` listens on
+//! libxl's usual QMP socket and, for each libxl connection, connects to the
+//! vchan as a new client and disconnects after. So the server takes one
+//! client at a time, and each client is a new QMP session (greeting,
+//! `qmp_capabilities`, ...).
+//!
+//! [`VchanLink`] is the vchan as this module needs it (the real one is
+//! libxenvchan, `crate::xen::vchan`, built with the `stubdom` feature; tests
+//! use a fake). [`pump`] copies bytes both ways between the connected vchan
+//! and one end of a socket pair whose other end is served as an ordinary
+//! QMP connection, until either side closes.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// Bytes from QMP waiting for room in the vchan ring, at most.
+pub const MAX_PENDING: usize = 1 << 20;
+
+/// A vchan server endpoint.
+pub trait VchanLink: Send {
+    /// Makes the endpoint ready for a new client (the real one re-creates
+    /// the server ring and republishes it in xenstore).
+    ///
+    /// # Errors
+    /// If the ring cannot be set up.
+    fn listen(&mut self) -> io::Result<()>;
+    /// The descriptor that becomes readable when the peer notified us.
+    fn event_fd(&self) -> BorrowedFd<'_>;
+    /// Consumes the notification `event_fd` signalled (call only when it is
+    /// readable: it may block otherwise).
+    ///
+    /// # Errors
+    /// If the event channel broke.
+    fn ack(&mut self) -> io::Result<()>;
+    /// Whether a client is connected, or awaited (`false` once it left).
+    fn is_open(&self) -> bool;
+    /// Reads what the client sent, without waiting (`Ok(0)`: nothing now).
+    ///
+    /// # Errors
+    /// If the ring broke.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes what fits, without waiting (`Ok(0)`: the ring is full).
+    ///
+    /// # Errors
+    /// If the ring broke.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Ends the current client's connection.
+    fn close(&mut self);
+}
+
+/// Copies between `link`'s current client and `sock` until either closes
+/// (then closes the other). Each poll waits at most `tick`, so a client
+/// that left without a notification is seen within one tick.
+///
+/// # Errors
+/// A broken ring or socket (the connection is over either way).
+pub fn pump(link: &mut dyn VchanLink, mut sock: UnixStream, tick: Duration) -> io::Result<()> {
+    sock.set_nonblocking(true)?;
+    let mut to_vchan: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let result = loop {
+        // Client -> QMP.
+        loop {
+            match link.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    sock.set_nonblocking(false)?;
+                    let w = sock.write_all(buf.get(..n).unwrap_or_default());
+                    sock.set_nonblocking(true)?;
+                    w?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // QMP -> client, as the ring has room.
+        while !to_vchan.is_empty() {
+            let n = link.write(&to_vchan)?;
+            if n == 0 {
+                break;
+            }
+            to_vchan.drain(..n.min(to_vchan.len()));
+        }
+        if !link.is_open() {
+            break Ok(());
+        }
+        let want_sock = to_vchan.len() < MAX_PENDING;
+        let (ev_ready, sock_ready) = {
+            let ev = link.event_fd();
+            let sfd = sock.as_fd();
+            let mut fds = [
+                rustix::event::PollFd::new(&ev, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(
+                    &sfd,
+                    if want_sock { rustix::event::PollFlags::IN } else { rustix::event::PollFlags::empty() },
+                ),
+            ];
+            let ts =
+                rustix::event::Timespec::try_from(tick).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 });
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => break Err(e.into()),
+            }
+            let [a, b] = &fds;
+            (!a.revents().is_empty(), !b.revents().is_empty())
+        };
+        if ev_ready {
+            link.ack()?;
+        }
+        if sock_ready {
+            match sock.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => to_vchan.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        }
+    };
+    link.close();
+    drop(sock);
+    result
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A vchan double: the "ring" is a socket pair, the peer's end is the
+    //! test's client.
+    use super::*;
+
+    /// The server side of a fake vchan.
+    pub struct FakeLink {
+        pub ring: UnixStream,
+        open: bool,
+    }
+
+    impl FakeLink {
+        /// A link and the client's end of it.
+        pub fn pair() -> (Self, UnixStream) {
+            let (a, b) = UnixStream::pair().unwrap();
+            a.set_nonblocking(true).unwrap();
+            (Self { ring: a, open: true }, b)
+        }
+    }
+
+    impl VchanLink for FakeLink {
+        fn listen(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn event_fd(&self) -> BorrowedFd<'_> {
+            self.ring.as_fd()
+        }
+        fn ack(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn is_open(&self) -> bool {
+            self.open
+        }
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.ring.read(buf) {
+                Ok(0) => {
+                    self.open = false;
+                    Ok(0)
+                }
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            }
+        }
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self.ring.write(buf) {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            }
+        }
+        fn close(&mut self) {
+            self.open = false;
+            let _ = self.ring.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeLink;
+    use super::*;
+
+    /// Bytes go both ways; the client leaving ends the pump and closes the
+    /// QMP side; QMP closing ends it and closes the client.
+    #[test]
+    fn bytes_flow_both_ways_until_one_side_closes() {
+        let (mut link, mut client) = FakeLink::pair();
+        let (qmp, mut qmp_peer) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || pump(&mut link, qmp, Duration::from_millis(20)));
+        client.write_all(b"{\"execute\": \"qmp_capabilities\"}\r\n").unwrap();
+        let mut got = [0u8; 33];
+        qmp_peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"{\"execute\": \"qmp_capabilities\"}\r\n");
+        let reply = vec![b'r'; 100_000]; // more than one ring's worth at a time
+        qmp_peer.write_all(&reply).unwrap();
+        let mut back = vec![0u8; reply.len()];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(back, reply);
+        drop(client);
+        t.join().unwrap().unwrap();
+        let mut rest = Vec::new();
+        qmp_peer.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the QMP side is closed");
+
+        let (mut link, mut client) = FakeLink::pair();
+        let (qmp, qmp_peer) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || pump(&mut link, qmp, Duration::from_millis(20)));
+        drop(qmp_peer);
+        t.join().unwrap().unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the client is closed");
+    }
+}
