@@ -23,6 +23,16 @@ COLUMNS = [("scenario", "scenario"), ("pass", "result"), ("create_return_s", "cr
            ("dm_vmrss_kib", "DM VmRSS KiB"), ("dm_vmhwm_kib", "DM VmHWM KiB"), ("dm_private_dirty_kib", "DM Private_Dirty KiB"), ("dm_anon_kib", "DM anon KiB"),
            ("dm_threads", "DM threads"), ("dm_startup_ms", "DM start-up ms"), ("dm_seccomp", "Seccomp"), ("dm_uid", "DM uid"),
            ("vkbd_state", "vkbd")]
+# Tables of a scenario group's own figures, printed below the main one with a
+# row for each scenario that has at least one of them (side by side per DM).
+EXTRA_TABLES = [
+    ("save/restore (saverestore group; seconds the xl command took)",
+     [("scenario", "scenario"), ("pass", "result"), ("save_s", "xl save s"),
+      ("save_file_bytes", "save file bytes"), ("restore_s", "xl restore s"),
+      ("restore_hb_s", "restore->heartbeat s"), ("checkpoint_s", "xl save -c s"),
+      ("dm_blob_bytes", "DM blob bytes"), ("migrate_s", "xl migrate s"),
+      ("migrate_hb_s", "migrate->heartbeat s")]),
+]
 
 
 def read_text(path):
@@ -129,14 +139,23 @@ def main():
             return "FAIL (expected)" if r["expected_fail"] else "FAIL"
         return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
-    rows = [[h for _, h in COLUMNS]] + [[cell(r, k) for k, _ in COLUMNS] for r in recs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    def table(columns, rs):
+        rows = [[h for _, h in columns]] + [[cell(r, k) for k, _ in columns] for r in rs]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+        for i, row in enumerate(rows):
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+
     print()
     print(f"Xen lab report (outer QEMU {a.boot_secs} s) -> {os.path.join(a.out, 'report.json')}")
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    table(COLUMNS, recs)
+    for title, columns in EXTRA_TABLES:
+        own = [k for k, _ in columns if k not in ("scenario", "pass")]
+        rs = [r for r in recs if any(r.get(k) is not None for k in own)]
+        if rs:
+            print(f"\n{title}")
+            table(columns, rs)
     for r in recs:
         for s in r.get("steps", []):
             print(f"  {r['scenario']}: {s}")
@@ -154,13 +173,16 @@ def main():
         tag = "EXPECTED FAILURE (LAB_EXPECT_FAIL, not counted)" if r["expected_fail"] else "FAILED"
         print(f"\n*** {r['scenario']}: {tag}\n    {r['error']}")
         d = os.path.join(a.out, "results", r["scenario"])
-        xl_lines = [ln for ln in tail(os.path.join(d, "xl-create.log"), 100000)
-                    if "libxl: error" in ln or "libxl: warning" in ln]
-        if xl_lines:
-            print("    --- libxl errors in results/%s/xl-create.log" % r["scenario"])
-            for line in xl_lines[:8]:
-                print(f"    | {line.rstrip()}"[:300])
-        for name, n in (("guest-serial.log", 8), ("console-1.log", 8), ("console-2.log", 8)):
+        for xl_log in ("xl-create.log", "xl-save.log", "xl-restore.log", "xl-checkpoint.log",
+                       "xl-migrate.log"):
+            xl_lines = [ln for ln in tail(os.path.join(d, xl_log), 100000)
+                        if "libxl: error" in ln or "libxl: warning" in ln]
+            if xl_lines:
+                print("    --- libxl errors in results/%s/%s" % (r["scenario"], xl_log))
+                for line in xl_lines[:8]:
+                    print(f"    | {line.rstrip()}"[:300])
+        for name, n in (("guest-serial.log", 8), ("console-1.log", 8), ("console-2.log", 8),
+                        ("console-3.log", 8)):
             lines = tail(os.path.join(d, name), n)
             if lines:
                 print(f"    --- last {len(lines)} lines of results/{r['scenario']}/{name}")
