@@ -55,6 +55,12 @@ impl VmControl for FuzzVm {
         }
         Ok(())
     }
+    fn save_device_state(&self, _live: bool) -> Result<Vec<u8>, String> {
+        Ok(b"XENDMDEV-fuzz".to_vec())
+    }
+    fn set_dirty_log(&self, _enable: bool) -> Result<(), String> {
+        Ok(())
+    }
     fn quit(&self) {}
 }
 
