@@ -2,7 +2,8 @@
 //!
 //! This file sets up logging, parses argv, answers `--help`, `--version`,
 //! `--print-man`, `--dump-roms` and `check-config`, and hands a run to [`xendm::app::run`], whose module docs
-//! give the start-up order.
+//! give the start-up order. Built with the `stubdom` feature and started as
+//! PID 1, it is a stubdomain's init instead (`xendm::app::stubdom`).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -35,6 +36,12 @@ fn print_error(text: std::fmt::Arguments<'_>) {
 
 fn main() -> ExitCode {
     init_process();
+    // The stubdomain build as its stub's init (`xendm::app::stubdom`): the
+    // argv is in xenstore, not on the command line (the kernel's is ignored).
+    #[cfg(feature = "stubdom")]
+    if std::process::id() == 1 {
+        xendm::app::stubdom::main_as_init();
+    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let cmd = match cli::parse(args.clone()) {
         Ok(c) => c,

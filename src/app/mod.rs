@@ -66,6 +66,15 @@ use setup::XenHandles;
 /// # Errors
 /// The first step that fails, with its context.
 pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
+    run_in(cfg, argv, None)
+}
+
+/// [`run`], in a stubdomain when `stub` is given: QMP over its vchan, no
+/// dom0 backend to close ([`stubdom`]).
+///
+/// # Errors
+/// The first step that fails, with its context.
+pub(crate) fn run_in(cfg: Config, argv: &[OsString], stub: Option<stubdom::qmp::StubQmp>) -> Result<()> {
     log_start(&cfg, argv);
     // 0. Descriptors inherited from libxl, before the process opens any.
     let mut inherited = inherited::adopt(&cfg)?;
@@ -99,8 +108,8 @@ pub fn run(cfg: Config, argv: &[OsString]) -> Result<()> {
     let server = setup::create_ioreq_server(&xen, &mut machine)?;
 
     // 4-5. QMP, enable, ioreq thread, announce, serve, stop.
-    let run = serve::Run { domid, restored: restored.is_some(), dirty: xen.dirty.clone() };
-    serve::serve(&cfg, &run, machine, server, &serial, inherited, runas)
+    let run = serve::Run { domid, restored: restored.is_some(), dirty: xen.dirty.clone(), stub };
+    serve::serve(&cfg, run, machine, server, &serial, inherited, runas)
 }
 
 /// The start-up log line (argv as given) and the ignored options.

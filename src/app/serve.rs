@@ -17,6 +17,7 @@ use super::control::{wait_for_end, Control};
 use super::inherited::InheritedFds;
 use super::privileges::RunAs;
 use super::sandbox::{Sandbox, ThreadGate};
+use super::stubdom::qmp::StubQmp;
 use super::timeline::TimedEngine;
 use super::{monitors, privileges, runtime, xenstore_work};
 use crate::cli::Config;
@@ -41,6 +42,9 @@ pub struct Run {
     pub restored: bool,
     /// The dirty log of the machine's guest-memory writes.
     pub dirty: Arc<DirtyLog>,
+    /// In a stubdomain: QMP over the vchan, and no dom0 backend is ours
+    /// to close.
+    pub stub: Option<StubQmp>,
 }
 
 /// Serves the guest until a signal or QMP `quit`, then stops.
@@ -50,7 +54,7 @@ pub struct Run {
 /// privileges dropped, or the start announced.
 pub fn serve(
     cfg: &Config,
-    run: &Run,
+    run: Run,
     m: Machine,
     server: IoreqServer,
     serial: &[Chardev],
@@ -66,6 +70,7 @@ pub fn serve(
         quit.clone(),
     ));
     let domid = run.domid;
+    let stub = run.stub;
     if run.restored && cfg.start_paused {
         ctl.set_restored_paused();
     }
@@ -86,7 +91,9 @@ pub fn serve(
     if let Some(xs) = &xs {
         // Off the QMP thread (xenstore_work.rs), started before the drop.
         ctl.set_xenstore_announce(xenstore_work::announcer(xs.clone(), domid)?);
-        xenstore_work::start_backend_closers(xs, domid)?;
+        if stub.is_none() {
+            xenstore_work::start_backend_closers(xs, domid)?;
+        }
     }
     privileges::drop_privileges(cfg, domid, runas.as_ref())?;
     sandbox.lock_down()?;
@@ -96,6 +103,9 @@ pub fn serve(
     let result = announce_start(cfg, xs.as_deref(), domid).and_then(|()| {
         rt.block_on(async {
             monitors::serve(listeners, &ctl)?;
+            if let Some(stub) = stub {
+                super::stubdom::qmp::start(stub, &ctl)?;
+            }
             info!(domid, vcpus, startup_ms = crate::app::clock::since_start_ms(), "device model running");
             wait_for_end(&quit).await;
             anyhow::Ok(())

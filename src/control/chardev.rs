@@ -86,9 +86,15 @@ pub enum ChardevSpec {
     /// listens at PATH (without waiting for a client), else connects to it.
     Unix { path: PathBuf, server: bool },
     /// `/dev/...`: a host character device (a tty, or `/dev/hvcN` in a
-    /// stubdom). Not supported yet: [`ChardevSpec::check_supported`] and
-    /// [`Chardev::open`] refuse it.
+    /// stubdom). Refused ([`ChardevSpec::check_supported`]): a dom0 device
+    /// model has no business with the host's ttys. In a stubdomain the
+    /// guest's consoles become [`ChardevSpec::Console`].
     HostDevice(PathBuf),
+    /// One of a stubdomain's consoles (`/dev/hvc3` and up, `xen-toolstack.md`
+    /// 1.4): a tty opened read-write in raw mode, guest output to it, its
+    /// input to the UART, like a pty's master. Only the stub mode makes
+    /// this from `-serial /dev/hvcN`.
+    Console(PathBuf),
 }
 
 impl ChardevSpec {
@@ -110,6 +116,8 @@ impl ChardevSpec {
 pub enum ChardevError {
     #[error("-serial {}: host character devices are not supported", path.display())]
     HostDevice { path: PathBuf },
+    #[error("-serial {}: opening the console: {source}", path.display())]
+    Console { path: PathBuf, source: std::io::Error },
     #[error("opening a pty: {op} failed: {source}")]
     Pty { op: &'static str, source: std::io::Error },
     #[error("opening serial output file {path}: {source}")]
@@ -544,10 +552,24 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd, PathBuf), ChardevError> {
     Ok((master, slave, path))
 }
 
+/// A console tty for [`ChardevSpec::Console`]: read-write, never the
+/// controlling terminal, raw (no echo, no CR/LF translation: the guest's
+/// bytes pass unchanged both ways), non-blocking like a pty's master.
+fn open_console(path: &Path) -> Result<OwnedFd, ChardevError> {
+    let err = |source: rustix::io::Errno| ChardevError::Console { path: path.to_path_buf(), source: source.into() };
+    let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())
+        .map_err(err)?;
+    let mut t = rustix::termios::tcgetattr(&fd).map_err(err)?;
+    t.make_raw();
+    rustix::termios::tcsetattr(&fd, OptionalActions::Now, &t).map_err(err)?;
+    Ok(fd)
+}
+
 /// The backend as log lines name it.
 fn backend_name(spec: &ChardevSpec) -> String {
     match spec {
         ChardevSpec::File(p) | ChardevSpec::HostDevice(p) => format!("file:{}", p.display()),
+        ChardevSpec::Console(p) => format!("console:{}", p.display()),
         ChardevSpec::Unix { path, .. } => format!("unix:{}", path.display()),
         other => format!("{other:?}").to_lowercase(),
     }
@@ -588,6 +610,12 @@ impl Chardev {
                 dev._pty_slave = Some(slave);
                 *lock(&dev.input) = Some(InSource::Fd(master.clone()));
                 Some(OutTarget::Fd(master))
+            }
+            ChardevSpec::Console(path) => {
+                let fd = Arc::new(open_console(path)?);
+                tracing::info!(console = %path.display(), "serial: console opened (raw)");
+                *lock(&dev.input) = Some(InSource::Fd(fd.clone()));
+                Some(OutTarget::Fd(fd))
             }
             ChardevSpec::Stdio => {
                 let dup =
@@ -657,7 +685,9 @@ impl Chardev {
     pub fn start_input(&self, uart: Arc<Mutex<Uart>>) -> Result<(), ChardevError> {
         let Some(src) = lock(&self.input).take() else {
             return match self.spec {
-                ChardevSpec::Pty | ChardevSpec::Stdio | ChardevSpec::Unix { .. } => Err(ChardevError::InputStarted),
+                ChardevSpec::Pty | ChardevSpec::Stdio | ChardevSpec::Unix { .. } | ChardevSpec::Console(_) => {
+                    Err(ChardevError::InputStarted)
+                }
                 _ => Ok(()),
             };
         };
@@ -673,6 +703,7 @@ impl Chardev {
         match &self.spec {
             ChardevSpec::Pty => format!("pty:{}", self.pty_path.as_deref().unwrap_or(Path::new("")).display()),
             ChardevSpec::File(_) => "file".to_string(),
+            ChardevSpec::Console(p) => format!("serial:{}", p.display()),
             ChardevSpec::Stdio => "stdio".to_string(),
             ChardevSpec::None | ChardevSpec::Null | ChardevSpec::HostDevice(_) => "null".to_string(),
             ChardevSpec::Unix { path, server, .. } => {
@@ -810,6 +841,36 @@ mod tests {
         let e = Chardev::open(&spec).err().unwrap();
         assert!(matches!(e, ChardevError::HostDevice { .. }), "{e}");
         assert!(ChardevSpec::Pty.check_supported().is_ok());
+    }
+
+    /// A stubdomain console is a tty that something else (the console
+    /// backend in dom0) holds the other end of: here a pty whose slave plays
+    /// `/dev/hvc3` and whose master plays dom0. Bytes pass raw both ways
+    /// (no CR/LF translation, no echo back to dom0).
+    #[test]
+    fn a_console_tty_carries_guest_output_and_input_raw() {
+        let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        rustix::pty::grantpt(&master).unwrap();
+        rustix::pty::unlockpt(&master).unwrap();
+        let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+        let path = PathBuf::from(name.to_str().unwrap());
+        let dev = Chardev::open(&ChardevSpec::Console(path.clone())).unwrap();
+        assert_eq!(dev.filename(), format!("serial:{}", path.display()));
+        let uart = new_uart(&dev);
+        dev.start_input(uart.clone()).unwrap();
+        let dom0 = std::fs::File::from(master);
+
+        guest_write(&uart, b"login:\r\n");
+        assert_eq!(read_exact_timeout(&dom0, 8, Duration::from_secs(5)), b"login:\r\n");
+        (&dom0).write_all(b"root\r").unwrap();
+        assert_eq!(guest_read(&uart, 5, Duration::from_secs(5)), b"root\r", "no ICRNL");
+        // Nothing came back to dom0: no echo.
+        let mut fds = [rustix::event::PollFd::new(&dom0, rustix::event::PollFlags::IN)];
+        let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+        assert_eq!(rustix::event::poll(&mut fds, Some(&ts)).unwrap(), 0, "echo");
+
+        let e = Chardev::open(&ChardevSpec::Console("/nonexistent/hvc3".into())).err().unwrap();
+        assert!(e.to_string().starts_with("-serial /nonexistent/hvc3: opening the console"), "{e}");
     }
 
     #[test]
