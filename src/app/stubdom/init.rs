@@ -130,6 +130,41 @@ pub fn wait_for_devices(paths: &[PathBuf], limit: Duration) -> Result<()> {
     }
 }
 
+/// `MemTotal` and `MemAvailable` (KiB) in `/proc/meminfo`'s text.
+pub fn meminfo(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
+}
+
+/// Logs the stub's memory now and every `every` (the figure that sizes
+/// `stubdomain_memory`, docs/stubdom.md), from a thread of its own.
+pub fn report_memory(every: Duration) {
+    let report = || {
+        let Some((total, avail)) = std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(meminfo) else {
+            return;
+        };
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().to_string()))
+            .unwrap_or_default();
+        info!(
+            total_kib = total,
+            available_kib = avail,
+            "stubdomain memory: {} KiB used of {total} KiB; xendm VmRSS {rss}",
+            total.saturating_sub(avail)
+        );
+    };
+    report();
+    let _ = std::thread::Builder::new().name("stub-memory".into()).spawn(move || loop {
+        std::thread::sleep(every);
+        report();
+    });
+}
+
 /// Ends the stub domain (the device model's end is the stub's end).
 pub fn power_off() -> ! {
     rustix::fs::sync();
@@ -153,6 +188,13 @@ mod tests {
         assert!(parse_order("a b\n").is_err());
         let many = "m\n".repeat(MAX_MODULES + 1);
         assert!(parse_order(&many).unwrap_err().to_string().contains("more than 64"));
+    }
+
+    #[test]
+    fn meminfo_gives_total_and_available() {
+        let text = "MemTotal:         118940 kB\nMemFree:           80000 kB\nMemAvailable:      90123 kB\n";
+        assert_eq!(meminfo(text), Some((118_940, 90_123)));
+        assert_eq!(meminfo("MemTotal: 5 kB\n"), None);
     }
 
     #[test]

@@ -106,6 +106,7 @@ mod real {
             None
         };
         let fitted = argv::rewrite(&stored, restore, &|p| p.exists())?;
+        init::report_memory(std::time::Duration::from_secs(20));
         let os: Vec<OsString> = fitted.iter().map(OsString::from).collect();
         let mut cfg = match cli::parse(os.clone())? {
             Command::Run(cfg) => cfg,
