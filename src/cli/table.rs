@@ -453,6 +453,16 @@ fn finish_machine(s: &mut State) -> Result<Machine, CliError> {
         Some("pc") if xen => MachineKind::PcAccelXen,
         Some("none") if xen => MachineKind::None,
         Some(t @ ("pc" | "none")) => return Err(invalid(OPT, format!("machine type '{t}' needs accel=xen"))),
+        Some("xenpv") => {
+            return Err(unsupported(
+                OPT,
+                "machine type",
+                "xenpv",
+                "libxl starts -machine xenpv for a PV guest's or a stubdomain's consoles, which is QEMU's job: \
+                 remove device_model_override from the guest's xl.cfg so that libxl runs Debian's qemu for it; \
+                 xendm itself goes into the stubdomain image (docs/stubdom.md)",
+            ))
+        }
         Some(other) => {
             return Err(unsupported(
                 OPT,

@@ -506,6 +506,7 @@ fn machine_variants() {
     for (bad, needle) in [
         ("pc", "needs accel=xen"),
         ("q35,accel=xen", "unsupported machine type 'q35'"),
+        ("xenpv", "remove device_model_override from the guest's xl.cfg"),
         ("xenfv,accel=kvm", "unsupported accelerator 'kvm'"),
         ("xenfv,vmport=on", "unsupported parameter 'vmport'"),
         ("xenfv,max-ram-below-4g=5G", "above 4G"),

@@ -6,9 +6,16 @@
 //! * console 0 (`/dev/hvc0`, the device model's log in dom0) as stdout and
 //!   stderr, `/dev/null` as stdin;
 //! * the kernel modules the stub image lists in [`MODULE_ORDER`], loaded in
-//!   that order with `finit_module(2)` (the Debian kernel builds the Xen
-//!   device drivers as modules: `xen-evtchn`, `xen-privcmd`, `xen-gntalloc`,
-//!   `xen-gntdev`; an image whose kernel has them built in lists none);
+//!   that order with `finit_module(2)`, with the parameters the line gives
+//!   (the Debian kernel builds the Xen device drivers as modules:
+//!   `xen-evtchn`, `xen-privcmd`, `xen-gntalloc`, `xen-gntdev`; an image
+//!   whose kernel has them built in lists none). `xen-privcmd` needs
+//!   `unrestricted=1`: Linux (6.1.y since late 2023) restricts privcmd in an
+//!   unprivileged domU to the domain in its xenstore `target`, and Xen
+//!   4.17's libxendevicemodel probes the dm_op ioctl with `DOMID_INVALID`,
+//!   which that refuses; the library then falls back to raw hypercalls,
+//!   which it refuses too, so every dm_op fails with `EPERM`. Xen itself
+//!   still limits the stub to its target (docs/stubdom.md);
 //! * then a wait, bounded, for the Xen devices the device model opens.
 //!
 //! When the device model ends, PID 1 must not exit (the kernel would
@@ -43,8 +50,8 @@ pub fn prepare() -> Result<()> {
     if order.exists() {
         let text = std::fs::read_to_string(order).with_context(|| format!("reading {MODULE_ORDER}"))?;
         let dir = order.parent().unwrap_or(Path::new("/"));
-        for name in parse_order(&text)? {
-            load_module(&dir.join(format!("{name}.ko")), &name)?;
+        for m in parse_order(&text)? {
+            load_module(&dir.join(format!("{}.ko", m.name)), &m)?;
         }
     }
     wait_for_devices(&XEN_DEVICES.map(PathBuf::from), DEVICE_WAIT)
@@ -76,30 +83,55 @@ fn console_stdio() {
     }
 }
 
-/// The module names in `text`, in order (see [`MODULE_ORDER`]).
+/// One line of [`MODULE_ORDER`]: a module and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLine {
+    /// The module's name (its file is `<name>.ko` beside the order file).
+    pub name: String,
+    /// What `finit_module(2)` gets as parameters (`key=value ...`), or "".
+    pub params: String,
+}
+
+/// Longest parameter string accepted.
+const MAX_PARAMS: usize = 256;
+
+/// The modules in `text`, in order: one a line, `name [key=value ...]`,
+/// `#` comments (see [`MODULE_ORDER`]).
 ///
 /// # Errors
-/// A name that is not a plain module name, or more than [`MAX_MODULES`].
-pub fn parse_order(text: &str) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+/// A name that is not a plain module name, parameters that are not printable
+/// ASCII or longer than 256 bytes, or more than [`MAX_MODULES`] lines.
+pub fn parse_order(text: &str) -> Result<Vec<ModuleLine>> {
+    let mut modules = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        if !line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            bail!("{MODULE_ORDER}: {line:?} is not a module name");
+        let (name, params) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let params = params.trim();
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            bail!("{MODULE_ORDER}: {name:?} is not a module name");
         }
-        if names.len() == MAX_MODULES {
+        if params.len() > MAX_PARAMS || !params.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            bail!("{MODULE_ORDER}: module {name}: parameters {params:?} are not printable ASCII of at most {MAX_PARAMS} bytes");
+        }
+        if modules.len() == MAX_MODULES {
             bail!("{MODULE_ORDER}: more than {MAX_MODULES} modules");
         }
-        names.push(line.to_string());
+        modules.push(ModuleLine { name: name.to_string(), params: params.to_string() });
     }
-    Ok(names)
+    Ok(modules)
 }
 
 /// Loads one module from its file; one already loaded (or built in) is fine.
-fn load_module(path: &Path, name: &str) -> Result<()> {
+fn load_module(path: &Path, m: &ModuleLine) -> Result<()> {
+    let name = &m.name;
     let file = std::fs::File::open(path).with_context(|| format!("module {name}: opening {}", path.display()))?;
-    match rustix::system::finit_module(&file, c"", 0) {
-        Ok(()) => {
+    let params = std::ffi::CString::new(m.params.as_str()).with_context(|| format!("module {name}: parameters"))?;
+    match rustix::system::finit_module(&file, &params, 0) {
+        Ok(()) if m.params.is_empty() => {
             info!("stubdomain: module {name} loaded");
+            Ok(())
+        }
+        Ok(()) => {
+            info!("stubdomain: module {name} loaded ({})", m.params);
             Ok(())
         }
         Err(rustix::io::Errno::EXIST) => Ok(()),
@@ -182,10 +214,13 @@ mod tests {
 
     #[test]
     fn the_module_order_is_names_one_a_line() {
-        let names = parse_order("# Xen drivers\nxen-evtchn\n\n  xen-privcmd  \nxen_gntalloc\n").unwrap();
+        let m = parse_order("# Xen drivers\nxen-evtchn\n\n  xen-privcmd  unrestricted=1 \nxen_gntalloc\n").unwrap();
+        let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["xen-evtchn", "xen-privcmd", "xen_gntalloc"]);
+        assert_eq!((m[0].params.as_str(), m[1].params.as_str()), ("", "unrestricted=1"));
         assert!(parse_order("../etc/passwd\n").unwrap_err().to_string().contains("is not a module name"));
-        assert!(parse_order("a b\n").is_err());
+        assert!(parse_order("a b\x01\n").unwrap_err().to_string().contains("not printable ASCII"));
+        assert!(parse_order(&format!("a {}\n", "x".repeat(300))).is_err());
         let many = "m\n".repeat(MAX_MODULES + 1);
         assert!(parse_order(&many).unwrap_err().to_string().contains("more than 64"));
     }

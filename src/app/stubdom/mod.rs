@@ -83,6 +83,24 @@ mod real {
         }
     }
 
+    /// Logs what Xen lets the stub do to its guest before the device model
+    /// needs it: a dm_op that is harmless (`nr_vcpus`) and one on an ioreq
+    /// server that does not exist (`ENOENT` means dm_op is allowed, `EPERM`
+    /// that the stub lacks its target privilege).
+    fn probe_privileges(guest: u16) {
+        use crate::xen::sys::{DeviceModel, IoreqServerId};
+        match DeviceModel::open(guest) {
+            Ok(dm) => info!(
+                guest,
+                "stubdomain: privileges over the guest: nr_vcpus {:?}; get_ioreq_server_info(7) {:?} (ENOENT: dm_op \
+                 allowed; EPERM: no target privilege)",
+                dm.nr_vcpus(),
+                dm.ioreq_server_bufioreq_port(IoreqServerId(7))
+            ),
+            Err(e) => error!("stubdomain: {e}"),
+        }
+    }
+
     /// Runs the stub (see the module docs) and powers it off at the end.
     pub fn main_as_init() -> ! {
         match run() {
@@ -113,6 +131,9 @@ mod real {
             _ => bail!("stubdomain: the stored argv is not a device model run"),
         };
         super::fit_serials(&mut cfg);
+        if let Some(d) = cfg.domid.and_then(|d| u16::try_from(d).ok()) {
+            probe_privileges(d);
+        }
         let link = VchanServer::new(0, &super::qmp_vchan_path(guest))?;
         crate::app::run_in(cfg, &os, Some(qmp::StubQmp { link: Box::new(Link(link)), save }))
     }
