@@ -38,6 +38,8 @@ pub trait VchanLink: Send {
     fn ack(&mut self) -> io::Result<()>;
     /// Whether a client is connected, or awaited (`false` once it left).
     fn is_open(&self) -> bool;
+    /// Whether a client has connected (and not left yet).
+    fn connected(&self) -> bool;
     /// Reads what the client sent, without waiting (`Ok(0)`: nothing now).
     ///
     /// # Errors
@@ -50,6 +52,37 @@ pub trait VchanLink: Send {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
     /// Ends the current client's connection.
     fn close(&mut self);
+}
+
+/// Waits, polling `link`'s event channel with `tick`, until a client has
+/// connected (`Ok(true)`) or the endpoint closed (`Ok(false)`).
+///
+/// # Errors
+/// A broken event channel.
+pub fn wait_for_client(link: &mut dyn VchanLink, tick: Duration) -> io::Result<bool> {
+    loop {
+        if link.connected() {
+            return Ok(true);
+        }
+        if !link.is_open() {
+            return Ok(false);
+        }
+        let ready = {
+            let ev = link.event_fd();
+            let mut fds = [rustix::event::PollFd::new(&ev, rustix::event::PollFlags::IN)];
+            let ts =
+                rustix::event::Timespec::try_from(tick).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 });
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let [a] = &fds;
+            !a.revents().is_empty()
+        };
+        if ready {
+            link.ack()?;
+        }
+    }
 }
 
 /// Copies between `link`'s current client and `sock` until either closes
@@ -158,6 +191,9 @@ pub mod fake {
         fn is_open(&self) -> bool {
             self.open
         }
+        fn connected(&self) -> bool {
+            self.open
+        }
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             match self.ring.read(buf) {
                 Ok(0) => {
@@ -187,6 +223,64 @@ pub mod fake {
 mod tests {
     use super::fake::FakeLink;
     use super::*;
+
+    /// A link whose client connects after two notifications, or never.
+    struct Later {
+        ev: UnixStream,
+        acks: u32,
+        open: bool,
+    }
+
+    impl VchanLink for Later {
+        fn listen(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn event_fd(&self) -> BorrowedFd<'_> {
+            self.ev.as_fd()
+        }
+        fn ack(&mut self) -> io::Result<()> {
+            let mut b = [0u8];
+            self.ev.read_exact(&mut b)?;
+            self.acks += 1;
+            Ok(())
+        }
+        fn is_open(&self) -> bool {
+            self.open
+        }
+        fn connected(&self) -> bool {
+            self.acks >= 2
+        }
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn close(&mut self) {
+            self.open = false;
+        }
+    }
+
+    /// The wait ends when the client has connected, not at the first event,
+    /// and at once on a closed endpoint.
+    #[test]
+    fn the_wait_for_a_client_ends_when_it_has_connected() {
+        let (ev, mut peer) = UnixStream::pair().unwrap();
+        let mut link = Later { ev, acks: 0, open: true };
+        let t = std::thread::spawn(move || {
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(30));
+                peer.write_all(b"!").unwrap();
+            }
+            peer
+        });
+        assert!(wait_for_client(&mut link, Duration::from_millis(10)).unwrap());
+        assert_eq!(link.acks, 2);
+        let _peer = t.join().unwrap();
+        let (ev, _p) = UnixStream::pair().unwrap();
+        let mut closed = Later { ev, acks: 0, open: false };
+        assert!(!wait_for_client(&mut closed, Duration::from_millis(10)).unwrap());
+    }
 
     /// Bytes go both ways; the client leaving ends the pump and closes the
     /// QMP side; QMP closing ends it and closes the client.

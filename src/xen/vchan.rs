@@ -123,6 +123,14 @@ impl VchanServer {
         self.live().is_ok_and(|c| unsafe { libxenvchan_is_open(c) } != 0)
     }
 
+    /// See `crate::control::vchan::VchanLink::connected`: libxenvchan's
+    /// server side says 2 until a client has connected, 1 while it is, 0
+    /// once it left.
+    pub fn connected(&self) -> bool {
+        // SAFETY: live handle (checked); reads the ring's liveness flags.
+        self.live().is_ok_and(|c| unsafe { libxenvchan_is_open(c) } == 1)
+    }
+
     /// See `crate::control::vchan::VchanLink::read`.
     #[allow(clippy::missing_errors_doc)]
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -72,6 +72,9 @@ mod real {
         fn is_open(&self) -> bool {
             self.0.is_open()
         }
+        fn connected(&self) -> bool {
+            self.0.connected()
+        }
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             self.0.read(buf)
         }

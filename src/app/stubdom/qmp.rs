@@ -93,6 +93,18 @@ fn vchan_loop(link: &mut dyn VchanLink, tx: &mpsc::Sender<UnixStream>) {
             continue;
         }
         failures = 0;
+        // The session (and its idle timeout) starts with the client: the
+        // proxy connects only when libxl opens its QMP socket.
+        match vchan::wait_for_client(link, TICK) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!("QMP over vchan: waiting for a client: {e}");
+                link.close();
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        }
         let (ours, session) = match UnixStream::pair() {
             Ok(p) => p,
             Err(e) => {
@@ -176,6 +188,9 @@ mod tests {
         }
         fn is_open(&self) -> bool {
             self.current.as_ref().is_some_and(VchanLink::is_open)
+        }
+        fn connected(&self) -> bool {
+            self.current.as_ref().is_some_and(VchanLink::connected)
         }
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             self.current.as_mut().map_or(Ok(0), |l| l.read(buf))

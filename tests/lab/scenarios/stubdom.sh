@@ -87,6 +87,16 @@ sd_all_gone() {
   return 0
 }
 
+# sd_dump: what xenstore says of the stub's devices and their dom0 backends
+# (results: xs-stub.txt), for a failed step
+sd_dump() {
+  {
+    xenstore-ls -fp "/local/domain/$SD_STUB" 2>&1
+    xenstore-ls -fp "/local/domain/0/backend/console/$SD_STUB" 2>&1
+    xenstore-ls -fp "/local/domain/0/device-model/$SD_STUB" 2>&1
+  } >"$R/xs-stub.txt"
+}
+
 sd_scenario() {
   name=$S
   [ -r "$SD_DIR/guest-stub-ramdisk" ] || { fail "no $SD_DIR/guest-stub-ramdisk (stubdom.prepare did not run)"; return; }
@@ -103,6 +113,7 @@ sd_scenario() {
   wait_marker "$R/console-1.log" "$CREATE_T0" "$LAB_MARKER_TIMEOUT" "$name" "$SD_HELPER"; st=$?
   sd_log=$(sd_stub_log "$name")
   put stub_mem_mib "$(xl list "$name-dm" 2>/dev/null | awk 'NR == 2 {print $3}')"
+  [ $st -eq 0 ] || sd_dump
   [ $st -eq 0 ] || { fail "console: $(marker_error $st "$R/console-1.log" "$name"); stub log: $(tail -n 5 "$sd_log" | tr '\n' '|')"; return; }
   record_marker; stepres "console ok: GUEST-RESULT PASS through xl console"
   usleep 2000000
