@@ -52,17 +52,19 @@ sd_ids() {
   return 0
 }
 
-# sd_console NAME FILE: `xl console` of the guest's serial (libxl attaches it
-# to the stub's console 3) once a tty is published; sets CONS_PID
+# sd_console NAME FILE: `xl console NAME` once the stub's console 3 has a tty;
+# sets CONS_PID. For a guest with a stubdomain libxl resolves only the primary
+# console (no -t) to the stub's console 3; `xl console -t serial` looks for
+# /local/domain/<guest>/serial/0/tty, which such a guest never has, and waits
+# for ever (docs/stubdom.md)
 sd_console() {
   now; sd_t0=$NOW; CONS_PID=
-  until xenstore-read "/local/domain/$SD_STUB/device/console/3/tty" >/dev/null 2>&1 \
-      || xenstore-read "/local/domain/$SD_GUEST/serial/0/tty" >/dev/null 2>&1; do
+  until xenstore-read "/local/domain/$SD_STUB/device/console/3/tty" >/dev/null 2>&1; do
     now; [ $((NOW - sd_t0)) -ge 3000 ] && { CONS_WHY="no console tty in xenstore for stub $SD_STUB after 30s"; return 1; }
     usleep 250000
   done
   [ -p /tmp/console-in ] || mkfifo /tmp/console-in
-  xl console -t serial "$1" <>/tmp/console-in >"$2" 2>&1 &
+  xl console "$1" <>/tmp/console-in >"$2" 2>&1 &
   CONS_PID=$!
   usleep 500000
   pid_alive "$CONS_PID" || { CONS_WHY="xl console exited at once: $(head -c 300 "$2" | tr '\n' ' ')"; return 1; }
