@@ -32,6 +32,11 @@ EXTRA_TABLES = [
       ("restore_hb_s", "restore->heartbeat s"), ("checkpoint_s", "xl save -c s"),
       ("dm_blob_bytes", "DM blob bytes"), ("migrate_s", "xl migrate s"),
       ("migrate_hb_s", "migrate->heartbeat s")]),
+    ("stubdomain (stubdom group; the stub's memory as its kernel counts it)",
+     [("scenario", "scenario"), ("pass", "result"), ("stub_mem_mib", "stubdomain_memory MiB"),
+      ("stub_total_kib", "stub MemTotal KiB"), ("stub_used_kib", "stub used KiB (max)"),
+      ("xendm_rss_kib", "xendm VmRSS KiB"), ("create_to_marker_s", "create->PASS s"),
+      ("shutdown_s", "xl shutdown s"), ("destroy_s", "xl destroy s")]),
 ]
 
 

@@ -298,8 +298,16 @@ fn device_model_choice_and_stubdomain() {
     assert_eq!(r.verdict_of("device_model_override"), Some(Verdict::Warning));
     assert!(!r.refused());
     let r = check_text(&base("device_model_stubdomain_override = 1\nstubdomain_memory = 128"));
-    assert_eq!(r.verdict_of("device_model_stubdomain_override"), Some(Verdict::Refused));
-    assert_eq!(r.verdict_of("stubdomain_memory"), Some(Verdict::Refused));
+    assert_eq!(r.verdict_of("device_model_stubdomain_override"), Some(Verdict::Served));
+    assert_eq!(r.verdict_of("stubdomain_memory"), Some(Verdict::Served));
+    // base() names device_model_override: with a stub that starts xendm as the console process.
+    assert_eq!(r.verdict_of("device_model_override"), Some(Verdict::Refused));
+    assert!(r.refused());
+    let stub = "type = \"hvm\"\nkernel = \"/k\"\nvga = \"none\"\nvnc = 0\ndevice_model_version = \"qemu-xen\"\n\
+                device_model_stubdomain_override = 1\nstubdomain_kernel = \"/s/k\"\nstubdomain_ramdisk = \"/s/r\"\n";
+    let r = check_text(stub);
+    assert!(!r.refused(), "the docs/stubdom.md config");
+    assert_eq!(r.verdict_of("stubdomain_ramdisk"), Some(Verdict::Served));
     let r = check_text(&base("stubdomain_memory = 128"));
     assert_eq!(r.verdict_of("stubdomain_memory"), Some(Verdict::Ignored));
 }

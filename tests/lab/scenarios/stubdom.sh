@@ -1,5 +1,4 @@
 # lab-scenarios: xendm-stubdom
-# lab-default: no
 #
 # Scenario group "stubdom" of the xendm Xen lab (sourced by dom0's /init;
 # docs/stubdom.md, docs/lab.md "stubdom group"; libxl's protocol is
@@ -16,13 +15,13 @@
 #   3. a second xl create, then xl destroy while the guest boots: the same.
 # result.env adds stub_domid, stub_mem_mib (the stub's allocation),
 # stub_used_kib / stub_total_kib (the stub kernel's MemTotal - MemAvailable,
-# the largest xendm logged, and MemTotal), xendm_rss (in the stub),
+# the largest xendm logged, and MemTotal), xendm_rss_kib (xendm's VmRSS in the stub),
 # create_to_marker_s, shutdown_s, destroy_s.
 # Helpers: dom0-init (create, put, fail, stepres, wait_marker, ...); this
 # file's variables and functions start with sd_/SD_.
 
 SD_DIR=/lab/stubdom
-SD_MEM=${SD_MEM:-128}      # stubdomain_memory (MiB)
+SD_MEM=${SD_MEM:-112}      # stubdomain_memory (MiB): the smallest that works (96 does not; docs/stubdom.md)
 
 scenario_xendm_stubdom() { sd_scenario; }
 
@@ -121,7 +120,7 @@ sd_scenario() {
   usleep 2000000
   put stub_used_kib "$(sed -n 's/.*stubdomain memory: \([0-9]*\) KiB used.*/\1/p' "$sd_log" | sort -n | tail -n 1)"
   put stub_total_kib "$(sed -n 's/.*used of \([0-9]*\) KiB;.*/\1/p' "$sd_log" | tail -n 1)"
-  put xendm_rss "$(sed -n 's/.*xendm VmRSS \([0-9]* kB\).*/\1/p' "$sd_log" | tail -n 1 | tr -d ' ')"
+  put xendm_rss_kib "$(sed -n 's/.*xendm VmRSS \([0-9]*\) kB.*/\1/p' "$sd_log" | tail -n 1)"
   # shutdown: PV control/shutdown -> the guest powers off -> libxl destroys the stub
   t=$(now_cs)
   timeout -s KILL 90 xl shutdown -w "$name" >"$R/xl-shutdown.log" 2>&1 || { fail "shutdown: xl shutdown -w failed: $(xl_errors "$R/xl-shutdown.log")"; return; }
