@@ -156,7 +156,8 @@ def main():
     print(f"Xen lab report (outer QEMU {a.boot_secs} s) -> {os.path.join(a.out, 'report.json')}")
     table(COLUMNS, recs)
     for title, columns in EXTRA_TABLES:
-        own = [k for k, _ in columns if k not in ("scenario", "pass")]
+        # a group's own figures, not the ones every scenario has
+        own = [k for k, _ in columns if k not in ("scenario", "pass") and k not in NUMERIC]
         rs = [r for r in recs if any(r.get(k) is not None for k in own)]
         if rs:
             print(f"\n{title}")
