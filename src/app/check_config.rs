@@ -419,7 +419,7 @@ impl Checker<'_> {
         ] {
             if let Some((line, v)) = self.get(key) {
                 let (verdict, msg) = if on {
-                    (Verdict::Served, "the stubdomain's image and size (docs/stubdom.md; 128 MiB works, 96 does not)")
+                    (Verdict::Served, "the stubdomain's image and size (docs/stubdom.md; 112 MiB is the smallest that worked, 96 is too small)")
                 } else {
                     (Verdict::Ignored, "used only with device_model_stubdomain_override = 1")
                 };

@@ -552,16 +552,20 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd, PathBuf), ChardevError> {
     Ok((master, slave, path))
 }
 
-/// A console tty for [`ChardevSpec::Console`]: read-write, never the
-/// controlling terminal, raw (no echo, no CR/LF translation: the guest's
-/// bytes pass unchanged both ways), non-blocking like a pty's master.
-fn open_console(path: &Path) -> Result<OwnedFd, ChardevError> {
-    let err = |source: rustix::io::Errno| ChardevError::Console { path: path.to_path_buf(), source: source.into() };
-    let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())
-        .map_err(err)?;
-    let mut t = rustix::termios::tcgetattr(&fd).map_err(err)?;
+/// Opens a tty read-write, never as the controlling terminal, and switches
+/// it to raw mode before a byte passes (no echo, no CR/LF translation, no
+/// line editing); `nonblocking` as a pty's master is. The stub's consoles
+/// use it, as serial backends ([`ChardevSpec::Console`]) and for the saved
+/// device state.
+///
+/// # Errors
+/// If it cannot be opened or its modes set.
+pub fn open_raw_tty(path: &Path, nonblocking: bool) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, if nonblocking { flags | OFlags::NONBLOCK } else { flags }, Mode::empty())?;
+    let mut t = rustix::termios::tcgetattr(&fd)?;
     t.make_raw();
-    rustix::termios::tcsetattr(&fd, OptionalActions::Now, &t).map_err(err)?;
+    rustix::termios::tcsetattr(&fd, OptionalActions::Now, &t)?;
     Ok(fd)
 }
 
@@ -612,7 +616,9 @@ impl Chardev {
                 Some(OutTarget::Fd(master))
             }
             ChardevSpec::Console(path) => {
-                let fd = Arc::new(open_console(path)?);
+                let fd = open_raw_tty(path, true)
+                    .map_err(|e| ChardevError::Console { path: path.clone(), source: e.into() })?;
+                let fd = Arc::new(fd);
                 tracing::info!(console = %path.display(), "serial: console opened (raw)");
                 *lock(&dev.input) = Some(InSource::Fd(fd.clone()));
                 Some(OutTarget::Fd(fd))

@@ -54,6 +54,16 @@ pub trait VchanLink: Send {
     fn close(&mut self);
 }
 
+/// One `poll(2)` of `fds` for at most `tick` (a second if `tick` does not
+/// fit); an interrupted poll counts as a timeout.
+fn poll_tick(fds: &mut [rustix::event::PollFd<'_>], tick: Duration) -> io::Result<()> {
+    let ts = rustix::event::Timespec::try_from(tick).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 });
+    match rustix::event::poll(fds, Some(&ts)) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Waits, polling `link`'s event channel with `tick`, until a client has
 /// connected (`Ok(true)`) or the endpoint closed (`Ok(false)`).
 ///
@@ -70,12 +80,7 @@ pub fn wait_for_client(link: &mut dyn VchanLink, tick: Duration) -> io::Result<b
         let ready = {
             let ev = link.event_fd();
             let mut fds = [rustix::event::PollFd::new(&ev, rustix::event::PollFlags::IN)];
-            let ts =
-                rustix::event::Timespec::try_from(tick).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 });
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+            poll_tick(&mut fds, tick)?;
             let [a] = &fds;
             !a.revents().is_empty()
         };
@@ -131,11 +136,8 @@ pub fn pump(link: &mut dyn VchanLink, mut sock: UnixStream, tick: Duration) -> i
                     if want_sock { rustix::event::PollFlags::IN } else { rustix::event::PollFlags::empty() },
                 ),
             ];
-            let ts =
-                rustix::event::Timespec::try_from(tick).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 });
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => break Err(e.into()),
+            if let Err(e) = poll_tick(&mut fds, tick) {
+                break Err(e);
             }
             let [a, b] = &fds;
             (!a.revents().is_empty(), !b.revents().is_empty())

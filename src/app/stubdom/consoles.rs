@@ -12,7 +12,7 @@
 //! `-incoming fd:N` on it reads up to where the blob's own lengths say it
 //! stops (`crate::app::incoming::read_stream`).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -40,23 +40,13 @@ pub fn serial_console(path: &Path) -> Option<u32> {
     (n >= FIRST_SERIAL).then_some(n)
 }
 
-/// Opens a tty read-write, not as the controlling terminal, in raw mode.
+/// Opens a console tty read-write, blocking, in raw mode
+/// ([`crate::control::chardev::open_raw_tty`]).
 ///
 /// # Errors
 /// If it cannot be opened or its modes set.
 pub fn open_raw(path: &Path) -> Result<OwnedFd> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
-        .with_context(|| format!("opening {}", path.display()))?;
-    make_raw(fd.as_fd()).with_context(|| format!("raw mode on {}", path.display()))?;
-    Ok(fd)
-}
-
-/// Raw mode on a tty.
-fn make_raw(fd: std::os::fd::BorrowedFd<'_>) -> rustix::io::Result<()> {
-    let mut t = rustix::termios::tcgetattr(fd)?;
-    t.make_raw();
-    rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &t)
+    crate::control::chardev::open_raw_tty(path, false).with_context(|| format!("opening {} (raw)", path.display()))
 }
 
 #[cfg(test)]

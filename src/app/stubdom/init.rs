@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
-/// The list of modules to load, one name per line (`#` comments).
+/// The list of modules to load: a line each, `name [key=value ...]`
+/// (`#` comments; [`parse_order`]).
 pub const MODULE_ORDER: &str = "/lib/modules/xendm/order";
 /// Most modules listed.
 pub const MAX_MODULES: usize = 64;
@@ -126,12 +127,9 @@ fn load_module(path: &Path, m: &ModuleLine) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("module {name}: opening {}", path.display()))?;
     let params = std::ffi::CString::new(m.params.as_str()).with_context(|| format!("module {name}: parameters"))?;
     match rustix::system::finit_module(&file, &params, 0) {
-        Ok(()) if m.params.is_empty() => {
-            info!("stubdomain: module {name} loaded");
-            Ok(())
-        }
         Ok(()) => {
-            info!("stubdomain: module {name} loaded ({})", m.params);
+            let with = if m.params.is_empty() { String::new() } else { format!(" ({})", m.params) };
+            info!("stubdomain: module {name} loaded{with}");
             Ok(())
         }
         Err(rustix::io::Errno::EXIST) => Ok(()),

@@ -95,20 +95,14 @@ fn vchan_loop(link: &mut dyn VchanLink, tx: &mpsc::Sender<UnixStream>) {
         failures = 0;
         // The session (and its idle timeout) starts with the client: the
         // proxy connects only when libxl opens its QMP socket.
-        match vchan::wait_for_client(link, TICK) {
-            Ok(true) => {}
-            Ok(false) => continue,
+        let client = vchan::wait_for_client(link, TICK).map_err(|e| format!("waiting for a client: {e}")).and_then(
+            |connected| connected.then(UnixStream::pair).transpose().map_err(|e| format!("socket pair: {e}")),
+        );
+        let (ours, session) = match client {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
             Err(e) => {
-                warn!("QMP over vchan: waiting for a client: {e}");
-                link.close();
-                std::thread::sleep(RETRY);
-                continue;
-            }
-        }
-        let (ours, session) = match UnixStream::pair() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!("QMP over vchan: socket pair: {e}");
+                warn!("QMP over vchan: {e}");
                 link.close();
                 std::thread::sleep(RETRY);
                 continue;
